@@ -1,0 +1,282 @@
+//! The command line: flags as SPEC.md names them, and the step from parsed
+//! flags to each command's options.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, ClientOptions};
+use crate::engine::Limits;
+use crate::error::Error;
+use crate::framing::Framing;
+use crate::hooks::ServerScript;
+use crate::manual::{self, ManualClientOptions, ManualServerOptions};
+use crate::server::{self, ServerOptions};
+use crate::transcript::Verbosity;
+use crate::{check, hooks::DEFAULT_MAX_OPERATIONS};
+
+/// The tutorial's port, on loopback unless asked otherwise.
+const DEFAULT_ADDR: &str = "127.0.0.1:7777";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpscript",
+    version,
+    about = "Drive TCP clients and servers from Rhai scripts",
+    long_about = "Drive TCP clients and servers from Rhai scripts.\n\n\
+        A server script says how to reply to every message; a client script says \
+        what to send and asserts what comes back. Without a script, both commands \
+        run by hand on stdin, like the TCP tutorial they automate.\n\n\
+        Exit codes: 0 ok, 1 an expectation failed, 2 usage error, 3 script error, \
+        4 network error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reply to every message by script (or by hand on stdin)
+    Server(ServerArgs),
+    /// Run a conversation by script (or by hand on stdin)
+    Client(ClientArgs),
+    /// Compile scripts and report errors; run nothing
+    Check(CheckArgs),
+}
+
+/// Flags both roles share.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// What one message is: line, raw, delim:SEQ or len:u8|u16|u32[:be|le]
+    #[arg(long, value_name = "FRAMING", default_value = "line")]
+    pub framing: Framing,
+    /// Largest message accepted from the peer, e.g. 65536, 64KiB, 1MiB
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1MiB")]
+    pub max_frame: usize,
+    /// A parameter for the script's param("NAME"); repeatable
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Show the transcript: > sent, < received, with time offsets
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print errors only
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl CommonArgs {
+    fn verbosity(&self) -> Verbosity {
+        Verbosity::from_flags(self.verbose as u8, self.quiet)
+    }
+
+    fn params(&self) -> Arc<HashMap<String, String>> {
+        Arc::new(self.params.iter().cloned().collect())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Server script with on_connect / on_message / on_disconnect hooks
+    pub script: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port
+    #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub listen: String,
+    /// Without a script: reply to each message with itself
+    #[arg(long, conflicts_with = "script")]
+    pub echo: bool,
+    /// Operations one hook call may run before it is stopped (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
+    pub max_ops: u64,
+    /// Wall-clock time one hook call may run before it is stopped
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub hook_timeout: Duration,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Conversation script: send, recv, expect, assert
+    pub script: Option<PathBuf>,
+    /// Address to connect to
+    #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub connect: String,
+    /// Longest wait for any one message (and for the connect)
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+    /// Keep retrying a refused connect for this long (a server still starting)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_retry: Option<Duration>,
+    /// Operations the script may run in all (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_ops: u64,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Scripts to compile
+    #[arg(required = true)]
+    pub scripts: Vec<PathBuf>,
+    /// Print errors only
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Command {
+    pub fn run(self) -> Result<(), Error> {
+        match self {
+            Command::Server(args) => run_server(args),
+            Command::Client(args) => run_client(args),
+            Command::Check(args) => check::run(&args.scripts, args.quiet),
+        }
+    }
+}
+
+fn run_server(args: ServerArgs) -> Result<(), Error> {
+    let verbosity = args.common.verbosity();
+    let limits = Limits {
+        max_operations: args.max_ops,
+        ..Limits::default()
+    };
+    let script = match (&args.script, args.echo) {
+        (Some(path), _) => ServerScript::load(
+            path,
+            &limits,
+            args.hook_timeout,
+            args.common.params(),
+            verbosity,
+        )?,
+        (None, true) => ServerScript::echo(&limits, verbosity)?,
+        (None, false) => {
+            return manual::server(&ManualServerOptions {
+                listen: args.listen,
+                framing: args.common.framing,
+                max_frame: args.common.max_frame,
+                verbosity,
+            });
+        }
+    };
+    server::run(
+        script,
+        ServerOptions {
+            listen: args.listen,
+            framing: args.common.framing,
+            max_frame: args.common.max_frame,
+            verbosity,
+            print_messages: args.echo && verbosity >= Verbosity::Normal,
+        },
+    )
+}
+
+fn run_client(args: ClientArgs) -> Result<(), Error> {
+    let verbosity = args.common.verbosity();
+    let Some(script) = args.script else {
+        return manual::client(&ManualClientOptions {
+            connect: args.connect,
+            timeout: args.timeout,
+            connect_retry: args.connect_retry,
+            framing: args.common.framing,
+            max_frame: args.common.max_frame,
+            verbosity,
+        });
+    };
+    let options = ClientOptions {
+        params: args.common.params(),
+        script,
+        connect: args.connect,
+        timeout: args.timeout,
+        connect_retry: args.connect_retry,
+        framing: args.common.framing,
+        max_frame: args.common.max_frame,
+        verbosity,
+        limits: Limits {
+            max_operations: args.max_ops,
+            ..Limits::default()
+        },
+    };
+    let summary = client::run(&options)?;
+    if verbosity >= Verbosity::Normal {
+        eprintln!(
+            "ok: {} ({} sent, {} received, {:.3}s)",
+            options.script.display(),
+            summary.sent,
+            summary.received,
+            summary.elapsed.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `5s`, `250ms`, `1m30s`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (try 5s, 250ms or 1m)"))
+}
+
+/// `65536`, `64KiB`, `64K`, `1MiB`, `1M`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: try 65536, 64KiB or 1MiB"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit `{other}`: use KiB or MiB")),
+    };
+    number
+        .checked_mul(factor)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{text}` is not a usable size"))
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1TiB").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn params_need_a_name() {
+        assert_eq!(parse_param("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_param("=x").is_err());
+        assert!(parse_param("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,214 @@
+//! A blocking, framed TCP connection: what client scripts and manual mode
+//! talk through. Every read has a deadline; nothing here waits forever.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::error::Error;
+use crate::framing::{self, Decoder, FrameError, Framing};
+
+/// Bytes asked for per read. With `raw` framing this is the largest
+/// message one read can deliver (the tutorial reads 1024).
+const READ_SIZE: usize = 64 * 1024;
+
+/// Pause between attempts while `--connect-retry` waits for a server.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The outcome of waiting for one message.
+#[derive(Debug)]
+pub enum Received {
+    Message(Bytes),
+    /// The peer closed its side and every message before that was read.
+    Closed,
+    TimedOut,
+}
+
+#[derive(Debug, Error)]
+pub enum RecvError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Resolves `127.0.0.1:7777`, `localhost:7777`, or a bare port (loopback).
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Error> {
+    let candidate = if addr.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{addr}")
+    } else {
+        addr.to_string()
+    };
+    let addrs: Vec<SocketAddr> = candidate
+        .to_socket_addrs()
+        .map_err(|e| Error::Usage(format!("bad address `{addr}`: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Usage(format!("address `{addr}` resolves to nothing")));
+    }
+    Ok(addrs)
+}
+
+/// Cuts messages out of what a stream delivers.
+#[derive(Debug)]
+pub struct FrameReader {
+    decoder: Decoder,
+    buf: BytesMut,
+    scratch: Vec<u8>,
+    eof: bool,
+}
+
+impl FrameReader {
+    pub fn new(framing: Framing, max_frame: usize) -> Self {
+        FrameReader {
+            decoder: Decoder::new(framing, max_frame),
+            buf: BytesMut::new(),
+            scratch: vec![0; READ_SIZE],
+            eof: false,
+        }
+    }
+
+    /// The next message, waiting at most `timeout` (`None`: wait for ever,
+    /// used only where a person is at the other end).
+    pub fn next(
+        &mut self,
+        mut stream: &TcpStream,
+        timeout: Option<Duration>,
+    ) -> Result<Received, RecvError> {
+        // A timeout too large for the clock (`--timeout 100y`) means no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            if let Some(message) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Received::Message(message));
+            }
+            if self.eof {
+                return Ok(match self.decoder.decode_eof(&mut self.buf)? {
+                    Some(message) => Received::Message(message),
+                    None => Received::Closed,
+                });
+            }
+            let wait = match deadline {
+                Some(deadline) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Ok(Received::TimedOut);
+                    }
+                    Some(remaining)
+                }
+                None => None,
+            };
+            stream.set_read_timeout(wait)?;
+            match stream.read(&mut self.scratch) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok(Received::TimedOut);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A connected, framed stream.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    reader: FrameReader,
+    framing: Framing,
+    peer: SocketAddr,
+    /// Reused for every send so a conversation does not allocate per message.
+    out: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects to `addr`; while `retry` lasts, a refused connect is tried again.
+    pub fn connect(
+        addr: &str,
+        framing: Framing,
+        max_frame: usize,
+        timeout: Duration,
+        retry: Option<Duration>,
+    ) -> Result<Self, Error> {
+        let targets = resolve(addr)?;
+        let give_up = Instant::now() + retry.unwrap_or_default();
+        loop {
+            let mut last_error = None;
+            for target in &targets {
+                match TcpStream::connect_timeout(target, timeout) {
+                    Ok(stream) => return Self::from_stream(stream, framing, max_frame),
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            let error = last_error.expect("resolve returns at least one address");
+            let retryable = matches!(
+                error.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+            );
+            if !retryable || Instant::now() + RETRY_PAUSE > give_up {
+                return Err(Error::Connect {
+                    addr: addr.to_string(),
+                    source: error,
+                });
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    pub fn from_stream(stream: TcpStream, framing: Framing, max_frame: usize) -> Result<Self, Error> {
+        let peer = stream.peer_addr().map_err(|source| Error::Connect {
+            addr: "peer".into(),
+            source,
+        })?;
+        // Conversations are many small messages: never wait to coalesce them.
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            reader: FrameReader::new(framing.clone(), max_frame),
+            stream,
+            framing,
+            peer,
+            out: Vec::new(),
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub fn send(&mut self, message: &[u8]) -> Result<(), RecvError> {
+        self.out.clear();
+        framing::encode(&self.framing, message, &mut self.out)?;
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    pub fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {
+        self.reader.next(&self.stream, Some(timeout))
+    }
+
+    /// Waits with no deadline: only for a person at the other end.
+    pub fn recv_untimed(&mut self) -> Result<Received, RecvError> {
+        self.reader.next(&self.stream, None)
+    }
+
+    /// Ends our side (the peer reads end of stream) but keeps reading.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}

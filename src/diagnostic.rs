@@ -1,0 +1,144 @@
+//! Errors that point into a script, rendered like rustc: the message, the
+//! `--> file:line:col` arrow, the source line with a caret, then what was
+//! expected, what arrived and the last messages of the transcript.
+//!
+//! Rendering adds ANSI styles; they are written through `anstream`, which
+//! drops them when stderr is not a terminal or `NO_COLOR` is set.
+
+use std::fmt;
+
+use anstyle::{AnsiColor, Style};
+
+const ERROR: Style = AnsiColor::Red.on_default().bold();
+const EMPHASIS: Style = Style::new().bold();
+const GUTTER: Style = AnsiColor::Blue.on_default().bold();
+const NOTE: Style = AnsiColor::Cyan.on_default().bold();
+
+/// A place in a script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// The text of that line, when the file could be read.
+    pub source_line: Option<String>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub message: String,
+    pub location: Option<Location>,
+    /// Context lines such as "in hook `on_message`", printed as `= note:`.
+    pub notes: Vec<String>,
+    /// What the script expected, shown beside `actual`.
+    pub expected: Option<String>,
+    pub actual: Option<String>,
+    /// The last messages of the conversation, already formatted.
+    pub transcript: Vec<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(location) => write!(f, "{location}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl Diagnostic {
+    pub fn new(message: impl Into<String>) -> Self {
+        Diagnostic {
+            message: message.into(),
+            ..Diagnostic::default()
+        }
+    }
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+
+    /// The multi-line report, ending with a newline.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{ERROR}error{ERROR:#}{EMPHASIS}: {}{EMPHASIS:#}\n",
+            self.message
+        );
+        let gutter_width = self
+            .location
+            .as_ref()
+            .map_or(1, |l| l.line.to_string().len());
+        let pad = " ".repeat(gutter_width);
+        if let Some(location) = &self.location {
+            out += &format!("{pad}{GUTTER}-->{GUTTER:#} {location}\n");
+            if let Some(line) = &location.source_line {
+                let caret_pad: String = line
+                    .chars()
+                    .take(location.column.saturating_sub(1))
+                    .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    .collect();
+                out += &format!("{pad} {GUTTER}|{GUTTER:#}\n");
+                out += &format!("{GUTTER}{}{GUTTER:#} {GUTTER}|{GUTTER:#} {line}\n", location.line);
+                out += &format!("{pad} {GUTTER}|{GUTTER:#} {caret_pad}{ERROR}^{ERROR:#}\n");
+            }
+        }
+        for note in &self.notes {
+            out += &format!("{pad} {GUTTER}={GUTTER:#} {NOTE}note{NOTE:#}: {note}\n");
+        }
+        if let Some(expected) = &self.expected {
+            out += &format!("{pad} {GUTTER}={GUTTER:#} {NOTE}expected{NOTE:#}: {expected}\n");
+        }
+        if let Some(actual) = &self.actual {
+            out += &format!("{pad} {GUTTER}={GUTTER:#} {NOTE}  actual{NOTE:#}: {actual}\n");
+        }
+        if !self.transcript.is_empty() {
+            out += "last messages (oldest first):\n";
+            for line in &self.transcript {
+                out += &format!("  {line}\n");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_rustc() {
+        let diagnostic = Diagnostic {
+            message: "expected a message matching /^hi$/".into(),
+            location: Some(Location {
+                file: "conv.rhai".into(),
+                line: 12,
+                column: 9,
+                source_line: Some("let m = expect(\"^hi$\");".into()),
+            }),
+            notes: vec![],
+            expected: Some("/^hi$/".into()),
+            actual: Some("\"hello\"".into()),
+            transcript: vec!["+0.001s < hello".into()],
+        };
+        let plain = anstream::adapter::strip_str(&diagnostic.render()).to_string();
+        assert_eq!(
+            plain,
+            "error: expected a message matching /^hi$/\n\
+             \x20 --> conv.rhai:12:9\n\
+             \x20  |\n\
+             12 | let m = expect(\"^hi$\");\n\
+             \x20  |         ^\n\
+             \x20  = expected: /^hi$/\n\
+             \x20  =   actual: \"hello\"\n\
+             last messages (oldest first):\n\
+             \x20 +0.001s < hello\n"
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! The Rhai side shared by every command: building a locked-down engine,
+//! compiling a script, the functions every script has, and turning Rhai's
+//! errors into diagnostics that name `file:line:col`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rhai::{Blob, Dynamic, Engine, EvalAltResult, NativeCallContext, Position, AST};
+
+use crate::diagnostic::{Diagnostic, Location};
+use crate::error::Error;
+use crate::message;
+
+/// Resource limits for script code. Rhai's own defaults differ between
+/// debug and release builds, so every one is set explicitly.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Operations per hook call (server) or per run (client); 0 = unlimited.
+    pub max_operations: u64,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    pub max_call_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 0,
+            max_string_size: 16 * 1024 * 1024,
+            max_array_size: 1_000_000,
+            max_map_size: 1_000_000,
+            max_call_depth: 64,
+        }
+    }
+}
+
+/// `--set NAME=VALUE` parameters, read by `param()`.
+pub type Params = Arc<HashMap<String, String>>;
+
+/// A compiled script and the text it came from, for error snippets.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// The path as the user wrote it: errors show it unchanged.
+    pub path: String,
+    pub source: String,
+    pub ast: Arc<AST>,
+}
+
+impl Script {
+    /// Whether the script defines `name` taking `arity` parameters.
+    pub fn has_fn(&self, name: &str, arity: usize) -> bool {
+        self.ast
+            .iter_functions()
+            .any(|f| f.name == name && f.params.len() == arity)
+    }
+
+    fn location(&self, file: &str, position: Position) -> Option<Location> {
+        let line = position.line()?;
+        let column = position.position().unwrap_or(1);
+        let source_line = if file == self.path {
+            self.source.lines().nth(line - 1).map(str::to_string)
+        } else {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| text.lines().nth(line - 1).map(str::to_string))
+        };
+        Some(Location {
+            file: file.to_string(),
+            line,
+            column,
+            source_line,
+        })
+    }
+}
+
+/// A failed expectation (or a broken connection) raised by a native
+/// function. It travels through Rhai as the value of a runtime error, so a
+/// script may catch it, and is told apart from script bugs when it escapes.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub expected: Option<String>,
+    pub actual: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Exit code 1: a wrong reply, a timeout, an unexpected close.
+    Expectation,
+    /// Exit code 4: reset, broken pipe.
+    Network,
+    /// Exit code 2: the command line lacks something the script needs.
+    Usage,
+    /// Exit code 3: the script misused an API (bad regex, bad hex).
+    Script,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            expected: None,
+            actual: None,
+        }
+    }
+
+    pub fn expectation(message: impl Into<String>) -> Self {
+        Failure::new(FailureKind::Expectation, message)
+    }
+
+    pub fn script(message: impl Into<String>) -> Self {
+        Failure::new(FailureKind::Script, message)
+    }
+
+    pub fn with_values(mut self, expected: String, actual: String) -> Self {
+        self.expected = Some(expected);
+        self.actual = Some(actual);
+        self
+    }
+}
+
+impl From<Failure> for Box<EvalAltResult> {
+    fn from(failure: Failure) -> Self {
+        Box::new(EvalAltResult::ErrorRuntime(
+            Dynamic::from(failure),
+            Position::NONE,
+        ))
+    }
+}
+
+pub type NativeResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// An engine with limits set, `eval` refused, and the functions that every
+/// script has whatever its role.
+pub fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) -> Engine {
+    let mut engine = Engine::new();
+    engine.disable_symbol("eval");
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_call_levels(limits.max_call_depth)
+        .set_max_expr_depths(128, 64)
+        .set_max_modules(64);
+    if let Some(dir) = script_dir {
+        engine.set_module_resolver(rhai::module_resolvers::FileModuleResolver::new_with_path(dir));
+    }
+    register_common(&mut engine, params);
+    engine
+}
+
+fn register_common(engine: &mut Engine, params: Params) {
+    engine
+        .register_type_with_name::<Failure>("Failure")
+        .register_fn("to_string", |f: &mut Failure| f.message.clone())
+        .register_get("message", |f: &mut Failure| f.message.clone());
+
+    let p = params.clone();
+    engine.register_fn("param", move |name: &str| -> NativeResult<String> {
+        p.get(name).cloned().ok_or_else(|| {
+            Failure::new(
+                FailureKind::Usage,
+                format!("parameter `{name}` is not set: pass --set {name}=VALUE"),
+            )
+            .into()
+        })
+    });
+    engine.register_fn(
+        "param",
+        move |name: &str, default: Dynamic| -> NativeResult<Dynamic> {
+            match params.get(name) {
+                None => Ok(default),
+                Some(value) => typed_like(name, value, &default),
+            }
+        },
+    );
+    engine.register_fn("env", |name: &str| -> Dynamic {
+        std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+    });
+
+    engine.register_fn("assert", |cond: bool| -> NativeResult<()> {
+        assert_that(cond, "assertion failed")
+    });
+    engine.register_fn("assert", |cond: bool, msg: &str| -> NativeResult<()> {
+        assert_that(cond, msg)
+    });
+    engine.register_fn(
+        "assert_eq",
+        |ctx: NativeCallContext, actual: Dynamic, expected: Dynamic| -> NativeResult<()> {
+            assert_equal(&ctx, actual, expected, "values differ")
+        },
+    );
+    engine.register_fn(
+        "assert_eq",
+        |ctx: NativeCallContext, actual: Dynamic, expected: Dynamic, msg: &str| {
+            assert_equal(&ctx, actual, expected, msg)
+        },
+    );
+    engine.register_fn("fail", |msg: &str| -> NativeResult<()> {
+        Err(Failure::expectation(msg).into())
+    });
+
+    engine.register_fn("hex", |blob: Blob| message::hex(&blob));
+    engine.register_fn("hex", |text: &str| message::hex(text.as_bytes()));
+    engine.register_fn("unhex", |text: &str| -> NativeResult<Blob> {
+        message::unhex(text).map_err(|e| Failure::script(e).into())
+    });
+}
+
+fn assert_that(cond: bool, msg: &str) -> NativeResult<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Failure::expectation(msg).into())
+    }
+}
+
+fn assert_equal(
+    ctx: &NativeCallContext,
+    actual: Dynamic,
+    expected: Dynamic,
+    msg: &str,
+) -> NativeResult<()> {
+    if values_equal(ctx, &actual, &expected) {
+        return Ok(());
+    }
+    Err(Failure::expectation(msg)
+        .with_values(
+            message::display_value(&expected),
+            message::display_value(&actual),
+        )
+        .into())
+}
+
+/// Rhai's `==`, plus byte equality between strings and blobs: a received
+/// message may be either, and `assert_eq(recv(), "ok")` should not care.
+fn values_equal(ctx: &NativeCallContext, a: &Dynamic, b: &Dynamic) -> bool {
+    let bytes_of = |v: &Dynamic| -> Option<Vec<u8>> {
+        if v.is_string() {
+            Some(v.clone().into_string().ok()?.into_bytes())
+        } else if v.is_blob() {
+            v.clone().into_blob().ok()
+        } else {
+            None
+        }
+    };
+    if let (Some(x), Some(y)) = (bytes_of(a), bytes_of(b)) {
+        return x == y;
+    }
+    if a.type_name() != b.type_name() {
+        let numeric = |v: &Dynamic| v.is_int() || v.is_float();
+        if !(numeric(a) && numeric(b)) {
+            return false;
+        }
+    }
+    ctx.call_native_fn::<bool>("==", (a.clone(), b.clone()))
+        .unwrap_or(false)
+}
+
+/// A `--set` value, converted to the type of the script's default.
+fn typed_like(name: &str, value: &str, default: &Dynamic) -> NativeResult<Dynamic> {
+    let bad = |kind: &str| -> Box<EvalAltResult> {
+        Failure::new(
+            FailureKind::Usage,
+            format!("parameter `{name}` must be {kind}, got {value:?}"),
+        )
+        .into()
+    };
+    if default.is_int() {
+        return value
+            .trim()
+            .parse::<rhai::INT>()
+            .map(Dynamic::from)
+            .map_err(|_| bad("an integer"));
+    }
+    if default.is_float() {
+        return value
+            .trim()
+            .parse::<rhai::FLOAT>()
+            .map(Dynamic::from)
+            .map_err(|_| bad("a number"));
+    }
+    if default.is_bool() {
+        return match value.trim() {
+            "true" | "1" | "yes" => Ok(Dynamic::TRUE),
+            "false" | "0" | "no" => Ok(Dynamic::FALSE),
+            _ => Err(bad("true or false")),
+        };
+    }
+    Ok(Dynamic::from(value.to_string()))
+}
+
+/// Reads and compiles `path`. An unreadable file is a usage error; a
+/// syntax error is a script error pointing at the offending token.
+pub fn compile(engine: &Engine, path: &Path) -> Result<Script, Error> {
+    let display = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: display.clone(),
+        source,
+    })?;
+    compile_source(engine, display, source)
+}
+
+pub fn compile_source(engine: &Engine, path: String, source: String) -> Result<Script, Error> {
+    let mut script = Script {
+        path,
+        source,
+        ast: Arc::new(AST::empty()),
+    };
+    match engine.compile(&script.source) {
+        Ok(mut ast) => {
+            ast.set_source(script.path.as_str());
+            script.ast = Arc::new(ast);
+            Ok(script)
+        }
+        Err(err) => {
+            let mut diagnostic = Diagnostic::new(err.err_type().to_string());
+            diagnostic.location = script.location(&script.path, err.position());
+            Err(Error::Script(Box::new(diagnostic)))
+        }
+    }
+}
+
+/// Turns an error out of script code into an [`Error`] with the innermost
+/// position Rhai knows. `context` names what was running (a hook) for the
+/// errors that carry no position, such as limits.
+pub fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&str>) -> Error {
+    let mut notes = Vec::new();
+    let mut file = script.path.clone();
+    let mut position = Position::NONE;
+    let mut current = err;
+    loop {
+        match current {
+            EvalAltResult::ErrorInFunctionCall(name, source, inner, call_site) => {
+                if !call_site.is_none() {
+                    position = *call_site;
+                }
+                if !name.is_empty() && !is_hook_call(context, name) {
+                    notes.push(format!("in function `{name}`"));
+                }
+                if !source.is_empty() {
+                    file = source.clone();
+                }
+                current = inner;
+            }
+            EvalAltResult::ErrorInModule(name, inner, call_site) => {
+                if !call_site.is_none() {
+                    position = *call_site;
+                }
+                notes.push(format!("in module `{name}`"));
+                current = inner;
+            }
+            _ => break,
+        }
+    }
+    if !current.position().is_none() {
+        position = current.position();
+    }
+    if let Some(context) = context {
+        notes.insert(0, context.to_string());
+    }
+    notes.reverse();
+
+    let (kind, mut diagnostic) = match current {
+        EvalAltResult::ErrorRuntime(value, _) if value.is::<Failure>() => {
+            let failure = value.clone_cast::<Failure>();
+            let diagnostic = Diagnostic {
+                message: failure.message,
+                expected: failure.expected,
+                actual: failure.actual,
+                ..Diagnostic::default()
+            };
+            (failure.kind, diagnostic)
+        }
+        EvalAltResult::ErrorRuntime(value, _) => (
+            FailureKind::Script,
+            Diagnostic::new(format!("script threw: {value}")),
+        ),
+        EvalAltResult::ErrorTooManyOperations(_) => (
+            FailureKind::Script,
+            Diagnostic::new("operation limit reached: the script ran too long (see --max-ops)"),
+        ),
+        EvalAltResult::ErrorTerminated(token, _) => {
+            (FailureKind::Script, Diagnostic::new(token.to_string()))
+        }
+        other => {
+            // Rhai appends " (line L, position P)"; the location shows it better.
+            let text = other.to_string();
+            let suffix = format!(" ({})", other.position());
+            let text = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+            (FailureKind::Script, Diagnostic::new(text))
+        }
+    };
+    diagnostic.location = script.location(&file, position);
+    if diagnostic.location.is_none() {
+        diagnostic.notes.push(format!("in script {}", script.path));
+    }
+    diagnostic.notes.extend(notes);
+    let diagnostic = Box::new(diagnostic);
+    match kind {
+        FailureKind::Expectation => Error::Failed(diagnostic),
+        FailureKind::Network => Error::Network(diagnostic),
+        FailureKind::Usage => Error::ScriptUsage(diagnostic),
+        FailureKind::Script => Error::Script(diagnostic),
+    }
+}
+
+/// The hook itself is already named by the context note.
+fn is_hook_call(context: Option<&str>, name: &str) -> bool {
+    context.is_some_and(|c| c.contains(&format!("`{name}`")))
+}

@@ -1,0 +1,440 @@
+//! What one message is on the wire: the codec shared by server and client.
+//!
+//! A [`Decoder`] turns a growing byte buffer into messages and an encoder
+//! wraps outgoing messages, for every framing in [`Framing`]. It does no I/O,
+//! so the async server and the blocking client feed it the same way.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Default for `--max-frame`: large enough for any test conversation,
+/// small enough that a hostile peer cannot make us buffer much.
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+
+/// How the byte stream is cut into messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// Bytes up to `\n`, a trailing `\r` dropped; sends add `\n`.
+    Line,
+    /// Whatever one read returns is one message; sends add nothing.
+    Raw,
+    /// Bytes up to the delimiter, which is removed; sends append it.
+    Delim(Vec<u8>),
+    /// A big- or little-endian length prefix of 1, 2 or 4 bytes.
+    Len { width: LenWidth, big_endian: bool },
+}
+
+/// Width of a length prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LenWidth {
+    U8,
+    U16,
+    U32,
+}
+
+impl LenWidth {
+    fn bytes(self) -> usize {
+        match self {
+            LenWidth::U8 => 1,
+            LenWidth::U16 => 2,
+            LenWidth::U32 => 4,
+        }
+    }
+
+    fn max_len(self) -> u64 {
+        match self {
+            LenWidth::U8 => u8::MAX as u64,
+            LenWidth::U16 => u16::MAX as u64,
+            LenWidth::U32 => u32::MAX as u64,
+        }
+    }
+}
+
+/// Why a stream could not be framed. Each ends only the connection it came from.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("message of {size} bytes is larger than --max-frame ({max} bytes)")]
+    TooLarge { size: usize, max: usize },
+    #[error("connection closed in the middle of a message ({pending} bytes pending)")]
+    Truncated { pending: usize },
+    #[error("message of {size} bytes does not fit a {width}-byte length prefix")]
+    TooLongForPrefix { size: usize, width: usize },
+}
+
+impl FromStr for Framing {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (kind, rest) = match text.split_once(':') {
+            Some((kind, rest)) => (kind, Some(rest)),
+            None => (text, None),
+        };
+        match (kind, rest) {
+            ("line", None) => Ok(Framing::Line),
+            ("raw", None) => Ok(Framing::Raw),
+            ("delim", Some(seq)) => {
+                let delimiter = unescape(seq)?;
+                if delimiter.is_empty() {
+                    return Err("delim: needs a non-empty delimiter, e.g. delim:\\r\\n".into());
+                }
+                Ok(Framing::Delim(delimiter))
+            }
+            ("len", Some(spec)) => {
+                let (width, order) = match spec.split_once(':') {
+                    Some((width, order)) => (width, Some(order)),
+                    None => (spec, None),
+                };
+                let width = match width {
+                    "u8" => LenWidth::U8,
+                    "u16" => LenWidth::U16,
+                    "u32" => LenWidth::U32,
+                    other => return Err(format!("unknown length width `{other}`: use u8, u16 or u32")),
+                };
+                let big_endian = match order {
+                    None | Some("be") => true,
+                    Some("le") => false,
+                    Some(other) => return Err(format!("unknown byte order `{other}`: use be or le")),
+                };
+                Ok(Framing::Len { width, big_endian })
+            }
+            _ => Err(format!(
+                "unknown framing `{text}`: use line, raw, delim:SEQ or len:u8|u16|u32[:be|le]"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Framing::Line => f.write_str("line"),
+            Framing::Raw => f.write_str("raw"),
+            Framing::Delim(seq) => write!(f, "delim:{}", escape(seq)),
+            Framing::Len { width, big_endian } => {
+                let width = match width {
+                    LenWidth::U8 => "u8",
+                    LenWidth::U16 => "u16",
+                    LenWidth::U32 => "u32",
+                };
+                write!(f, "len:{width}:{}", if *big_endian { "be" } else { "le" })
+            }
+        }
+    }
+}
+
+/// Turns `\r`, `\n`, `\t`, `\0`, `\\` and `\xNN` into bytes.
+fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'r') => out.push(b'\r'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'0') => out.push(0),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                let value = std::str::from_utf8(&hex)
+                    .ok()
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad escape in `{text}`: \\x needs two hex digits"))?;
+                out.push(value);
+            }
+            Some(other) => {
+                return Err(format!(
+                    "bad escape `\\{}` in `{text}`: use \\r \\n \\t \\0 \\\\ or \\xNN",
+                    other as char
+                ));
+            }
+            None => return Err(format!("`{text}` ends with a lone backslash")),
+        }
+    }
+    Ok(out)
+}
+
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            0 => out.push_str("\\0"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// Cuts messages out of a byte buffer. One per connection: it remembers how
+/// far it already searched so a long message arriving in pieces is scanned once.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    framing: Framing,
+    max_frame: usize,
+    /// Bytes at the front of the buffer already known to hold no delimiter.
+    scanned: usize,
+}
+
+impl Decoder {
+    pub fn new(framing: Framing, max_frame: usize) -> Self {
+        Decoder {
+            framing,
+            max_frame,
+            scanned: 0,
+        }
+    }
+
+    pub fn framing(&self) -> &Framing {
+        &self.framing
+    }
+
+    /// The next complete message in `buf`, removing it from `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match &self.framing {
+            Framing::Raw => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                if buf.len() > self.max_frame {
+                    return Err(FrameError::TooLarge {
+                        size: buf.len(),
+                        max: self.max_frame,
+                    });
+                }
+                Ok(Some(buf.split().freeze()))
+            }
+            Framing::Line => {
+                let Some(end) = self.find(buf, b"\n")? else {
+                    return Ok(None);
+                };
+                let mut message = buf.split_to(end + 1);
+                message.truncate(end);
+                if message.last() == Some(&b'\r') {
+                    message.truncate(end - 1);
+                }
+                Ok(Some(message.freeze()))
+            }
+            Framing::Delim(delimiter) => {
+                let delimiter = delimiter.clone();
+                let Some(end) = self.find(buf, &delimiter)? else {
+                    return Ok(None);
+                };
+                let mut message = buf.split_to(end + delimiter.len());
+                message.truncate(end);
+                Ok(Some(message.freeze()))
+            }
+            Framing::Len { width, big_endian } => {
+                let prefix = width.bytes();
+                if buf.len() < prefix {
+                    return Ok(None);
+                }
+                let mut raw = [0u8; 8];
+                let len = if *big_endian {
+                    raw[8 - prefix..].copy_from_slice(&buf[..prefix]);
+                    u64::from_be_bytes(raw)
+                } else {
+                    raw[..prefix].copy_from_slice(&buf[..prefix]);
+                    u64::from_le_bytes(raw)
+                };
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                if len > self.max_frame {
+                    return Err(FrameError::TooLarge {
+                        size: len,
+                        max: self.max_frame,
+                    });
+                }
+                if buf.len() < prefix + len {
+                    // Reserve once so a large frame is not copied at every read.
+                    buf.reserve(prefix + len - buf.len());
+                    return Ok(None);
+                }
+                buf.advance(prefix);
+                Ok(Some(buf.split_to(len).freeze()))
+            }
+        }
+    }
+
+    /// What is left in `buf` once the peer has closed its side: the last
+    /// line or delimited message may lack its terminator, as with `nc`.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if let Some(message) = self.decode(buf)? {
+            return Ok(Some(message));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        self.scanned = 0;
+        match &self.framing {
+            Framing::Line => {
+                let mut message = buf.split();
+                if message.last() == Some(&b'\r') {
+                    message.truncate(message.len() - 1);
+                }
+                Ok(Some(message.freeze()))
+            }
+            Framing::Delim(_) | Framing::Raw => Ok(Some(buf.split().freeze())),
+            Framing::Len { .. } => {
+                let pending = buf.len();
+                buf.clear();
+                Err(FrameError::Truncated { pending })
+            }
+        }
+    }
+
+    /// Position of `delimiter` in `buf`, searching only bytes not seen before.
+    fn find(&mut self, buf: &BytesMut, delimiter: &[u8]) -> Result<Option<usize>, FrameError> {
+        let start = self.scanned.saturating_sub(delimiter.len() - 1);
+        let found = if delimiter.len() == 1 {
+            memchr::memchr(delimiter[0], &buf[start..])
+        } else {
+            memchr::memmem::find(&buf[start..], delimiter)
+        };
+        match found {
+            Some(offset) => {
+                self.scanned = 0;
+                let end = start + offset;
+                if end > self.max_frame {
+                    return Err(FrameError::TooLarge {
+                        size: end,
+                        max: self.max_frame,
+                    });
+                }
+                Ok(Some(end))
+            }
+            None => {
+                self.scanned = buf.len();
+                if buf.len() > self.max_frame {
+                    return Err(FrameError::TooLarge {
+                        size: buf.len(),
+                        max: self.max_frame,
+                    });
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Appends `message`, framed, to `out`.
+pub fn encode(framing: &Framing, message: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    match framing {
+        Framing::Line => {
+            out.extend_from_slice(message);
+            out.push(b'\n');
+        }
+        Framing::Raw => out.extend_from_slice(message),
+        Framing::Delim(delimiter) => {
+            out.extend_from_slice(message);
+            out.extend_from_slice(delimiter);
+        }
+        Framing::Len { width, big_endian } => {
+            let prefix = width.bytes();
+            if message.len() as u64 > width.max_len() {
+                return Err(FrameError::TooLongForPrefix {
+                    size: message.len(),
+                    width: prefix,
+                });
+            }
+            let len = message.len() as u64;
+            if *big_endian {
+                out.extend_from_slice(&len.to_be_bytes()[8 - prefix..]);
+            } else {
+                out.extend_from_slice(&len.to_le_bytes()[..prefix]);
+            }
+            out.extend_from_slice(message);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: &str, input: &[u8]) -> Vec<Vec<u8>> {
+        let mut decoder = Decoder::new(framing.parse().unwrap(), DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(m) = decoder.decode(&mut buf).unwrap() {
+            out.push(m.to_vec());
+        }
+        if let Some(m) = decoder.decode_eof(&mut buf).unwrap() {
+            out.push(m.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn line_drops_cr_and_keeps_last_unterminated_line() {
+        assert_eq!(
+            decode_all("line", b"a\r\nb\n\nc"),
+            vec![b"a".to_vec(), b"b".to_vec(), b"".to_vec(), b"c".to_vec()]
+        );
+    }
+
+    #[test]
+    fn delim_with_escapes() {
+        assert_eq!(
+            decode_all("delim:\\r\\n\\r\\n", b"GET /\r\nHost: x\r\n\r\nnext\r\n\r\n"),
+            vec![b"GET /\r\nHost: x".to_vec(), b"next".to_vec()]
+        );
+        assert_eq!(decode_all("delim:\\0", b"a\0b\0"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(decode_all("delim:\\xff", b"a\xffb"), vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn length_prefixes_both_orders() {
+        assert_eq!(
+            decode_all("len:u16", b"\x00\x02hi\x00\x00"),
+            vec![b"hi".to_vec(), b"".to_vec()]
+        );
+        assert_eq!(decode_all("len:u32:le", b"\x01\x00\x00\x00z"), vec![b"z".to_vec()]);
+        let mut out = Vec::new();
+        encode(&"len:u16:le".parse().unwrap(), b"abc", &mut out).unwrap();
+        assert_eq!(out, b"\x03\x00abc");
+    }
+
+    #[test]
+    fn truncated_length_frame_is_an_error_at_eof() {
+        let mut decoder = Decoder::new("len:u8".parse().unwrap(), 100);
+        let mut buf = BytesMut::from(&b"\x05ab"[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert_eq!(
+            decoder.decode_eof(&mut buf),
+            Err(FrameError::Truncated { pending: 3 })
+        );
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_they_are_buffered() {
+        let mut decoder = Decoder::new(Framing::Line, 4);
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        assert!(matches!(decoder.decode(&mut buf), Err(FrameError::TooLarge { .. })));
+        let mut decoder = Decoder::new("len:u32".parse().unwrap(), 4);
+        let mut buf = BytesMut::from(&b"\x00\x00\x10\x00"[..]);
+        assert!(matches!(decoder.decode(&mut buf), Err(FrameError::TooLarge { size: 4096, .. })));
+    }
+
+    #[test]
+    fn parse_and_display_round_trip() {
+        for text in ["line", "raw", "delim:\\r\\n", "len:u8:be", "len:u32:le", "delim:\\x01\\0"] {
+            assert_eq!(text.parse::<Framing>().unwrap().to_string(), text);
+        }
+        assert!("len:u64".parse::<Framing>().is_err());
+        assert!("delim:".parse::<Framing>().is_err());
+        assert!("delim:\\q".parse::<Framing>().is_err());
+        assert!("nope".parse::<Framing>().is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! Server scripts: the top level runs once, then every connection gets its
+//! own copy of the top-level variables and its hooks are called with them.
+//!
+//! Hooks never block. `send`, `sleep` and `close` inside a hook only record
+//! what to do; the connection's task carries it out afterwards, so a
+//! `sleep(1000)` delays that connection's replies and nobody else's.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, Scope, INT};
+
+use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
+use crate::error::Error;
+use crate::message;
+use crate::transcript::Verbosity;
+
+/// Defaults for the limits a single hook call runs under.
+pub const DEFAULT_MAX_OPERATIONS: u64 = 1_000_000;
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a hook asked the connection to do, in order.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub actions: Vec<Action>,
+    /// Close the connection once the actions are done.
+    pub close: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Send(Bytes),
+    Sleep(Duration),
+}
+
+impl Reply {
+    /// The hook's return value: a string or blob is one message, an array
+    /// several, `()` none; other values are sent as their printed form.
+    fn push_value(&mut self, value: Dynamic) {
+        if value.is_unit() {
+            return;
+        }
+        if value.is_array() {
+            for item in value.into_array().unwrap_or_default() {
+                if !item.is_unit() {
+                    self.actions.push(Action::Send(message::to_bytes(item)));
+                }
+            }
+            return;
+        }
+        self.actions.push(Action::Send(message::to_bytes(value)));
+    }
+}
+
+/// The hook call running on this thread. Hooks run to completion without
+/// yielding, so a thread runs at most one at a time.
+struct HookCall {
+    peer: Arc<str>,
+    reply: Reply,
+    deadline: Instant,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<HookCall>> = const { RefCell::new(None) };
+}
+
+fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
+    CURRENT.with(|current| match current.borrow_mut().as_mut() {
+        Some(call) => Ok(f(call)),
+        None => Err(Failure::script(format!(
+            "{what} can only be used inside a hook (on_connect, on_message, on_disconnect)"
+        ))
+        .into()),
+    })
+}
+
+/// A compiled server script whose top level has run.
+pub struct ServerScript {
+    engine: Engine,
+    script: Script,
+    /// The scope the top level ran in: each connection starts from a copy.
+    scope: Scope<'static>,
+    has_connect: bool,
+    has_message: bool,
+    has_disconnect: bool,
+    hook_timeout: Duration,
+}
+
+impl ServerScript {
+    /// Compiles `path` and runs its top level once.
+    pub fn load(
+        path: &Path,
+        limits: &Limits,
+        hook_timeout: Duration,
+        params: Params,
+        verbosity: Verbosity,
+    ) -> Result<Self, Error> {
+        let engine = server_engine(limits, hook_timeout, params, verbosity, path.parent());
+        let script = engine::compile(&engine, path)?;
+        Self::start(engine, script, hook_timeout)
+    }
+
+    /// The script behind `--echo`: every message comes straight back.
+    pub fn echo(limits: &Limits, verbosity: Verbosity) -> Result<Self, Error> {
+        let engine = server_engine(limits, DEFAULT_HOOK_TIMEOUT, Params::default(), verbosity, None);
+        let script = engine::compile_source(
+            &engine,
+            "<echo>".into(),
+            "fn on_message(msg) { msg }".into(),
+        )?;
+        Self::start(engine, script, DEFAULT_HOOK_TIMEOUT)
+    }
+
+    /// Compiles a script given as text (tests, built-ins).
+    pub fn from_source(
+        name: &str,
+        source: &str,
+        limits: &Limits,
+        verbosity: Verbosity,
+    ) -> Result<Self, Error> {
+        let engine = server_engine(limits, DEFAULT_HOOK_TIMEOUT, Params::default(), verbosity, None);
+        let script = engine::compile_source(&engine, name.into(), source.into())?;
+        Self::start(engine, script, DEFAULT_HOOK_TIMEOUT)
+    }
+
+    fn start(engine: Engine, script: Script, hook_timeout: Duration) -> Result<Self, Error> {
+        let mut scope = Scope::new();
+        engine
+            .run_ast_with_scope(&mut scope, &script.ast)
+            .map_err(|err| engine::diagnose(&err, &script, Some("in the script's top level")))?;
+        Ok(ServerScript {
+            has_connect: script.has_fn("on_connect", 0),
+            has_message: script.has_fn("on_message", 1),
+            has_disconnect: script.has_fn("on_disconnect", 0),
+            engine,
+            script,
+            scope,
+            hook_timeout,
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.script.path
+    }
+
+    /// The hooks of one new connection, with its own copy of the variables.
+    pub fn connection(self: &Arc<Self>, peer: SocketAddr) -> ConnectionHooks {
+        ConnectionHooks {
+            script: self.clone(),
+            scope: self.scope.clone(),
+            peer: peer.to_string().into(),
+        }
+    }
+}
+
+fn server_engine(
+    limits: &Limits,
+    hook_timeout: Duration,
+    params: Params,
+    verbosity: Verbosity,
+    script_dir: Option<&Path>,
+) -> Engine {
+    let mut engine = engine::new_engine(limits, params, script_dir);
+    // Connections run on several threads; Rhai's string interner is one
+    // shared lock that stalls them under load.
+    engine.set_max_strings_interned(0);
+    engine.on_progress(move |operations| {
+        // Reading the clock costs more than an operation: look every 1024.
+        if operations % 1024 != 0 {
+            return None;
+        }
+        CURRENT.with(|current| {
+            let current = current.borrow();
+            let call = current.as_ref()?;
+            (Instant::now() > call.deadline).then(|| {
+                Dynamic::from(format!(
+                    "hook ran longer than its wall-clock limit of {} (see --hook-timeout)",
+                    humantime::format_duration(hook_timeout)
+                ))
+            })
+        })
+    });
+    engine.register_fn("send", |value: Dynamic| {
+        with_current("send()", |call| {
+            call.reply.actions.push(Action::Send(message::to_bytes(value)));
+        })
+    });
+    engine.register_fn("sleep", |ms: INT| {
+        with_current("sleep()", |call| {
+            let pause = Duration::from_millis(ms.max(0) as u64);
+            call.reply.actions.push(Action::Sleep(pause));
+        })
+    });
+    engine.register_fn("close", || with_current("close()", |call| call.reply.close = true));
+    engine.register_fn("peer", || with_current("peer()", |call| call.peer.to_string()));
+    engine.register_fn("log", move |value: Dynamic| {
+        if verbosity >= Verbosity::Normal {
+            let who = CURRENT
+                .with(|c| c.borrow().as_ref().map(|call| call.peer.to_string()))
+                .unwrap_or_else(|| "script".into());
+            anstream::eprintln!("[{who}] {value}");
+        }
+    });
+    engine
+}
+
+/// One connection's view of the script.
+pub struct ConnectionHooks {
+    script: Arc<ServerScript>,
+    scope: Scope<'static>,
+    peer: Arc<str>,
+}
+
+impl ConnectionHooks {
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn on_connect(&mut self) -> Result<Reply, Error> {
+        if !self.script.has_connect {
+            return Ok(Reply::default());
+        }
+        self.call("on_connect", ())
+    }
+
+    pub fn on_message(&mut self, message: &[u8]) -> Result<Reply, Error> {
+        if !self.script.has_message {
+            return Ok(Reply::default());
+        }
+        self.call("on_message", (message::to_dynamic(message),))
+    }
+
+    pub fn on_disconnect(&mut self) -> Result<Reply, Error> {
+        if !self.script.has_disconnect {
+            return Ok(Reply::default());
+        }
+        self.call("on_disconnect", ())
+    }
+
+    fn call(&mut self, hook: &str, args: impl FuncArgs) -> Result<Reply, Error> {
+        let script = &*self.script;
+        CURRENT.with(|current| {
+            *current.borrow_mut() = Some(HookCall {
+                peer: self.peer.clone(),
+                reply: Reply::default(),
+                deadline: Instant::now() + script.hook_timeout,
+            });
+        });
+        let options = CallFnOptions::new().eval_ast(false);
+        let result = script.engine.call_fn_with_options::<Dynamic>(
+            options,
+            &mut self.scope,
+            &script.script.ast,
+            hook,
+            args,
+        );
+        let call = CURRENT.with(|current| current.borrow_mut().take());
+        let mut reply = call.map(|c| c.reply).unwrap_or_default();
+        match result {
+            Ok(value) => {
+                reply.push_value(value);
+                Ok(reply)
+            }
+            Err(err) => {
+                let context = format!("in hook `{hook}` for {}", self.peer);
+                Err(engine::diagnose(&err, &script.script, Some(&context)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(source: &str) -> Arc<ServerScript> {
+        Arc::new(
+            ServerScript::from_source("t.rhai", source, &Limits::default(), Verbosity::Quiet)
+                .unwrap(),
+        )
+    }
+
+    fn sends(reply: &Reply) -> Vec<&[u8]> {
+        reply
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(b) => Some(&b[..]),
+                Action::Sleep(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_connection_has_its_own_variables() {
+        let script = script("let n = 0; fn on_message(m) { n += 1; `${n} ${m}` }");
+        let mut a = script.connection("127.0.0.1:1".parse().unwrap());
+        let mut b = script.connection("127.0.0.1:2".parse().unwrap());
+        assert_eq!(sends(&a.on_message(b"x").unwrap()), vec![b"1 x"]);
+        assert_eq!(sends(&a.on_message(b"y").unwrap()), vec![b"2 y"]);
+        assert_eq!(sends(&b.on_message(b"z").unwrap()), vec![b"1 z"]);
+    }
+
+    #[test]
+    fn sends_sleeps_and_return_value_keep_their_order() {
+        let script = script(r#"fn on_message(m) { send("a"); sleep(5); close(); ["b", (), "c"] }"#);
+        let reply = script
+            .connection("127.0.0.1:1".parse().unwrap())
+            .on_message(b"x")
+            .unwrap();
+        assert_eq!(
+            reply.actions,
+            vec![
+                Action::Send(Bytes::from_static(b"a")),
+                Action::Sleep(Duration::from_millis(5)),
+                Action::Send(Bytes::from_static(b"b")),
+                Action::Send(Bytes::from_static(b"c")),
+            ]
+        );
+        assert!(reply.close);
+    }
+
+    #[test]
+    fn a_runaway_hook_is_stopped_with_its_name() {
+        let limits = Limits {
+            max_operations: 10_000,
+            ..Limits::default()
+        };
+        let script = Arc::new(
+            ServerScript::from_source("t.rhai", "fn on_message(m) { loop {} }", &limits, Verbosity::Quiet)
+                .unwrap(),
+        );
+        let err = script
+            .connection("127.0.0.1:1".parse().unwrap())
+            .on_message(b"x")
+            .unwrap_err();
+        let text = err.render();
+        assert!(text.contains("operation limit"), "{text}");
+        assert!(text.contains("`on_message`"), "{text}");
+    }
+
+    #[test]
+    fn send_outside_a_hook_is_an_error() {
+        let result = ServerScript::from_source("t.rhai", "send(1);", &Limits::default(), Verbosity::Quiet);
+        let text = result.err().unwrap().render();
+        assert!(text.contains("only be used inside a hook"), "{text}");
+        assert!(text.contains("t.rhai:1:1"), "{text}");
+    }
+}

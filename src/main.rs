@@ -1,0 +1,15 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tcpscript::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            anstream::eprint!("{}", error.render());
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Messages between the wire and scripts: bytes in, Rhai values out, and the
+//! reverse, without ever altering a byte.
+//!
+//! A message that is valid UTF-8 reaches a script as a string; any other
+//! message arrives as a `Blob`, so binary data is never replaced by U+FFFD.
+
+use bytes::Bytes;
+use rhai::{Blob, Dynamic};
+
+/// The value a script sees for `bytes`.
+pub fn to_dynamic(bytes: &[u8]) -> Dynamic {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Dynamic::from(text.to_string()),
+        Err(_) => Dynamic::from_blob(bytes.to_vec()),
+    }
+}
+
+/// The bytes to send for a script value: strings as UTF-8, blobs as they
+/// are, anything else (numbers, booleans) as its printed form.
+pub fn to_bytes(value: Dynamic) -> Bytes {
+    if value.is_string() {
+        let text = value.into_immutable_string().unwrap_or_default();
+        return Bytes::copy_from_slice(text.as_bytes());
+    }
+    if value.is_blob() {
+        return Bytes::from(value.into_blob().unwrap_or_default());
+    }
+    Bytes::from(value.to_string().into_bytes())
+}
+
+/// Lowercase hex digits, two per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Bytes from hex digits; whitespace between byte pairs is allowed.
+pub fn unhex(text: &str) -> Result<Blob, String> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return Err(format!("unhex: odd number of hex digits in {text:?}"));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("unhex: {text:?} is not hex"))
+        })
+        .collect()
+}
+
+/// How a message is shown to a person: text quoted with escapes, binary as hex.
+pub fn display(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!("<{} bytes: {}>", bytes.len(), spaced_hex(bytes)),
+    }
+}
+
+/// How a script value is shown in an expected/actual comparison.
+pub fn display_value(value: &Dynamic) -> String {
+    if let Ok(text) = value.as_immutable_string_ref() {
+        return format!("{:?}", text.as_str());
+    }
+    if value.is_blob() {
+        let blob = value.read_lock::<Blob>().map(|b| b.clone()).unwrap_or_default();
+        return format!("<{} bytes: {}>", blob.len(), spaced_hex(&blob));
+    }
+    if value.is_unit() {
+        return "()".into();
+    }
+    format!("{value:?}")
+}
+
+/// The transcript form: text as it is (control characters escaped), binary as hex.
+pub fn display_line(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_debug().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+        Err(_) => format!("<{} bytes: {}>", bytes.len(), spaced_hex(bytes)),
+    }
+}
+
+fn spaced_hex(bytes: &[u8]) -> String {
+    const SHOWN: usize = 64;
+    let mut out: Vec<String> = bytes.iter().take(SHOWN).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > SHOWN {
+        out.push("…".into());
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_becomes_a_blob_and_back_unchanged() {
+        let bytes = b"\xff\x00abc\xc3";
+        let value = to_dynamic(bytes);
+        assert!(value.is_blob());
+        assert_eq!(&to_bytes(value)[..], bytes);
+        assert!(to_dynamic("你好".as_bytes()).is_string());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex(b"\x01\xab"), "01ab");
+        assert_eq!(unhex("01 AB").unwrap(), vec![1, 0xab]);
+        assert!(unhex("abc").is_err());
+        assert!(unhex("zz").is_err());
+    }
+}

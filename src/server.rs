@@ -1,0 +1,372 @@
+//! `tcpscript server SCRIPT`: accept connections and serve each one
+//! concurrently with the script's hooks. A connection that misbehaves, or
+//! whose hook fails, ends alone; the listener and everyone else go on.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::connection::resolve;
+use crate::error::Error;
+use crate::framing::{self, Decoder, FrameError, Framing};
+use crate::hooks::{Action, ConnectionHooks, Reply, ServerScript};
+use crate::message;
+use crate::transcript::{Direction, Transcript, Verbosity};
+
+/// Bytes asked for per read; also the largest `raw` message.
+const READ_SIZE: usize = 64 * 1024;
+/// How long shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a closing connection keeps draining what the peer still sends,
+/// so that closing with unread input does not reset our last replies.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// A write buffer grown past this by one big reply is given back.
+const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    /// One read buffer per worker thread rather than per connection: an
+    /// idle connection then costs only the bytes it has not finished.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: String,
+    pub framing: Framing,
+    pub max_frame: usize,
+    pub verbosity: Verbosity,
+    /// Print each received message on stdout (manual `--echo`).
+    pub print_messages: bool,
+}
+
+/// Counts for the summary printed at shutdown.
+#[derive(Debug, Default)]
+struct Stats {
+    connections: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// What every connection task shares.
+struct Shared {
+    script: Arc<ServerScript>,
+    options: ServerOptions,
+    stats: Stats,
+}
+
+pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(script, options))
+}
+
+async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
+    let listener = bind(&options.listen).await?;
+    let local = listener.local_addr().map_err(|source| Error::Bind {
+        addr: options.listen.clone(),
+        source,
+    })?;
+    // Tests and CI wait for this exact line: it means connects will succeed.
+    eprintln!("listening on {local}");
+
+    let shared = Arc::new(Shared {
+        script: Arc::new(script),
+        options,
+        stats: Stats::default(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Each connection holds a sender; when all are dropped, all are done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let shutdown = shutdown_rx.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, peer, &shared, shutdown).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, usually: wait for some to free
+                    // rather than spin on an error that repeats at once.
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    drop(done_tx);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await;
+    let stats = &shared.stats;
+    eprintln!(
+        "shut down: {} connections, {} messages in, {} out, {} errors",
+        stats.connections.load(Ordering::Relaxed),
+        stats.messages_in.load(Ordering::Relaxed),
+        stats.messages_out.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+async fn bind(listen: &str) -> Result<TcpListener, Error> {
+    let mut last_error = None;
+    for addr in resolve(listen)? {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::Bind {
+        addr: listen.to_string(),
+        source: last_error.unwrap_or_else(|| io::Error::other("no address")),
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    PeerClosed,
+    ScriptClosed,
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Hook(Error),
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad framing from peer: {0}")]
+    Frame(#[from] FrameError),
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let options = &shared.options;
+    let _ = stream.set_nodelay(true);
+    let mut connection = ServerConnection {
+        stream,
+        decoder: Decoder::new(options.framing.clone(), options.max_frame),
+        framing: options.framing.clone(),
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        eof: false,
+        transcript: Transcript::new(options.verbosity, format!("{peer} ")),
+        messages_in: 0,
+        messages_out: 0,
+    };
+    let mut hooks = shared.script.connection(peer);
+    if options.verbosity == Verbosity::Verbose {
+        eprintln!("{peer} connected");
+    }
+
+    let result = converse(&mut connection, &mut hooks, options, &mut shutdown).await;
+    let mut errors = 0;
+    let reason = match &result {
+        Ok(End::PeerClosed) => "closed by peer".to_string(),
+        Ok(End::ScriptClosed) => "closed by script".to_string(),
+        Ok(End::Shutdown) => "closed: server shutting down".to_string(),
+        Err(error) => {
+            errors += 1;
+            match error {
+                ConnError::Hook(e) => anstream::eprint!("{}", e.render()),
+                other => anstream::eprintln!("{peer}: {other}"),
+            }
+            "closed after an error".to_string()
+        }
+    };
+    match hooks.on_disconnect() {
+        // The peer may be gone; replies from on_disconnect are best effort.
+        Ok(reply) if !matches!(result, Ok(End::PeerClosed)) && result.is_ok() => {
+            let _ = connection.perform(reply).await;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            errors += 1;
+            anstream::eprint!("{}", e.render());
+        }
+    }
+    connection.close().await;
+    if options.verbosity == Verbosity::Verbose {
+        eprintln!("{peer} {reason}");
+    }
+    let stats = &shared.stats;
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    stats.messages_in.fetch_add(connection.messages_in, Ordering::Relaxed);
+    stats.messages_out.fetch_add(connection.messages_out, Ordering::Relaxed);
+    stats.errors.fetch_add(errors, Ordering::Relaxed);
+}
+
+async fn converse(
+    connection: &mut ServerConnection,
+    hooks: &mut ConnectionHooks,
+    options: &ServerOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<End, ConnError> {
+    let greeting = hooks.on_connect().map_err(ConnError::Hook)?;
+    if connection.perform(greeting).await? {
+        return Ok(End::ScriptClosed);
+    }
+    loop {
+        let message = tokio::select! {
+            message = connection.next_message() => message?,
+            _ = shutdown.changed() => return Ok(End::Shutdown),
+        };
+        let Some(message) = message else {
+            return Ok(End::PeerClosed);
+        };
+        if options.print_messages {
+            println!("[{}] {}", hooks.peer(), message::display_line(&message));
+        }
+        let reply = hooks.on_message(&message).map_err(ConnError::Hook)?;
+        if connection.perform(reply).await? {
+            return Ok(End::ScriptClosed);
+        }
+    }
+}
+
+/// The socket of one connection with its framing state.
+struct ServerConnection {
+    stream: TcpStream,
+    decoder: Decoder,
+    framing: Framing,
+    /// Received bytes not yet cut into a message.
+    buf: BytesMut,
+    /// Framed replies waiting to be written, reused between replies.
+    out: Vec<u8>,
+    eof: bool,
+    transcript: Transcript,
+    messages_in: u64,
+    messages_out: u64,
+}
+
+impl ServerConnection {
+    /// The next message, or `None` once the peer has closed its side.
+    /// Cancel-safe: partial input stays in `buf` if the future is dropped.
+    async fn next_message(&mut self) -> Result<Option<Bytes>, ConnError> {
+        loop {
+            if let Some(message) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(self.received(message)));
+            }
+            if self.eof {
+                return Ok(self.decoder.decode_eof(&mut self.buf)?.map(|m| self.received(m)));
+            }
+            self.stream.readable().await?;
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let n = self.stream.try_read(&mut scratch)?;
+                self.buf.extend_from_slice(&scratch[..n]);
+                Ok::<_, io::Error>(n)
+            });
+            match read {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn received(&mut self, message: Bytes) -> Bytes {
+        self.messages_in += 1;
+        self.transcript.record(Direction::Received, &message);
+        message
+    }
+
+    /// Carries out a hook's reply; true when the script asked to close.
+    async fn perform(&mut self, reply: Reply) -> Result<bool, ConnError> {
+        for action in reply.actions {
+            match action {
+                Action::Send(message) => {
+                    framing::encode(&self.framing, &message, &mut self.out)?;
+                    self.messages_out += 1;
+                    self.transcript.record(Direction::Sent, &message);
+                }
+                Action::Sleep(pause) => {
+                    self.flush().await?;
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        self.flush().await?;
+        Ok(reply.close)
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > KEEP_WRITE_CAPACITY {
+                self.out = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends our FIN, then drains briefly so unread input does not turn
+    /// the close into a reset that could destroy replies still in flight.
+    async fn close(&mut self) {
+        let _ = self.stream.shutdown().await;
+        if self.eof {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                let read = SCRATCH.with(|scratch| self.stream.try_read(&mut scratch.borrow_mut()));
+                match read {
+                    Ok(0) => return,
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+    }
+}
