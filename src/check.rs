@@ -19,7 +19,7 @@ pub fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
                 }
             }
             Err(error) => {
-                anstream::eprint!("{}", error.render());
+                error.eprint();
                 match error {
                     Error::ReadFile { .. } => unreadable += 1,
                     _ => broken += 1,

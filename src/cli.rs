@@ -215,10 +215,11 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 
 /// `5s`, `250ms`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
-        }
+    if let Ok(seconds) = text.parse::<f64>()
+        && seconds.is_finite()
+        && seconds >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(seconds));
     }
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 5s, 250ms or 1m)"))
 }
@@ -226,7 +227,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `65536`, `64KiB`, `64K`, `1MiB`, `1M`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
     let number: usize = number
         .parse()

@@ -43,7 +43,11 @@ pub struct Summary {
 /// Compiles the script, connects, and runs the conversation.
 pub fn run(options: &ClientOptions) -> Result<Summary, Error> {
     let script_dir = options.script.parent().map(|p| p.to_path_buf());
-    let mut engine = engine::new_engine(&options.limits, options.params.clone(), script_dir.as_deref());
+    let mut engine = engine::new_engine(
+        &options.limits,
+        options.params.clone(),
+        script_dir.as_deref(),
+    );
     let script = engine::compile(&engine, &options.script)?;
     let started = Instant::now();
     let connection = Connection::connect(
@@ -100,7 +104,9 @@ type Shared = Arc<Mutex<Session>>;
 
 fn lock(session: &Shared) -> MutexGuard<'_, Session> {
     // A panic cannot happen while the lock is held, but never make it fatal.
-    session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    session
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis(ms: INT) -> Duration {
@@ -180,9 +186,8 @@ impl Session {
         let regex = match self.patterns.get(pattern) {
             Some(regex) => regex.clone(),
             None => {
-                let regex = Regex::new(pattern).map_err(|e| {
-                    Failure::script(format!("invalid regular expression: {e}"))
-                })?;
+                let regex = Regex::new(pattern)
+                    .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
                 self.patterns.insert(pattern.to_string(), regex.clone());
                 regex
             }
@@ -227,11 +232,15 @@ fn register(engine: &mut Engine, session: &Shared) {
     engine.register_fn("recv", move || -> NativeResult<Dynamic> {
         let mut session = lock(&s);
         let timeout = session.timeout;
-        Ok(message::to_dynamic(&session.expect_message(timeout, "a message")?))
+        Ok(message::to_dynamic(
+            &session.expect_message(timeout, "a message")?,
+        ))
     });
     let s = session.clone();
     engine.register_fn("recv", move |ms: INT| -> NativeResult<Dynamic> {
-        Ok(message::to_dynamic(&lock(&s).expect_message(millis(ms), "a message")?))
+        Ok(message::to_dynamic(
+            &lock(&s).expect_message(millis(ms), "a message")?,
+        ))
     });
     let s = session.clone();
     engine.register_fn("recv_blob", move || -> NativeResult<Blob> {
@@ -273,7 +282,9 @@ fn register(engine: &mut Engine, session: &Shared) {
         session.expect_close(timeout)
     });
     let s = session.clone();
-    engine.register_fn("expect_close", move |ms: INT| lock(&s).expect_close(millis(ms)));
+    engine.register_fn("expect_close", move |ms: INT| {
+        lock(&s).expect_close(millis(ms))
+    });
 
     let s = session.clone();
     engine.register_fn("close", move || {

@@ -47,7 +47,9 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Error> {
         .map_err(|e| Error::Usage(format!("bad address `{addr}`: {e}")))?
         .collect();
     if addrs.is_empty() {
-        return Err(Error::Usage(format!("address `{addr}` resolves to nothing")));
+        return Err(Error::Usage(format!(
+            "address `{addr}` resolves to nothing"
+        )));
     }
     Ok(addrs)
 }
@@ -104,7 +106,12 @@ impl FrameReader {
             match stream.read(&mut self.scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Ok(Received::TimedOut);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -159,7 +166,11 @@ impl Connection {
         }
     }
 
-    pub fn from_stream(stream: TcpStream, framing: Framing, max_frame: usize) -> Result<Self, Error> {
+    pub fn from_stream(
+        stream: TcpStream,
+        framing: Framing,
+        max_frame: usize,
+    ) -> Result<Self, Error> {
         let peer = stream.peer_addr().map_err(|source| Error::Connect {
             addr: "peer".into(),
             source,

@@ -85,7 +85,10 @@ impl Diagnostic {
                     .map(|c| if c == '\t' { '\t' } else { ' ' })
                     .collect();
                 out += &format!("{pad} {GUTTER}|{GUTTER:#}\n");
-                out += &format!("{GUTTER}{}{GUTTER:#} {GUTTER}|{GUTTER:#} {line}\n", location.line);
+                out += &format!(
+                    "{GUTTER}{}{GUTTER:#} {GUTTER}|{GUTTER:#} {line}\n",
+                    location.line
+                );
                 out += &format!("{pad} {GUTTER}|{GUTTER:#} {caret_pad}{ERROR}^{ERROR:#}\n");
             }
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rhai::{Blob, Dynamic, Engine, EvalAltResult, NativeCallContext, Position, AST};
+use rhai::{AST, Blob, Dynamic, Engine, EvalAltResult, NativeCallContext, Position};
 
 use crate::diagnostic::{Diagnostic, Location};
 use crate::error::Error;
@@ -148,7 +148,9 @@ pub fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) ->
         .set_max_expr_depths(128, 64)
         .set_max_modules(64);
     if let Some(dir) = script_dir {
-        engine.set_module_resolver(rhai::module_resolvers::FileModuleResolver::new_with_path(dir));
+        engine.set_module_resolver(rhai::module_resolvers::FileModuleResolver::new_with_path(
+            dir,
+        ));
     }
     register_common(&mut engine, params);
     engine
@@ -180,7 +182,9 @@ fn register_common(engine: &mut Engine, params: Params) {
         },
     );
     engine.register_fn("env", |name: &str| -> Dynamic {
-        std::env::var(name).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+        std::env::var(name)
+            .map(Dynamic::from)
+            .unwrap_or(Dynamic::UNIT)
     });
 
     engine.register_fn("assert", |cond: bool| -> NativeResult<()> {

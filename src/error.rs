@@ -64,4 +64,14 @@ impl Error {
             other => Diagnostic::new(other.to_string()).render(),
         }
     }
+
+    /// Writes the report to stderr in one piece, so reports from
+    /// concurrent connections never interleave.
+    pub fn eprint(&self) {
+        use std::io::Write;
+        let text = self.render();
+        let mut stderr = anstream::stderr().lock();
+        let _ = stderr.write_all(text.as_bytes());
+        let _ = stderr.flush();
+    }
 }

@@ -91,12 +91,18 @@ impl FromStr for Framing {
                     "u8" => LenWidth::U8,
                     "u16" => LenWidth::U16,
                     "u32" => LenWidth::U32,
-                    other => return Err(format!("unknown length width `{other}`: use u8, u16 or u32")),
+                    other => {
+                        return Err(format!(
+                            "unknown length width `{other}`: use u8, u16 or u32"
+                        ));
+                    }
                 };
                 let big_endian = match order {
                     None | Some("be") => true,
                     Some("le") => false,
-                    Some(other) => return Err(format!("unknown byte order `{other}`: use be or le")),
+                    Some(other) => {
+                        return Err(format!("unknown byte order `{other}`: use be or le"));
+                    }
                 };
                 Ok(Framing::Len { width, big_endian })
             }
@@ -387,11 +393,20 @@ mod tests {
     #[test]
     fn delim_with_escapes() {
         assert_eq!(
-            decode_all("delim:\\r\\n\\r\\n", b"GET /\r\nHost: x\r\n\r\nnext\r\n\r\n"),
+            decode_all(
+                "delim:\\r\\n\\r\\n",
+                b"GET /\r\nHost: x\r\n\r\nnext\r\n\r\n"
+            ),
             vec![b"GET /\r\nHost: x".to_vec(), b"next".to_vec()]
         );
-        assert_eq!(decode_all("delim:\\0", b"a\0b\0"), vec![b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(decode_all("delim:\\xff", b"a\xffb"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            decode_all("delim:\\0", b"a\0b\0"),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            decode_all("delim:\\xff", b"a\xffb"),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
     }
 
     #[test]
@@ -400,7 +415,10 @@ mod tests {
             decode_all("len:u16", b"\x00\x02hi\x00\x00"),
             vec![b"hi".to_vec(), b"".to_vec()]
         );
-        assert_eq!(decode_all("len:u32:le", b"\x01\x00\x00\x00z"), vec![b"z".to_vec()]);
+        assert_eq!(
+            decode_all("len:u32:le", b"\x01\x00\x00\x00z"),
+            vec![b"z".to_vec()]
+        );
         let mut out = Vec::new();
         encode(&"len:u16:le".parse().unwrap(), b"abc", &mut out).unwrap();
         assert_eq!(out, b"\x03\x00abc");
@@ -421,15 +439,28 @@ mod tests {
     fn oversized_frames_are_refused_before_they_are_buffered() {
         let mut decoder = Decoder::new(Framing::Line, 4);
         let mut buf = BytesMut::from(&b"abcdef"[..]);
-        assert!(matches!(decoder.decode(&mut buf), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut decoder = Decoder::new("len:u32".parse().unwrap(), 4);
         let mut buf = BytesMut::from(&b"\x00\x00\x10\x00"[..]);
-        assert!(matches!(decoder.decode(&mut buf), Err(FrameError::TooLarge { size: 4096, .. })));
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(FrameError::TooLarge { size: 4096, .. })
+        ));
     }
 
     #[test]
     fn parse_and_display_round_trip() {
-        for text in ["line", "raw", "delim:\\r\\n", "len:u8:be", "len:u32:le", "delim:\\x01\\0"] {
+        for text in [
+            "line",
+            "raw",
+            "delim:\\r\\n",
+            "len:u8:be",
+            "len:u32:le",
+            "delim:\\x01\\0",
+        ] {
             assert_eq!(text.parse::<Framing>().unwrap().to_string(), text);
         }
         assert!("len:u64".parse::<Framing>().is_err());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, Scope, INT};
+use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, INT, Scope};
 
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
@@ -106,7 +106,13 @@ impl ServerScript {
 
     /// The script behind `--echo`: every message comes straight back.
     pub fn echo(limits: &Limits, verbosity: Verbosity) -> Result<Self, Error> {
-        let engine = server_engine(limits, DEFAULT_HOOK_TIMEOUT, Params::default(), verbosity, None);
+        let engine = server_engine(
+            limits,
+            DEFAULT_HOOK_TIMEOUT,
+            Params::default(),
+            verbosity,
+            None,
+        );
         let script = engine::compile_source(
             &engine,
             "<echo>".into(),
@@ -122,7 +128,13 @@ impl ServerScript {
         limits: &Limits,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let engine = server_engine(limits, DEFAULT_HOOK_TIMEOUT, Params::default(), verbosity, None);
+        let engine = server_engine(
+            limits,
+            DEFAULT_HOOK_TIMEOUT,
+            Params::default(),
+            verbosity,
+            None,
+        );
         let script = engine::compile_source(&engine, name.into(), source.into())?;
         Self::start(engine, script, DEFAULT_HOOK_TIMEOUT)
     }
@@ -186,7 +198,9 @@ fn server_engine(
     });
     engine.register_fn("send", |value: Dynamic| {
         with_current("send()", |call| {
-            call.reply.actions.push(Action::Send(message::to_bytes(value)));
+            call.reply
+                .actions
+                .push(Action::Send(message::to_bytes(value)));
         })
     });
     engine.register_fn("sleep", |ms: INT| {
@@ -195,8 +209,12 @@ fn server_engine(
             call.reply.actions.push(Action::Sleep(pause));
         })
     });
-    engine.register_fn("close", || with_current("close()", |call| call.reply.close = true));
-    engine.register_fn("peer", || with_current("peer()", |call| call.peer.to_string()));
+    engine.register_fn("close", || {
+        with_current("close()", |call| call.reply.close = true)
+    });
+    engine.register_fn("peer", || {
+        with_current("peer()", |call| call.peer.to_string())
+    });
     engine.register_fn("log", move |value: Dynamic| {
         if verbosity >= Verbosity::Normal {
             let who = CURRENT
@@ -331,8 +349,13 @@ mod tests {
             ..Limits::default()
         };
         let script = Arc::new(
-            ServerScript::from_source("t.rhai", "fn on_message(m) { loop {} }", &limits, Verbosity::Quiet)
-                .unwrap(),
+            ServerScript::from_source(
+                "t.rhai",
+                "fn on_message(m) { loop {} }",
+                &limits,
+                Verbosity::Quiet,
+            )
+            .unwrap(),
         );
         let err = script
             .connection("127.0.0.1:1".parse().unwrap())
@@ -345,7 +368,8 @@ mod tests {
 
     #[test]
     fn send_outside_a_hook_is_an_error() {
-        let result = ServerScript::from_source("t.rhai", "send(1);", &Limits::default(), Verbosity::Quiet);
+        let result =
+            ServerScript::from_source("t.rhai", "send(1);", &Limits::default(), Verbosity::Quiet);
         let text = result.err().unwrap().render();
         assert!(text.contains("only be used inside a hook"), "{text}");
         assert!(text.contains("t.rhai:1:1"), "{text}");

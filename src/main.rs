@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            anstream::eprint!("{}", error.render());
+            error.eprint();
             ExitCode::from(error.exit_code())
         }
     }

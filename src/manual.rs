@@ -184,7 +184,8 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
             }
         };
         eprintln!("client {peer} connected");
-        let mut connection = Connection::from_stream(stream, options.framing.clone(), options.max_frame)?;
+        let mut connection =
+            Connection::from_stream(stream, options.framing.clone(), options.max_frame)?;
         let stdout = io::stdout();
         let outcome = loop {
             // A person answers: no deadline on either side of the conversation.
@@ -195,7 +196,11 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
                 Err(RecvError::Io(e)) => break format!("connection error: {e}"),
                 Err(RecvError::Frame(e)) => break format!("bad framing: {e}"),
             };
-            let _ = writeln!(stdout.lock(), "[{peer}] {}", message::display_line(&message));
+            let _ = writeln!(
+                stdout.lock(),
+                "[{peer}] {}",
+                message::display_line(&message)
+            );
             let Some(reply) = replies.next() else {
                 connection.close();
                 eprintln!("client {peer}: end of input, stopping");

@@ -31,16 +31,18 @@ pub fn to_bytes(value: Dynamic) -> Bytes {
 /// Lowercase hex digits, two per byte.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// Bytes from hex digits; whitespace between byte pairs is allowed.
 pub fn unhex(text: &str) -> Result<Blob, String> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("unhex: odd number of hex digits in {text:?}"));
     }
     digits
@@ -68,7 +70,10 @@ pub fn display_value(value: &Dynamic) -> String {
         return format!("{:?}", text.as_str());
     }
     if value.is_blob() {
-        let blob = value.read_lock::<Blob>().map(|b| b.clone()).unwrap_or_default();
+        let blob = value
+            .read_lock::<Blob>()
+            .map(|b| b.clone())
+            .unwrap_or_default();
         return format!("<{} bytes: {}>", blob.len(), spaced_hex(&blob));
     }
     if value.is_unit() {
@@ -96,7 +101,11 @@ pub fn display_line(bytes: &[u8]) -> String {
 
 fn spaced_hex(bytes: &[u8]) -> String {
     const SHOWN: usize = 64;
-    let mut out: Vec<String> = bytes.iter().take(SHOWN).map(|b| format!("{b:02x}")).collect();
+    let mut out: Vec<String> = bytes
+        .iter()
+        .take(SHOWN)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if bytes.len() > SHOWN {
         out.push("…".into());
     }

@@ -213,7 +213,7 @@ async fn serve_connection(
         Err(error) => {
             errors += 1;
             match error {
-                ConnError::Hook(e) => anstream::eprint!("{}", e.render()),
+                ConnError::Hook(e) => e.eprint(),
                 other => anstream::eprintln!("{peer}: {other}"),
             }
             "closed after an error".to_string()
@@ -227,7 +227,7 @@ async fn serve_connection(
         Ok(_) => {}
         Err(e) => {
             errors += 1;
-            anstream::eprint!("{}", e.render());
+            e.eprint();
         }
     }
     connection.close().await;
@@ -236,8 +236,12 @@ async fn serve_connection(
     }
     let stats = &shared.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
-    stats.messages_in.fetch_add(connection.messages_in, Ordering::Relaxed);
-    stats.messages_out.fetch_add(connection.messages_out, Ordering::Relaxed);
+    stats
+        .messages_in
+        .fetch_add(connection.messages_in, Ordering::Relaxed);
+    stats
+        .messages_out
+        .fetch_add(connection.messages_out, Ordering::Relaxed);
     stats.errors.fetch_add(errors, Ordering::Relaxed);
 }
 
@@ -293,7 +297,10 @@ impl ServerConnection {
                 return Ok(Some(self.received(message)));
             }
             if self.eof {
-                return Ok(self.decoder.decode_eof(&mut self.buf)?.map(|m| self.received(m)));
+                return Ok(self
+                    .decoder
+                    .decode_eof(&mut self.buf)?
+                    .map(|m| self.received(m)));
             }
             self.stream.readable().await?;
             let read = SCRATCH.with(|scratch| {

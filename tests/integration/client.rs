@@ -1,0 +1,318 @@
+//! `tcpscript client SCRIPT`: conversations, their failures and exit codes.
+//! The servers here are tcpscript's own echo or a plain `std::net` peer.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::thread;
+
+use predicates::prelude::*;
+use predicates::str::contains;
+
+use crate::support::{Running, script, tcpscript};
+
+fn client(s: &crate::support::Script, server: &Running) -> assert_cmd::Command {
+    let mut cmd = tcpscript();
+    cmd.args(["client", s.path(), "--connect", &server.addr()]);
+    cmd
+}
+
+/// A server script for these tests: echoes, with a few commands.
+const SERVER: &str = r#"
+fn on_message(msg) {
+    if msg == "quit" { close(); return "bye"; }
+    if msg == "silence" { return; }
+    if msg == "id" { return "you are #17"; }
+    if msg == "binary" { return unhex("00ff10"); }
+    `echo: ${msg}`
+}
+"#;
+
+fn server() -> (Running, crate::support::Script) {
+    let s = script(SERVER);
+    (Running::server(&[s.path()]), s)
+}
+
+#[test]
+fn a_passing_conversation_exits_0_with_a_summary() {
+    let (server, _s) = server();
+    let s = script(
+        r#"
+send("hello");
+assert_eq(recv(), "echo: hello");
+send("id");
+let m = expect("^you are #(\\d+)$");
+assert_eq(m[0], "you are #17");
+assert_eq(parse_int(m[1]), 17);
+send("silence");
+assert_eq(try_recv(100), ());
+send("binary");
+assert_eq(hex(recv_blob()), "00ff10");
+send("quit");
+assert_eq(recv(), "bye");
+expect_close();
+"#,
+    );
+    client(&s, &server)
+        .assert()
+        .success()
+        .stderr(contains("ok: ").and(contains("5 sent, 4 received")));
+}
+
+#[test]
+fn a_wrong_reply_is_exit_1_with_position_values_and_transcript() {
+    let (server, _s) = server();
+    let s = script("send(\"hello\");\nlet r = recv();\nassert_eq(r, \"echo: hallo\");\n");
+    let out = client(&s, &server)
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains(&format!("--> {}:3:1", s.path())), "{text}");
+    assert!(
+        text.contains("3 | assert_eq(r, \"echo: hallo\");"),
+        "{text}"
+    );
+    assert!(text.contains("expected: \"echo: hallo\""), "{text}");
+    assert!(text.contains("actual: \"echo: hello\""), "{text}");
+    assert!(
+        text.contains("> hello") && text.contains("< echo: hello"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stderr is not a terminal: {text:?}"
+    );
+}
+
+#[test]
+fn a_regex_that_does_not_match_shows_pattern_and_message() {
+    let (server, _s) = server();
+    let s = script("send(\"x\");\nexpect(\"^you are #(\\\\d+)$\");\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains(format!("{}:2:1", s.path())))
+        .stderr(contains("expected: /^you are #(\\d+)$/"))
+        .stderr(contains("actual: \"echo: x\""));
+}
+
+#[test]
+fn a_receive_that_times_out_is_exit_1() {
+    let (server, _s) = server();
+    let s = script("send(\"silence\");\nrecv();\n");
+    client(&s, &server)
+        .args(["--timeout", "300ms"])
+        .assert()
+        .code(1)
+        .stderr(contains("timed out after 300ms waiting for a message"))
+        .stderr(contains(format!("{}:2:1", s.path())));
+    let s = script("send(\"silence\");\nrecv(100);\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains("timed out after 100ms"));
+}
+
+#[test]
+fn an_unexpected_close_is_exit_1_and_expect_close_checks_the_close() {
+    let (server, _s) = server();
+    let s = script("send(\"quit\");\nrecv();\nrecv();\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains("the peer closed the connection"))
+        .stderr(contains(format!("{}:3:1", s.path())));
+    let s = script("send(\"hi\");\nexpect_close(200);\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains("a message arrived"))
+        .stderr(contains("actual: \"echo: hi\""));
+    let s = script("expect_close(100);\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains("it stayed open for 100ms"));
+}
+
+#[test]
+fn assert_and_fail_are_expectation_failures() {
+    let (server, _s) = server();
+    let s = script("assert(1 + 1 == 3, \"arithmetic is broken\");\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains("arithmetic is broken"));
+    let s = script("\nfail(\"stop here\");\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains("stop here"))
+        .stderr(contains(format!("{}:2:1", s.path())));
+}
+
+#[test]
+fn a_script_error_is_exit_3_and_a_syntax_error_never_connects() {
+    let (server, _s) = server();
+    let s = script("let x = 5;\nx.no_such_method();\n");
+    client(&s, &server)
+        .assert()
+        .code(3)
+        .stderr(contains(format!("{}:2:3", s.path())));
+    let s = script("send(\"x\"\n");
+    tcpscript()
+        .args(["client", s.path(), "--connect", "127.0.0.1:1"])
+        .assert()
+        .code(3)
+        .stderr(contains(format!("{}:", s.path())));
+    let s = script("expect(\"(unclosed\");\n");
+    client(&s, &server)
+        .assert()
+        .code(3)
+        .stderr(contains("invalid regular expression"));
+}
+
+#[test]
+fn connect_refused_is_exit_4() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = script("send(\"x\");\n");
+    tcpscript()
+        .args([
+            "client",
+            s.path(),
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .assert()
+        .code(4)
+        .stderr(contains(format!("cannot connect to 127.0.0.1:{port}")));
+}
+
+#[test]
+fn connect_retry_waits_for_a_server_that_is_still_starting() {
+    let listener_addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let s = script("send(\"late\");\nassert_eq(recv(), \"late\");\n");
+    let mut client = std::process::Command::new(crate::support::BIN);
+    client.args([
+        "client",
+        s.path(),
+        "--connect",
+        &listener_addr.to_string(),
+        "--connect-retry",
+        "10s",
+    ]);
+    let mut running = Running::start(client, None);
+    // Bound only after the client has started trying.
+    thread::sleep(std::time::Duration::from_millis(200));
+    let listener = TcpListener::bind(listener_addr).unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    (&stream).write_all(line.as_bytes()).unwrap();
+    assert_eq!(running.wait_exit().code(), Some(0), "{}", running.stderr());
+}
+
+#[test]
+fn a_reset_connection_is_exit_4() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peer = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        // Read only part of what arrived: closing with unread data resets.
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).unwrap();
+        drop(stream);
+    });
+    let s = script("send(\"abcdef\");\nrecv();\n");
+    tcpscript()
+        .args(["client", s.path(), "--connect", &addr])
+        .assert()
+        .code(4)
+        .stderr(contains("connection error"))
+        .stderr(contains(format!("{}:2:1", s.path())));
+    peer.join().unwrap();
+}
+
+#[test]
+fn params_env_and_their_errors() {
+    let (server, _s) = server();
+    let s = script(
+        r#"
+let name = param("name");
+let count = param("count", 1);
+assert_eq(count + 1, 4);
+assert_eq(param("missing", "dflt"), "dflt");
+assert_eq(env("TCPSCRIPT_TEST_ENV"), "from env");
+assert_eq(env("TCPSCRIPT_TEST_UNSET"), ());
+send(name);
+assert_eq(recv(), "echo: Ada");
+"#,
+    );
+    client(&s, &server)
+        .args(["--set", "name=Ada", "--set", "count=3"])
+        .env("TCPSCRIPT_TEST_ENV", "from env")
+        .assert()
+        .success();
+    client(&s, &server)
+        .args(["--set", "count=3"])
+        .env("TCPSCRIPT_TEST_ENV", "from env")
+        .assert()
+        .code(2)
+        .stderr(contains(
+            "parameter `name` is not set: pass --set name=VALUE",
+        ));
+    client(&s, &server)
+        .args(["--set", "name=Ada", "--set", "count=three"])
+        .assert()
+        .code(2)
+        .stderr(contains("parameter `count` must be an integer"));
+}
+
+#[test]
+fn verbose_prints_the_transcript_and_quiet_prints_nothing() {
+    let (server, _s) = server();
+    let s = script("send(\"hello\");\nrecv();\nlog(\"done\");\n");
+    client(&s, &server).arg("-v").assert().success().stderr(
+        contains("> hello")
+            .and(contains("< echo: hello"))
+            .and(contains("done")),
+    );
+    client(&s, &server).arg("-q").assert().success().stderr("");
+}
+
+#[test]
+fn bad_flags_and_unreadable_scripts_are_usage_errors() {
+    tcpscript()
+        .args(["client", "--timeout", "soon"])
+        .assert()
+        .code(2);
+    tcpscript()
+        .args(["client", "--framing", "morse"])
+        .assert()
+        .code(2);
+    tcpscript().args(["frobnicate"]).assert().code(2);
+    tcpscript()
+        .args(["client", "/nonexistent/conversation.rhai"])
+        .assert()
+        .code(2)
+        .stderr(contains("cannot read `/nonexistent/conversation.rhai`"));
+}
+
+#[test]
+fn eval_is_refused() {
+    let s = script("eval(\"1\");\n");
+    tcpscript()
+        .args(["check", s.path()])
+        .assert()
+        .code(3)
+        .stderr(contains(format!("{}:1:1", s.path())));
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real binary over real loopback sockets.
+
+mod check;
+mod client;
+mod interop;
+mod manual;
+mod server;
+mod support;

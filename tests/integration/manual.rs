@@ -1,0 +1,98 @@
+//! Manual mode (no SCRIPT): the tutorial's programs, driven by piped stdin.
+
+use std::process::Command;
+
+use predicates::str::contains;
+
+use crate::support::{BIN, LineClient, Running, shipped, tcpscript};
+
+#[test]
+fn client_sends_stdin_lines_prints_replies_and_stops_at_exit() {
+    let server = Running::server(&[&shipped("reply.rhai")]);
+    tcpscript()
+        .args(["client", "--connect", &server.addr()])
+        .write_stdin("hello\nupper piped\nexit\nnever sent\n")
+        .assert()
+        .success()
+        .stdout(contains("welcome to the tcpscript tutorial server"))
+        .stdout(contains("PIPED\nbye after 2 messages\n"));
+    server.wait_stderr("left after 2 messages");
+}
+
+#[test]
+fn client_stops_at_end_of_input_too() {
+    let server = Running::server(&["--echo", "-q"]);
+    tcpscript()
+        .args(["client", "--connect", &server.addr()])
+        .write_stdin("one\ntwo\n")
+        .assert()
+        .success()
+        .stdout("one\ntwo\n");
+}
+
+#[test]
+fn client_connect_refused_is_exit_4() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    tcpscript()
+        .args(["client", "--connect", &format!("127.0.0.1:{port}")])
+        .write_stdin("x\n")
+        .assert()
+        .code(4);
+}
+
+#[test]
+fn server_answers_each_message_with_the_next_stdin_line() {
+    let mut server = Running::server_with_input(&[], Some("first reply\nsecond reply\nexit\n"));
+    let mut c = LineClient::connect(server.port);
+    let me = c.stream().local_addr().unwrap().to_string();
+    assert_eq!(c.exchange("hello"), "first reply");
+    assert_eq!(c.exchange("again"), "second reply");
+    // Answering `exit` ends that client, as in the tutorial.
+    assert_eq!(c.exchange("bye"), "exit");
+    c.expect_closed();
+    let out = server.wait_stdout(&format!("[{me}] bye"));
+    assert!(
+        out.contains(&format!("[{me}] hello\n[{me}] again\n")),
+        "{out}"
+    );
+    // The end of stdin ends the server once the next client needs a reply.
+    let mut next = LineClient::connect(server.port);
+    next.send("anyone?");
+    next.expect_closed();
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn server_serves_the_next_client_after_one_closes_without_spinning() {
+    let server = Running::server_with_input(&[], Some("r1\nr2\n"));
+    let first = LineClient::connect(server.port);
+    drop(first);
+    server.wait_stderr("closed by peer");
+    let mut second = LineClient::connect(server.port);
+    assert_eq!(second.exchange("hi"), "r1");
+    // One line per closed client: no busy loop printing empty messages.
+    let out = server.stdout();
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn echo_replies_with_the_message_and_prints_it_with_the_peer() {
+    let server = Running::server(&["--echo"]);
+    let mut a = LineClient::connect(server.port);
+    let mut b = LineClient::connect(server.port);
+    assert_eq!(a.exchange("ping a"), "ping a");
+    assert_eq!(b.exchange("ping b"), "ping b");
+    let me = a.stream().local_addr().unwrap().to_string();
+    server.wait_stdout(&format!("[{me}] ping a"));
+}
+
+#[test]
+fn echo_and_a_script_cannot_be_combined() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "x.rhai", "--echo"]);
+    assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+}

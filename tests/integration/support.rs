@@ -1,0 +1,276 @@
+//! Helpers shared by the integration tests: the binary, temporary scripts,
+//! processes whose output is watched line by line (never slept on), and a
+//! plain `std::net` line client that tcpscript did not write.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Longest any test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tcpscript");
+
+/// `tcpscript ARGS...` as an assert_cmd command, with colour off.
+pub fn tcpscript() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(BIN);
+    cmd.env_remove("GITHUB_ACTIONS").timeout(PATIENCE);
+    cmd
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn shipped(name: &str) -> String {
+    repo_path("scripts").join(name).display().to_string()
+}
+
+/// A script written to a temporary folder, removed when dropped.
+pub struct Script {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Script {
+    pub fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+pub fn script(source: &str) -> Script {
+    script_named("test.rhai", source)
+}
+
+pub fn script_named(name: &str, source: &str) -> Script {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, source).unwrap();
+    Script { _dir: dir, path }
+}
+
+/// Text a child process has written so far, with a way to wait for more.
+#[derive(Clone, Default)]
+struct Captured(Arc<(Mutex<String>, Condvar)>);
+
+impl Captured {
+    fn follow(self, mut source: impl Read + Send + 'static) {
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = match source.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let (text, changed) = &*self.0;
+                text.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                changed.notify_all();
+            }
+        });
+    }
+
+    fn text(&self) -> String {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the text contains `needle`; returns everything so far.
+    fn wait_for(&self, needle: &str, what: &str) -> String {
+        self.wait_until(
+            |text| text.contains(needle),
+            &format!("{what} never showed {needle:?}"),
+        )
+    }
+
+    fn wait_until(&self, done: impl Fn(&str) -> bool, failure: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let (text, changed) = &*self.0;
+        let mut guard = text.lock().unwrap();
+        while !done(&guard) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{failure}; it showed:\n{guard}");
+            guard = changed.wait_timeout(guard, left).unwrap().0;
+        }
+        guard.clone()
+    }
+}
+
+/// A background process (a server, usually); killed when dropped.
+pub struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Captured,
+    stderr: Captured,
+    /// The port from its `listening on IP:PORT` line, when it printed one.
+    pub port: u16,
+}
+
+impl Running {
+    /// Starts `command` with piped stdio; `input` is written to its stdin.
+    pub fn start(mut command: Command, input: Option<&str>) -> Running {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("GITHUB_ACTIONS");
+        let mut child = command.spawn().expect("spawn");
+        let mut stdin = child.stdin.take();
+        if let Some(input) = input {
+            let mut pipe = stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        let stdout = Captured::default();
+        stdout.clone().follow(child.stdout.take().unwrap());
+        let stderr = Captured::default();
+        stderr.clone().follow(child.stderr.take().unwrap());
+        Running {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            port: 0,
+        }
+    }
+
+    /// Starts it and waits for `listening on 127.0.0.1:PORT`.
+    pub fn listening(command: Command, input: Option<&str>) -> Running {
+        let mut running = Running::start(command, input);
+        let complete_line = |text: &str| {
+            text.split_once("listening on ")
+                .is_some_and(|(_, rest)| rest.contains('\n'))
+        };
+        let text = running
+            .stderr
+            .wait_until(complete_line, "the server never printed `listening on`");
+        let line = text.lines().find(|l| l.contains("listening on ")).unwrap();
+        running.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        running
+    }
+
+    /// `tcpscript server ARGS --listen 127.0.0.1:0`, once it is listening.
+    pub fn server(args: &[&str]) -> Running {
+        Running::server_with_input(args, None)
+    }
+
+    pub fn server_with_input(args: &[&str], input: Option<&str>) -> Running {
+        let mut command = Command::new(BIN);
+        command
+            .arg("server")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"]);
+        Running::listening(command, input)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.text()
+    }
+
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        self.stderr.wait_for(needle, "stderr")
+    }
+
+    pub fn wait_stdout(&self, needle: &str) -> String {
+        self.stdout.wait_for(needle, "stdout")
+    }
+
+    pub fn send_signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the output threads to see the end of the output.
+    pub fn wait_output_closed(&mut self) {
+        let _ = self.wait_exit();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A peer tcpscript did not write: `std::net`, one line per message.
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl LineClient {
+    pub fn connect(port: u16) -> LineClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        LineClient {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// The next line without its newline; `None` at end of stream.
+    pub fn recv(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end_matches('\n').to_string()),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    pub fn exchange(&mut self, line: &str) -> String {
+        self.send(line);
+        self.recv().expect("a reply, not a close")
+    }
+
+    /// Asserts that the server closes the connection (end of stream, or a reset).
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "expected a close, got {rest:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+}
