@@ -82,6 +82,8 @@ impl FrameReader {
     ) -> Result<Received, RecvError> {
         // A timeout too large for the clock (`--timeout 100y`) means no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Even a zero timeout (`try_recv()`) looks at what has already arrived.
+        let mut first_read = true;
         loop {
             if let Some(message) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Received::Message(message));
@@ -95,13 +97,14 @@ impl FrameReader {
             let wait = match deadline {
                 Some(deadline) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() {
+                    if remaining.is_zero() && !first_read {
                         return Ok(Received::TimedOut);
                     }
-                    Some(remaining)
+                    Some(remaining.max(Duration::from_millis(1)))
                 }
                 None => None,
             };
+            first_read = false;
             stream.set_read_timeout(wait)?;
             match stream.read(&mut self.scratch) {
                 Ok(0) => self.eof = true,

@@ -23,6 +23,7 @@ fn on_message(msg) {
     if msg == "silence" { return; }
     if msg == "id" { return "you are #17"; }
     if msg == "binary" { return unhex("00ff10"); }
+    if msg == "two" { return ["one", "two"]; }
     `echo: ${msg}`
 }
 "#;
@@ -45,6 +46,10 @@ assert_eq(m[0], "you are #17");
 assert_eq(parse_int(m[1]), 17);
 send("silence");
 assert_eq(try_recv(100), ());
+assert_eq(try_recv(), ());
+send("two");
+assert_eq(recv(), "one");
+assert_eq(try_recv(), "two");
 send("binary");
 assert_eq(hex(recv_blob()), "00ff10");
 send("quit");
@@ -55,7 +60,7 @@ expect_close();
     client(&s, &server)
         .assert()
         .success()
-        .stderr(contains("ok: ").and(contains("5 sent, 4 received")));
+        .stderr(contains("ok: ").and(contains("6 sent, 6 received")));
 }
 
 #[test]
