@@ -52,8 +52,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// What one message is: line, raw, delim:SEQ or len:u8|u16|u32[:be|le]
-    #[arg(long, value_name = "FRAMING", default_value = "line")]
-    pub framing: Framing,
+    /// [default: the script's FRAMING constant, else line]
+    #[arg(long, value_name = "FRAMING")]
+    pub framing: Option<Framing>,
     /// Largest message accepted from the peer, e.g. 65536, 64KiB, 1MiB
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1MiB")]
     pub max_frame: usize,
@@ -94,6 +95,9 @@ pub struct ServerArgs {
     /// Wall-clock time one hook call may run before it is stopped
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub hook_timeout: Duration,
+    /// Close a connection that sends nothing, or reads none of its replies, this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -156,17 +160,22 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         (None, false) => {
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
-                framing: args.common.framing,
+                framing: args.common.framing.unwrap_or(Framing::Line),
                 max_frame: args.common.max_frame,
                 verbosity,
             });
         }
     };
+    let framing = match args.common.framing {
+        Some(framing) => framing,
+        None => script.declared_framing()?.unwrap_or(Framing::Line),
+    };
     server::run(
         script,
         ServerOptions {
             listen: args.listen,
-            framing: args.common.framing,
+            framing,
+            idle_timeout: args.idle_timeout,
             max_frame: args.common.max_frame,
             verbosity,
             print_messages: args.echo && verbosity >= Verbosity::Normal,
@@ -181,7 +190,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             connect: args.connect,
             timeout: args.timeout,
             connect_retry: args.connect_retry,
-            framing: args.common.framing,
+            framing: args.common.framing.unwrap_or(Framing::Line),
             max_frame: args.common.max_frame,
             verbosity,
         });

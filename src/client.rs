@@ -25,7 +25,8 @@ pub struct ClientOptions {
     pub connect: String,
     pub timeout: Duration,
     pub connect_retry: Option<Duration>,
-    pub framing: Framing,
+    /// From `--framing`; `None` leaves it to the script, then `line`.
+    pub framing: Option<Framing>,
     pub max_frame: usize,
     pub params: Params,
     pub verbosity: Verbosity,
@@ -49,10 +50,14 @@ pub fn run(options: &ClientOptions) -> Result<Summary, Error> {
         script_dir.as_deref(),
     );
     let script = engine::compile(&engine, &options.script)?;
+    let framing = match &options.framing {
+        Some(framing) => framing.clone(),
+        None => script.declared_framing()?.unwrap_or(Framing::Line),
+    };
     let started = Instant::now();
     let connection = Connection::connect(
         &options.connect,
-        options.framing.clone(),
+        framing,
         options.max_frame,
         options.timeout,
         options.connect_retry,
@@ -80,8 +85,8 @@ pub fn run(options: &ClientOptions) -> Result<Summary, Error> {
         }),
         Err(err) => {
             let mut error = engine::diagnose(&err, &script, None);
-            if let Error::Failed(d) | Error::Network(d) | Error::Script(d) = &mut error {
-                d.transcript = session.transcript.recent();
+            if let Some(diagnostic) = error.diagnostic_mut() {
+                diagnostic.transcript = session.transcript.recent();
             }
             Err(error)
         }

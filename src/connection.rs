@@ -68,7 +68,8 @@ impl FrameReader {
         FrameReader {
             decoder: Decoder::new(framing, max_frame),
             buf: BytesMut::new(),
-            scratch: vec![0; READ_SIZE],
+            // One read is one `raw` message: never more than --max-frame.
+            scratch: vec![0; max_frame.min(READ_SIZE)],
             eof: false,
         }
     }

@@ -3,13 +3,18 @@
 //! errors into diagnostics that name `file:line:col`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use rhai::{AST, Blob, Dynamic, Engine, EvalAltResult, NativeCallContext, Position};
+use rhai::module_resolvers::FileModuleResolver;
+use rhai::{
+    AST, Blob, Dynamic, Engine, EvalAltResult, Module, ModuleResolver, NativeCallContext, Position,
+    Shared,
+};
 
 use crate::diagnostic::{Diagnostic, Location};
 use crate::error::Error;
+use crate::framing::Framing;
 use crate::message;
 
 /// Resource limits for script code. Rhai's own defaults differ between
@@ -25,12 +30,14 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// Generous for any conversation, small enough that a script building
+    /// a runaway string or array stops long before memory runs out.
     fn default() -> Self {
         Limits {
             max_operations: 0,
-            max_string_size: 16 * 1024 * 1024,
-            max_array_size: 1_000_000,
-            max_map_size: 1_000_000,
+            max_string_size: 8 * 1024 * 1024,
+            max_array_size: 100_000,
+            max_map_size: 100_000,
             max_call_depth: 64,
         }
     }
@@ -49,6 +56,31 @@ pub struct Script {
 }
 
 impl Script {
+    /// The framing the script declares with `const FRAMING = "...";` at
+    /// its top level. A constant is read without running the script, so a
+    /// client knows it before connecting.
+    pub fn declared_framing(&self) -> Result<Option<Framing>, Error> {
+        let Some((_, _, value)) = self
+            .ast
+            .iter_literal_variables(true, false)
+            .find(|(name, _, _)| *name == "FRAMING")
+        else {
+            return Ok(None);
+        };
+        let text = value.into_string().map_err(|_| {
+            Error::Script(Box::new(Diagnostic::new(format!(
+                "{}: FRAMING must be a string such as \"raw\" or \"len:u16\"",
+                self.path
+            ))))
+        })?;
+        text.parse().map(Some).map_err(|e: String| {
+            Error::Script(Box::new(Diagnostic::new(format!(
+                "{}: FRAMING: {e}",
+                self.path
+            ))))
+        })
+    }
+
     /// Whether the script defines `name` taking `arity` parameters.
     pub fn has_fn(&self, name: &str, arity: usize) -> bool {
         self.ast
@@ -147,13 +179,78 @@ pub fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) ->
         .set_max_call_levels(limits.max_call_depth)
         .set_max_expr_depths(128, 64)
         .set_max_modules(64);
-    if let Some(dir) = script_dir {
-        engine.set_module_resolver(rhai::module_resolvers::FileModuleResolver::new_with_path(
-            dir,
-        ));
+    match script_dir {
+        Some(dir) => {
+            engine.set_module_resolver(FolderResolver::new(dir));
+        }
+        // A script given as text has no folder, so nothing to import from.
+        None => {
+            engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        }
     }
     register_common(&mut engine, params);
     engine
+}
+
+/// Resolves `import "name"` only to files inside the script's own folder:
+/// no absolute paths, no `..`, no symbolic link that leads outside. Rhai's
+/// `FileModuleResolver` alone follows any path it is given.
+struct FolderResolver {
+    folder: PathBuf,
+    files: FileModuleResolver,
+}
+
+impl FolderResolver {
+    fn new(dir: &Path) -> Self {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let folder = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        FolderResolver {
+            files: FileModuleResolver::new_with_path(&folder),
+            folder,
+        }
+    }
+
+    fn admit(&self, path: &str, position: Position) -> Result<(), Box<EvalAltResult>> {
+        let relative = Path::new(path);
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let inside = plain
+            && match self.files.get_file_path(path, None).canonicalize() {
+                Ok(real) => real.starts_with(&self.folder),
+                // Missing files are reported by the file resolver itself.
+                Err(_) => true,
+            };
+        if inside {
+            return Ok(());
+        }
+        let failure = Failure::script(format!(
+            "import \"{path}\" is refused: modules must be inside the script's folder ({}), \
+             without absolute paths or `..`",
+            self.folder.display()
+        ));
+        Err(Box::new(EvalAltResult::ErrorRuntime(
+            Dynamic::from(failure),
+            position,
+        )))
+    }
+}
+
+impl ModuleResolver for FolderResolver {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        source: Option<&str>,
+        path: &str,
+        position: Position,
+    ) -> Result<Shared<Module>, Box<EvalAltResult>> {
+        self.admit(path, position)?;
+        self.files.resolve(engine, source, path, position)
+    }
 }
 
 fn register_common(engine: &mut Engine, params: Params) {

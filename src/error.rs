@@ -55,6 +55,16 @@ impl Error {
         }
     }
 
+    /// The report behind the errors that point into a script.
+    pub fn diagnostic_mut(&mut self) -> Option<&mut Diagnostic> {
+        match self {
+            Error::ScriptUsage(d) | Error::Script(d) | Error::Failed(d) | Error::Network(d) => {
+                Some(d)
+            }
+            _ => None,
+        }
+    }
+
     /// The full report: a rustc-like snippet when the error points into a script.
     pub fn render(&self) -> String {
         match self {

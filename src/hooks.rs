@@ -159,6 +159,11 @@ impl ServerScript {
         &self.script.path
     }
 
+    /// The script's `const FRAMING`, if it declares one.
+    pub fn declared_framing(&self) -> Result<Option<crate::framing::Framing>, Error> {
+        self.script.declared_framing()
+    }
+
     /// The hooks of one new connection, with its own copy of the variables.
     pub fn connection(self: &Arc<Self>, peer: SocketAddr) -> ConnectionHooks {
         ConnectionHooks {

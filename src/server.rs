@@ -7,11 +7,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::resolve;
@@ -45,6 +45,9 @@ pub struct ServerOptions {
     pub verbosity: Verbosity,
     /// Print each received message on stdout (manual `--echo`).
     pub print_messages: bool,
+    /// Close a connection that sends nothing, or does not read its
+    /// replies, for this long. Off by default: test peers may idle.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Counts for the summary printed at shutdown.
@@ -80,6 +83,14 @@ async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error
     })?;
     // Tests and CI wait for this exact line: it means connects will succeed.
     eprintln!("listening on {local}");
+    let fd_limit = raise_open_file_limit();
+    if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
+        eprintln!(
+            "note: the open-file limit is {fd_limit} and could not be raised: \
+             at most about {} connections at once (see `ulimit -n`)",
+            fd_limit.saturating_sub(16)
+        );
+    }
 
     let shared = Arc::new(Shared {
         script: Arc::new(script),
@@ -91,6 +102,7 @@ async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let stop = shutdown_signal();
     tokio::pin!(stop);
+    let mut last_accept_error = None;
 
     loop {
         tokio::select! {
@@ -106,9 +118,13 @@ async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error
                 }
                 Err(e) => {
                     // Out of file descriptors, usually: wait for some to free
-                    // rather than spin on an error that repeats at once.
-                    eprintln!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // rather than spin on an error that repeats at once, and
+                    // say so once a second rather than fifty times.
+                    if last_accept_error.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                        eprintln!("accept failed: {e}");
+                        last_accept_error = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
             _ = &mut stop => break,
@@ -130,10 +146,25 @@ async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error
     Ok(())
 }
 
+/// Connections a burst of clients may queue before we accept them; the
+/// usual 128 or 1024 makes a thousand simultaneous connects stall on SYN
+/// retries.
+const BACKLOG: u32 = 4096;
+
 async fn bind(listen: &str) -> Result<TcpListener, Error> {
     let mut last_error = None;
     for addr in resolve(listen)? {
-        match TcpListener::bind(addr).await {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)
+        });
+        match bound {
             Ok(listener) => return Ok(listener),
             Err(e) => last_error = Some(e),
         }
@@ -142,6 +173,24 @@ async fn bind(listen: &str) -> Result<TcpListener, Error> {
         addr: listen.to_string(),
         source: last_error.unwrap_or_else(|| io::Error::other("no address")),
     })
+}
+
+/// Below this many open files, say that the server cannot take many clients.
+const FEW_FILES: u64 = 4096;
+
+/// Raises the soft open-file limit to the hard one (each connection is a
+/// file descriptor; the usual soft limit of 1024 caps a server at about a
+/// thousand clients). Returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+        rlimit::increase_nofile_limit(hard).unwrap_or(soft)
+    }
+    #[cfg(not(unix))]
+    {
+        u64::MAX
+    }
 }
 
 async fn shutdown_signal() {
@@ -168,6 +217,7 @@ enum End {
     PeerClosed,
     ScriptClosed,
     Shutdown,
+    Idle(Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +228,8 @@ enum ConnError {
     Io(#[from] io::Error),
     #[error("bad framing from peer: {0}")]
     Frame(#[from] FrameError),
+    #[error("the peer read none of its replies for {}; closing", humantime::format_duration(*.0))]
+    NotReading(Duration),
 }
 
 async fn serve_connection(
@@ -195,6 +247,8 @@ async fn serve_connection(
         buf: BytesMut::new(),
         out: Vec::new(),
         eof: false,
+        read_size: options.max_frame.min(READ_SIZE),
+        write_timeout: options.idle_timeout,
         transcript: Transcript::new(options.verbosity, format!("{peer} ")),
         messages_in: 0,
         messages_out: 0,
@@ -205,23 +259,40 @@ async fn serve_connection(
     }
 
     let result = converse(&mut connection, &mut hooks, options, &mut shutdown).await;
+    // on_disconnect's replies go out when the connection can still carry
+    // them: the script closed it, or the server is shutting down.
+    let farewell = matches!(result, Ok(End::ScriptClosed | End::Shutdown));
     let mut errors = 0;
-    let reason = match &result {
+    let reason = match result {
         Ok(End::PeerClosed) => "closed by peer".to_string(),
         Ok(End::ScriptClosed) => "closed by script".to_string(),
         Ok(End::Shutdown) => "closed: server shutting down".to_string(),
-        Err(error) => {
-            errors += 1;
-            match error {
-                ConnError::Hook(e) => e.eprint(),
-                other => anstream::eprintln!("{peer}: {other}"),
+        Ok(End::Idle(idle)) => {
+            let reason = format!(
+                "closed: idle for {} (--idle-timeout)",
+                humantime::format_duration(idle)
+            );
+            if options.verbosity == Verbosity::Normal {
+                eprintln!("{peer} {reason}");
             }
+            reason
+        }
+        Err(ConnError::Hook(mut error)) => {
+            errors += 1;
+            if let Some(diagnostic) = error.diagnostic_mut() {
+                diagnostic.transcript = connection.transcript.recent();
+            }
+            error.eprint();
+            "closed after a script error".to_string()
+        }
+        Err(other) => {
+            errors += 1;
+            eprintln!("{peer} {other}");
             "closed after an error".to_string()
         }
     };
     match hooks.on_disconnect() {
-        // The peer may be gone; replies from on_disconnect are best effort.
-        Ok(reply) if !matches!(result, Ok(End::PeerClosed)) && result.is_ok() => {
+        Ok(reply) if farewell => {
             let _ = connection.perform(reply).await;
         }
         Ok(_) => {}
@@ -259,6 +330,9 @@ async fn converse(
         let message = tokio::select! {
             message = connection.next_message() => message?,
             _ = shutdown.changed() => return Ok(End::Shutdown),
+            _ = idle(options.idle_timeout) => {
+                return Ok(End::Idle(options.idle_timeout.unwrap_or_default()));
+            }
         };
         let Some(message) = message else {
             return Ok(End::PeerClosed);
@@ -273,6 +347,14 @@ async fn converse(
     }
 }
 
+/// Completes after `timeout`, or never when there is none.
+async fn idle(timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The socket of one connection with its framing state.
 struct ServerConnection {
     stream: TcpStream,
@@ -283,6 +365,10 @@ struct ServerConnection {
     /// Framed replies waiting to be written, reused between replies.
     out: Vec<u8>,
     eof: bool,
+    /// Largest single read: a `raw` message never exceeds `--max-frame`.
+    read_size: usize,
+    /// How long a write may stall on a peer that does not read.
+    write_timeout: Option<Duration>,
     transcript: Transcript,
     messages_in: u64,
     messages_out: u64,
@@ -305,7 +391,7 @@ impl ServerConnection {
             self.stream.readable().await?;
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                let n = self.stream.try_read(&mut scratch)?;
+                let n = self.stream.try_read(&mut scratch[..self.read_size])?;
                 self.buf.extend_from_slice(&scratch[..n]);
                 Ok::<_, io::Error>(n)
             });
@@ -343,9 +429,18 @@ impl ServerConnection {
         Ok(reply.close)
     }
 
+    /// Writes the pending replies. Memory stays bounded when the peer does
+    /// not read: this waits, and the connection reads nothing more until
+    /// the kernel's buffers drain (or `--idle-timeout` gives up on it).
     async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            let write = self.stream.write_all(&self.out);
+            match self.write_timeout {
+                Some(limit) => tokio::time::timeout(limit, write)
+                    .await
+                    .map_err(|_| ConnError::NotReading(limit))??,
+                None => write.await?,
+            }
             self.out.clear();
             if self.out.capacity() > KEEP_WRITE_CAPACITY {
                 self.out = Vec::new();
