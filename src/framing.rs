@@ -468,4 +468,119 @@ mod tests {
         assert!("delim:\\q".parse::<Framing>().is_err());
         assert!("nope".parse::<Framing>().is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A framing and messages it can carry unambiguously.
+        fn framed_messages() -> impl Strategy<Value = (Framing, Vec<Vec<u8>>)> {
+            let bytes = || proptest::collection::vec(any::<u8>(), 0..300);
+            prop_oneof![
+                proptest::collection::vec(bytes(), 0..20).prop_map(|ms| {
+                    let ms = ms
+                        .into_iter()
+                        .map(|mut m| {
+                            // A line never holds \n, and a trailing \r is framing.
+                            m.retain(|&b| b != b'\n');
+                            while m.last() == Some(&b'\r') {
+                                m.pop();
+                            }
+                            m
+                        })
+                        .collect();
+                    (Framing::Line, ms)
+                }),
+                (
+                    proptest::collection::vec(any::<u8>(), 1..4),
+                    proptest::collection::vec(bytes(), 0..20)
+                )
+                    .prop_map(|(delimiter, ms)| {
+                        // Keep only messages whose first delimiter is their own.
+                        let ms = ms
+                            .into_iter()
+                            .filter(|m| {
+                                let mut framed = m.clone();
+                                framed.extend_from_slice(&delimiter);
+                                memchr::memmem::find(&framed, &delimiter) == Some(m.len())
+                            })
+                            .collect();
+                        (Framing::Delim(delimiter), ms)
+                    }),
+                (
+                    prop_oneof![Just(LenWidth::U8), Just(LenWidth::U16), Just(LenWidth::U32)],
+                    any::<bool>(),
+                    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..255), 0..20)
+                )
+                    .prop_map(|(width, big_endian, ms)| (Framing::Len { width, big_endian }, ms)),
+            ]
+        }
+
+        /// Feeds `stream` to a decoder in pieces cut at `cuts`.
+        fn decode_in_pieces(framing: &Framing, stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut decoder = Decoder::new(framing.clone(), DEFAULT_MAX_FRAME);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut start = 0;
+            for end in points {
+                buf.extend_from_slice(&stream[start..end]);
+                start = end;
+                while let Some(m) = decoder.decode(&mut buf).unwrap() {
+                    out.push(m.to_vec());
+                }
+            }
+            while let Some(m) = decoder.decode_eof(&mut buf).unwrap() {
+                out.push(m.to_vec());
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn encode_then_decode_is_identity_however_the_stream_is_cut(
+                (framing, messages) in framed_messages(),
+                cuts in proptest::collection::vec(any::<usize>(), 0..30),
+            ) {
+                let mut stream = Vec::new();
+                for m in &messages {
+                    encode(&framing, m, &mut stream).unwrap();
+                }
+                prop_assert_eq!(decode_in_pieces(&framing, &stream, &cuts), messages.clone());
+                // Coalesced into one piece, too.
+                prop_assert_eq!(decode_in_pieces(&framing, &stream, &[]), messages);
+            }
+
+            #[test]
+            fn raw_delivers_every_byte_in_order(
+                stream in proptest::collection::vec(any::<u8>(), 0..2000),
+                cuts in proptest::collection::vec(any::<usize>(), 0..30),
+            ) {
+                let pieces = decode_in_pieces(&Framing::Raw, &stream, &cuts);
+                prop_assert!(pieces.iter().all(|p| !p.is_empty()));
+                prop_assert_eq!(pieces.concat(), stream);
+            }
+
+            #[test]
+            fn garbage_never_panics_and_frames_stay_bounded(
+                stream in proptest::collection::vec(any::<u8>(), 0..2000),
+                framing in prop_oneof![
+                    Just("line"), Just("raw"), Just("delim:\\r\\n"), Just("len:u32"), Just("len:u16:le")
+                ],
+            ) {
+                let mut decoder = Decoder::new(framing.parse().unwrap(), 64);
+                let mut buf = BytesMut::from(&stream[..]);
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(m)) => prop_assert!(m.len() <= 64),
+                        Ok(None) => break,
+                        Err(FrameError::TooLarge { .. }) => break,
+                        Err(other) => prop_assert!(false, "unexpected {other}"),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -139,7 +139,8 @@ impl ServerScript {
         Self::start(engine, script, DEFAULT_HOOK_TIMEOUT)
     }
 
-    fn start(engine: Engine, script: Script, hook_timeout: Duration) -> Result<Self, Error> {
+    fn start(mut engine: Engine, script: Script, hook_timeout: Duration) -> Result<Self, Error> {
+        share_top_level_imports(&mut engine, &script)?;
         let mut scope = Scope::new();
         engine
             .run_ast_with_scope(&mut scope, &script.ast)
@@ -172,6 +173,32 @@ impl ServerScript {
             peer: peer.to_string().into(),
         }
     }
+}
+
+/// Makes modules imported at the top level usable inside hooks. Hooks are
+/// called without re-running the top level, and Rhai keeps a top-level
+/// `import` only for the run that executed it; registering each module
+/// under its alias keeps `import "util" as u;` then `u::f()` in a hook
+/// working as anyone would expect.
+fn share_top_level_imports(engine: &mut Engine, script: &Script) -> Result<(), Error> {
+    use rhai::{Expr, Stmt};
+    for statement in script.ast.statements() {
+        let Stmt::Import(import, position) = statement else {
+            continue;
+        };
+        let (Expr::StringConstant(path, _), alias) = &import.as_ref() else {
+            continue;
+        };
+        if alias.name.is_empty() {
+            continue;
+        }
+        let module = engine
+            .module_resolver()
+            .resolve(engine, Some(script.path.as_str()), path, *position)
+            .map_err(|err| engine::diagnose(&err, script, Some("in the script's imports")))?;
+        engine.register_static_module(alias.name.as_str(), module);
+    }
+    Ok(())
 }
 
 fn server_engine(

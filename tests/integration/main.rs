@@ -3,6 +3,7 @@
 mod check;
 mod client;
 mod interop;
+mod hostile;
 mod manual;
 mod server;
 mod support;
