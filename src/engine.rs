@@ -306,6 +306,8 @@ fn register_common(engine: &mut Engine, params: Params) {
         Err(Failure::expectation(msg).into())
     });
 
+    // `msg.to_blob()` whatever the message was: Rhai has it for strings only.
+    engine.register_fn("to_blob", |blob: Blob| blob);
     engine.register_fn("hex", |blob: Blob| message::hex(&blob));
     engine.register_fn("hex", |text: &str| message::hex(text.as_bytes()));
     engine.register_fn("unhex", |text: &str| -> NativeResult<Blob> {

@@ -510,7 +510,10 @@ mod tests {
                 (
                     prop_oneof![Just(LenWidth::U8), Just(LenWidth::U16), Just(LenWidth::U32)],
                     any::<bool>(),
-                    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..255), 0..20)
+                    proptest::collection::vec(
+                        proptest::collection::vec(any::<u8>(), 0..255),
+                        0..20
+                    )
                 )
                     .prop_map(|(width, big_endian, ms)| (Framing::Len { width, big_endian }, ms)),
             ]

@@ -56,25 +56,32 @@ pub fn unhex(text: &str) -> Result<Blob, String> {
         .collect()
 }
 
+/// The text of a message when it reads as text: valid UTF-8 without
+/// control characters other than tab, CR and LF. Anything else is shown
+/// as hex, which is how people read binary protocols.
+fn as_text(bytes: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let readable = text
+        .chars()
+        .all(|c| !c.is_control() || matches!(c, '\t' | '\r' | '\n'));
+    readable.then_some(text)
+}
+
 /// How a message is shown to a person: text quoted with escapes, binary as hex.
 pub fn display(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => format!("{text:?}"),
-        Err(_) => format!("<{} bytes: {}>", bytes.len(), spaced_hex(bytes)),
+    match as_text(bytes) {
+        Some(text) => format!("{text:?}"),
+        None => format!("<{}: {}>", byte_count(bytes.len()), spaced_hex(bytes)),
     }
 }
 
 /// How a script value is shown in an expected/actual comparison.
 pub fn display_value(value: &Dynamic) -> String {
     if let Ok(text) = value.as_immutable_string_ref() {
-        return format!("{:?}", text.as_str());
+        return display(text.as_bytes());
     }
-    if value.is_blob() {
-        let blob = value
-            .read_lock::<Blob>()
-            .map(|b| b.clone())
-            .unwrap_or_default();
-        return format!("<{} bytes: {}>", blob.len(), spaced_hex(&blob));
+    if let Some(blob) = value.read_lock::<Blob>() {
+        return display(&blob);
     }
     if value.is_unit() {
         return "()".into();
@@ -84,8 +91,8 @@ pub fn display_value(value: &Dynamic) -> String {
 
 /// The transcript form: text as it is (control characters escaped), binary as hex.
 pub fn display_line(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text
+    match as_text(bytes) {
+        Some(text) => text
             .chars()
             .map(|c| {
                 if c.is_control() {
@@ -95,7 +102,15 @@ pub fn display_line(bytes: &[u8]) -> String {
                 }
             })
             .collect(),
-        Err(_) => format!("<{} bytes: {}>", bytes.len(), spaced_hex(bytes)),
+        None => format!("<{}: {}>", byte_count(bytes.len()), spaced_hex(bytes)),
+    }
+}
+
+fn byte_count(n: usize) -> String {
+    if n == 1 {
+        "1 byte".into()
+    } else {
+        format!("{n} bytes")
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{script, script_named, tcpscript, LineClient, Running, PATIENCE};
+use crate::support::{LineClient, PATIENCE, Running, script, script_named, tcpscript};
 
 /// An echo server script that says what it got.
 const ECHO: &str = "fn on_message(msg) { msg }\n";
@@ -51,13 +51,17 @@ fn garbage_length_prefix_is_refused_before_buffering() {
 }
 
 fn invalid_utf8_is_a_blob_echoed_byte_for_byte_in_every_framing() {
-    let s = script("fn on_message(msg) { if type_of(msg) != \"blob\" { throw \"not a blob\" } msg }\n");
+    let s =
+        script("fn on_message(msg) { if type_of(msg) != \"blob\" { throw \"not a blob\" } msg }\n");
     let payload: &[u8] = b"\xff\x00\xfe\xc3(\x80";
     let cases: [(&str, Vec<u8>); 4] = [
         ("line", [payload, b"\n"].concat()),
         ("raw", payload.to_vec()),
         ("delim:\\r\\n", [payload, b"\r\n"].concat()),
-        ("len:u16:le", [&[payload.len() as u8, 0][..], payload].concat()),
+        (
+            "len:u16:le",
+            [&[payload.len() as u8, 0][..], payload].concat(),
+        ),
     ];
     for (framing, wire) in cases {
         let server = Running::server(&[s.path(), "--framing", framing]);
@@ -84,7 +88,8 @@ fn half_closed_peer_still_gets_every_reply_before_the_close() {
 }
 
 fn peer_that_resets_mid_message_ends_alone() {
-    let s = script("fn on_connect() { \"greeting you will not read\" }\nfn on_message(msg) { msg }\n");
+    let s =
+        script("fn on_connect() { \"greeting you will not read\" }\nfn on_message(msg) { msg }\n");
     let server = Running::server(&[s.path(), "-v"]);
     let mut c = LineClient::connect(server.port);
     assert_eq!(c.recv().as_deref(), Some("greeting you will not read"));
@@ -97,7 +102,8 @@ fn peer_that_resets_mid_message_ends_alone() {
     drop(rude);
     let log = server.wait_stderr(&format!("{rude_addr} closed"));
     assert!(
-        log.contains(&format!("{rude_addr} connection error")) || log.contains(&format!("{rude_addr} < half a mess")),
+        log.contains(&format!("{rude_addr} connection error"))
+            || log.contains(&format!("{rude_addr} < half a mess")),
         "{log}"
     );
     assert_eq!(c.exchange("after the reset"), "after the reset");
@@ -122,21 +128,27 @@ fn peer_that_never_reads_is_bounded_then_dropped() {
     );
     let server = Running::server(&[s.path(), "--idle-timeout", "1s"]);
     let mut hog = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    hog.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    hog.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     // Ask for 64 KiB replies and read none: soon the server stops reading
     // us (its replies are stuck), so our own writes stall. Nothing grows.
     let mut sent = 0usize;
     let stalled = loop {
         match hog.write(b"more please\n") {
             Ok(n) => sent += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break true;
+            }
             Err(_) => break false,
         }
         if sent > 64 * 1024 * 1024 {
             break false;
         }
     };
-    assert!(stalled, "the server kept reading {sent} bytes from a peer that never reads");
+    assert!(
+        stalled,
+        "the server kept reading {sent} bytes from a peer that never reads"
+    );
     server.wait_stderr("read none of its replies for 1s; closing");
     still_serving(&server);
 }
@@ -150,7 +162,9 @@ fn two_thousand_concurrent_connections_are_all_served() {
     );
     let s = script(ECHO);
     let server = Running::server(&[s.path(), "-q"]);
-    let mut clients: Vec<LineClient> = (0..wanted).map(|_| LineClient::connect(server.port)).collect();
+    let mut clients: Vec<LineClient> = (0..wanted)
+        .map(|_| LineClient::connect(server.port))
+        .collect();
     for (i, c) in clients.iter_mut().enumerate() {
         c.send(&format!("client {i}"));
     }
@@ -161,7 +175,10 @@ fn two_thousand_concurrent_connections_are_all_served() {
 }
 
 fn runaway_loop_is_stopped_naming_hook_and_script() {
-    let s = script_named("spin.rhai", "fn on_message(msg) {\n    if msg == \"go\" { while true { } }\n    msg\n}\n");
+    let s = script_named(
+        "spin.rhai",
+        "fn on_message(msg) {\n    if msg == \"go\" { while true { } }\n    msg\n}\n",
+    );
     let server = Running::server(&[s.path(), "--max-ops", "50000"]);
     let mut c = LineClient::connect(server.port);
     c.send("go");
@@ -173,7 +190,10 @@ fn runaway_loop_is_stopped_naming_hook_and_script() {
 }
 
 fn slow_hook_is_stopped_by_the_wall_clock() {
-    let s = script_named("slow.rhai", "fn on_message(msg) {\n    let n = 0;\n    while msg == \"go\" { n += 1; }\n    msg\n}\n");
+    let s = script_named(
+        "slow.rhai",
+        "fn on_message(msg) {\n    let n = 0;\n    while msg == \"go\" { n += 1; }\n    msg\n}\n",
+    );
     let server = Running::server(&[s.path(), "--max-ops", "0", "--hook-timeout", "250ms"]);
     let mut c = LineClient::connect(server.port);
     c.send("go");
@@ -211,7 +231,9 @@ fn huge_string_and_array_are_stopped() {
 }
 
 fn deep_recursion_is_stopped() {
-    let s = script("fn down(n) { down(n + 1) }\nfn on_message(msg) { if msg == \"dive\" { down(0) } msg }\n");
+    let s = script(
+        "fn down(n) { down(n + 1) }\nfn on_message(msg) { if msg == \"dive\" { down(0) } msg }\n",
+    );
     let server = Running::server(&[s.path()]);
     let mut c = LineClient::connect(server.port);
     c.send("dive");
@@ -256,7 +278,11 @@ fn imports_stay_inside_the_script_folder() {
     // A module beside the script is fine.
     let s = script("import \"helper\" as h;\nfn on_connect() { h::GREETING }\n");
     let folder = std::path::Path::new(s.path()).parent().unwrap();
-    std::fs::write(folder.join("helper.rhai"), "export const GREETING = \"from a module\";\n").unwrap();
+    std::fs::write(
+        folder.join("helper.rhai"),
+        "export const GREETING = \"from a module\";\n",
+    )
+    .unwrap();
     let server = Running::server(&[s.path()]);
     let mut c = LineClient::connect(server.port);
     assert_eq!(c.recv().as_deref(), Some("from a module"));
@@ -275,28 +301,53 @@ fn shutdown_lets_in_flight_replies_out() {
     assert_eq!(c.recv().as_deref(), Some("goodbye"));
     c.expect_closed();
     assert_eq!(server.wait_exit().code(), Some(0));
-    assert!(server.stderr().contains("shut down: 1 connections, 1 messages in, 2 out, 0 errors"));
+    assert!(
+        server
+            .stderr()
+            .contains("shut down: 1 connections, 1 messages in, 2 out, 0 errors")
+    );
 }
 
 type Case = (&'static str, fn());
 
 const CASES: &[Case] = &[
     ("oversized frame", oversized_frame_ends_only_that_connection),
-    ("garbage length prefix", garbage_length_prefix_is_refused_before_buffering),
-    ("invalid UTF-8 in every framing", invalid_utf8_is_a_blob_echoed_byte_for_byte_in_every_framing),
-    ("half-closed peer", half_closed_peer_still_gets_every_reply_before_the_close),
+    (
+        "garbage length prefix",
+        garbage_length_prefix_is_refused_before_buffering,
+    ),
+    (
+        "invalid UTF-8 in every framing",
+        invalid_utf8_is_a_blob_echoed_byte_for_byte_in_every_framing,
+    ),
+    (
+        "half-closed peer",
+        half_closed_peer_still_gets_every_reply_before_the_close,
+    ),
     ("reset mid-message", peer_that_resets_mid_message_ends_alone),
     ("silent peer", silent_peer_is_closed_by_the_idle_timeout),
-    ("peer that never reads", peer_that_never_reads_is_bounded_then_dropped),
-    ("2,000 concurrent connections", two_thousand_concurrent_connections_are_all_served),
-    ("runaway loop", runaway_loop_is_stopped_naming_hook_and_script),
+    (
+        "peer that never reads",
+        peer_that_never_reads_is_bounded_then_dropped,
+    ),
+    (
+        "2,000 concurrent connections",
+        two_thousand_concurrent_connections_are_all_served,
+    ),
+    (
+        "runaway loop",
+        runaway_loop_is_stopped_naming_hook_and_script,
+    ),
     ("slow hook", slow_hook_is_stopped_by_the_wall_clock),
     ("huge string and array", huge_string_and_array_are_stopped),
     ("deep recursion", deep_recursion_is_stopped),
     ("sleep isolation", sleep_in_one_hook_never_delays_another),
     ("eval refused", eval_is_refused),
     ("import jail", imports_stay_inside_the_script_folder),
-    ("shutdown with replies in flight", shutdown_lets_in_flight_replies_out),
+    (
+        "shutdown with replies in flight",
+        shutdown_lets_in_flight_replies_out,
+    ),
 ];
 
 #[test]
@@ -315,6 +366,10 @@ fn hostile_peers_and_scripts_never_take_the_server_down() {
             }
         }
     }
-    eprintln!("{} of {} hostile cases held", CASES.len() - failed.len(), CASES.len());
+    eprintln!(
+        "{} of {} hostile cases held",
+        CASES.len() - failed.len(),
+        CASES.len()
+    );
     assert!(failed.is_empty(), "failed: {failed:?}");
 }

@@ -2,8 +2,9 @@
 
 mod check;
 mod client;
-mod interop;
 mod hostile;
+mod interop;
 mod manual;
+mod scripts;
 mod server;
 mod support;
