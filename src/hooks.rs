@@ -17,6 +17,7 @@ use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, INT, Scope};
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::message;
+use crate::room::{Room, SharedStore};
 use crate::transcript::Verbosity;
 
 /// Defaults for the limits a single hook call runs under.
@@ -35,6 +36,8 @@ pub struct Reply {
 pub enum Action {
     Send(Bytes),
     Sleep(Duration),
+    /// To every other connection of the server.
+    Broadcast(Bytes),
 }
 
 impl Reply {
@@ -88,6 +91,8 @@ pub struct ServerScript {
     has_message: bool,
     has_disconnect: bool,
     hook_timeout: Duration,
+    /// Who is connected, when the script broadcasts or lists peers.
+    room: Option<Arc<Room>>,
 }
 
 impl ServerScript {
@@ -99,26 +104,15 @@ impl ServerScript {
         params: Params,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let engine = server_engine(limits, hook_timeout, params, verbosity, path.parent());
+        let room = Arc::new(Room::default());
+        let engine = server_engine(limits, hook_timeout, params, verbosity, path.parent(), &room);
         let script = engine::compile(&engine, path)?;
-        Self::start(engine, script, hook_timeout)
+        Self::start(engine, script, hook_timeout, room)
     }
 
     /// The script behind `--echo`: every message comes straight back.
     pub fn echo(limits: &Limits, verbosity: Verbosity) -> Result<Self, Error> {
-        let engine = server_engine(
-            limits,
-            DEFAULT_HOOK_TIMEOUT,
-            Params::default(),
-            verbosity,
-            None,
-        );
-        let script = engine::compile_source(
-            &engine,
-            "<echo>".into(),
-            "fn on_message(msg) { msg }".into(),
-        )?;
-        Self::start(engine, script, DEFAULT_HOOK_TIMEOUT)
+        Self::from_source("<echo>", "fn on_message(msg) { msg }", limits, verbosity)
     }
 
     /// Compiles a script given as text (tests, built-ins).
@@ -128,19 +122,28 @@ impl ServerScript {
         limits: &Limits,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
+        let room = Arc::new(Room::default());
         let engine = server_engine(
             limits,
             DEFAULT_HOOK_TIMEOUT,
             Params::default(),
             verbosity,
             None,
+            &room,
         );
         let script = engine::compile_source(&engine, name.into(), source.into())?;
-        Self::start(engine, script, DEFAULT_HOOK_TIMEOUT)
+        Self::start(engine, script, DEFAULT_HOOK_TIMEOUT, room)
     }
 
-    fn start(mut engine: Engine, script: Script, hook_timeout: Duration) -> Result<Self, Error> {
+    fn start(
+        mut engine: Engine,
+        script: Script,
+        hook_timeout: Duration,
+        room: Arc<Room>,
+    ) -> Result<Self, Error> {
         share_top_level_imports(&mut engine, &script)?;
+        // Keeping a roster costs every connection a channel: only when used.
+        let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
         let mut scope = Scope::new();
         engine
             .run_ast_with_scope(&mut scope, &script.ast)
@@ -153,7 +156,13 @@ impl ServerScript {
             script,
             scope,
             hook_timeout,
+            room,
         })
+    }
+
+    /// The roster connections join, if the script needs one.
+    pub fn room(&self) -> Option<&Arc<Room>> {
+        self.room.as_ref()
     }
 
     pub fn path(&self) -> &str {
@@ -201,12 +210,29 @@ fn share_top_level_imports(engine: &mut Engine, script: &Script) -> Result<(), E
     Ok(())
 }
 
+/// Whether the script calls any of `names` anywhere, hooks included.
+fn calls_any(script: &Script, names: &[&str]) -> bool {
+    use rhai::{ASTNode, Expr, Stmt};
+    let mut found = false;
+    script.ast.walk(&mut |path: &[ASTNode]| {
+        let name = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, _))) => Some(&call.name),
+            Some(ASTNode::Stmt(Stmt::FnCall(call, _))) => Some(&call.name),
+            _ => None,
+        };
+        found |= name.is_some_and(|n| names.contains(&n.as_str()));
+        !found
+    });
+    found
+}
+
 fn server_engine(
     limits: &Limits,
     hook_timeout: Duration,
     params: Params,
     verbosity: Verbosity,
     script_dir: Option<&Path>,
+    room: &Arc<Room>,
 ) -> Engine {
     let mut engine = engine::new_engine(limits, params, script_dir);
     // Connections run on several threads; Rhai's string interner is one
@@ -244,6 +270,17 @@ fn server_engine(
     engine.register_fn("close", || {
         with_current("close()", |call| call.reply.close = true)
     });
+    engine.register_fn("broadcast", |value: Dynamic| {
+        with_current("broadcast()", |call| {
+            let message = message::to_bytes(value);
+            call.reply.actions.push(Action::Broadcast(message));
+        })
+    });
+    let roster = room.clone();
+    engine.register_fn("peers", move || -> rhai::Array {
+        roster.peers().into_iter().map(Dynamic::from).collect()
+    });
+    register_shared_store(&mut engine);
     engine.register_fn("peer", || {
         with_current("peer()", |call| call.peer.to_string())
     });
@@ -256,6 +293,84 @@ fn server_engine(
         }
     });
     engine
+}
+
+thread_local! {
+    /// Set while a `shared_update` closure runs: the store's lock is held,
+    /// and taking it again from the same thread would deadlock.
+    static UPDATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn store_free() -> NativeResult<()> {
+    if UPDATING.with(|u| u.get()) {
+        return Err(Failure::script(
+            "the shared store cannot be used inside a shared_update() function: use its argument",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `shared_*`: state every connection of this server sees.
+fn register_shared_store(engine: &mut Engine) {
+    let store = Arc::new(SharedStore::default());
+    let s = store.clone();
+    engine.register_fn("shared_get", move |key: &str| -> NativeResult<Dynamic> {
+        store_free()?;
+        Ok(s.get(key).unwrap_or(Dynamic::UNIT))
+    });
+    let s = store.clone();
+    engine.register_fn(
+        "shared_get",
+        move |key: &str, default: Dynamic| -> NativeResult<Dynamic> {
+            store_free()?;
+            Ok(s.get(key).unwrap_or(default))
+        },
+    );
+    let s = store.clone();
+    engine.register_fn("shared_set", move |key: &str, value: Dynamic| {
+        store_free()?;
+        s.set(key, value.flatten());
+        Ok::<_, Box<rhai::EvalAltResult>>(())
+    });
+    let s = store.clone();
+    engine.register_fn("shared_add", move |key: &str, by: INT| -> NativeResult<INT> {
+        store_free()?;
+        let mut values = s.lock();
+        let current = match values.get(key) {
+            None => 0,
+            Some(value) => value.as_int().map_err(|kind| {
+                Failure::script(format!("shared_add: `{key}` holds a {kind}, not an integer"))
+            })?,
+        };
+        let sum = current.checked_add(by).ok_or_else(|| Failure::script("shared_add overflowed"))?;
+        values.insert(key.into(), Dynamic::from(sum));
+        Ok(sum)
+    });
+    let s = store.clone();
+    engine.register_fn(
+        "shared_update",
+        move |ctx: rhai::NativeCallContext, key: &str, update: rhai::FnPtr| -> NativeResult<Dynamic> {
+            store_free()?;
+            let mut values = s.lock();
+            let current = values.get(key).cloned().unwrap_or(Dynamic::UNIT);
+            UPDATING.with(|u| u.set(true));
+            let updated = update.call_within_context::<Dynamic>(&ctx, (current,));
+            UPDATING.with(|u| u.set(false));
+            let updated = updated?.flatten();
+            values.insert(key.into(), updated.clone());
+            Ok(updated)
+        },
+    );
+    let s = store.clone();
+    engine.register_fn("shared_remove", move |key: &str| -> NativeResult<Dynamic> {
+        store_free()?;
+        Ok(s.remove(key).unwrap_or(Dynamic::UNIT))
+    });
+    engine.register_fn("shared_keys", move || -> NativeResult<rhai::Array> {
+        store_free()?;
+        Ok(store.keys().into_iter().map(Dynamic::from).collect())
+    });
 }
 
 /// One connection's view of the script.
@@ -340,7 +455,7 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Send(b) => Some(&b[..]),
-                Action::Sleep(_) => None,
+                _ => None,
             })
             .collect()
     }

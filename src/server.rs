@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::framing::{self, Decoder, FrameError, Framing};
 use crate::hooks::{Action, ConnectionHooks, Reply, ServerScript};
 use crate::message;
+use crate::room::{BROADCAST_BACKLOG, Room};
 use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// Bytes asked for per read; also the largest `raw` message.
@@ -63,44 +64,122 @@ struct Stats {
 struct Shared {
     script: Arc<ServerScript>,
     options: ServerOptions,
-    stats: Stats,
+    stats: Arc<Stats>,
 }
 
-pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(script, options))
+        .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))
 }
 
-async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
-    let listener = bind(&options.listen).await?;
-    let local = listener.local_addr().map_err(|source| Error::Bind {
+/// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.
+pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let listener = bind(&options.listen).await?;
+        let local = listener.local_addr().map_err(|source| Error::Bind {
+            addr: options.listen.clone(),
+            source,
+        })?;
+        // Tests and CI wait for this exact line: it means connects will succeed.
+        eprintln!("listening on {local}");
+        let fd_limit = raise_open_file_limit();
+        if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
+            eprintln!(
+                "note: the open-file limit is {fd_limit} and could not be raised: \
+                 at most about {} connections at once (see `ulimit -n`)",
+                fd_limit.saturating_sub(16)
+            );
+        }
+        let stats = serve(listener, script, options, shutdown_signal()).await;
+        eprintln!(
+            "shut down: {} connections, {} messages in, {} out, {} errors",
+            stats.connections.load(Ordering::Relaxed),
+            stats.messages_in.load(Ordering::Relaxed),
+            stats.messages_out.load(Ordering::Relaxed),
+            stats.errors.load(Ordering::Relaxed),
+        );
+        Ok(())
+    })
+}
+
+/// A server running on a thread of its own, for `tcpscript test`.
+pub struct Background {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Where clients connect: bound before `spawn` returns.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open connections finish, and waits for it.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Binds and starts serving on another thread; returns once bound.
+pub fn spawn(script: ServerScript, options: ServerOptions) -> Result<Background, Error> {
+    let runtime = runtime()?;
+    let listener = runtime.block_on(bind(&options.listen))?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
         addr: options.listen.clone(),
         source,
     })?;
-    // Tests and CI wait for this exact line: it means connects will succeed.
-    eprintln!("listening on {local}");
-    let fd_limit = raise_open_file_limit();
-    if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
-        eprintln!(
-            "note: the open-file limit is {fd_limit} and could not be raised: \
-             at most about {} connections at once (see `ulimit -n`)",
-            fd_limit.saturating_sub(16)
-        );
-    }
+    raise_open_file_limit();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("tcpscript-server".into())
+        .spawn(move || {
+            runtime.block_on(serve(listener, script, options, async {
+                let _ = stopped.await;
+            }));
+        })
+        .map_err(|e| Error::Usage(format!("cannot start the server thread: {e}")))?;
+    Ok(Background {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
 
+/// Accepts until `stop` completes, then shuts down gracefully.
+async fn serve(
+    listener: TcpListener,
+    script: ServerScript,
+    options: ServerOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Arc<Stats> {
     let shared = Arc::new(Shared {
         script: Arc::new(script),
         options,
-        stats: Stats::default(),
+        stats: Arc::new(Stats::default()),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Each connection holds a sender; when all are dropped, all are done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     let mut last_accept_error = None;
 
@@ -135,15 +214,7 @@ async fn serve(script: ServerScript, options: ServerOptions) -> Result<(), Error
     let _ = shutdown_tx.send(true);
     drop(done_tx);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await;
-    let stats = &shared.stats;
-    eprintln!(
-        "shut down: {} connections, {} messages in, {} out, {} errors",
-        stats.connections.load(Ordering::Relaxed),
-        stats.messages_in.load(Ordering::Relaxed),
-        stats.messages_out.load(Ordering::Relaxed),
-        stats.errors.load(Ordering::Relaxed),
-    );
-    Ok(())
+    shared.stats.clone()
 }
 
 /// Connections a burst of clients may queue before we accept them; the
@@ -252,13 +323,20 @@ async fn serve_connection(
         transcript: Transcript::new(options.verbosity, format!("{peer} ")),
         messages_in: 0,
         messages_out: 0,
+        member: None,
     };
     let mut hooks = shared.script.connection(peer);
     if options.verbosity == Verbosity::Verbose {
         eprintln!("{peer} connected");
     }
+    let mut inbox = None;
+    if let Some(room) = shared.script.room() {
+        let (id, receiver) = room.join(peer.to_string());
+        connection.member = Some((room.clone(), id));
+        inbox = Some(receiver);
+    }
 
-    let result = converse(&mut connection, &mut hooks, options, &mut shutdown).await;
+    let result = converse(&mut connection, &mut hooks, options, &mut shutdown, &mut inbox).await;
     // on_disconnect's replies go out when the connection can still carry
     // them: the script closed it, or the server is shutting down.
     let farewell = matches!(result, Ok(End::ScriptClosed | End::Shutdown));
@@ -295,11 +373,15 @@ async fn serve_connection(
         Ok(reply) if farewell => {
             let _ = connection.perform(reply).await;
         }
-        Ok(_) => {}
+        // The peer cannot hear it, but the others can.
+        Ok(reply) => connection.broadcast_only(reply),
         Err(e) => {
             errors += 1;
             e.eprint();
         }
+    }
+    if let Some((room, id)) = &connection.member {
+        room.leave(*id);
     }
     connection.close().await;
     if options.verbosity == Verbosity::Verbose {
@@ -316,26 +398,42 @@ async fn serve_connection(
     stats.errors.fetch_add(errors, Ordering::Relaxed);
 }
 
+/// What woke a connection up.
+enum Event {
+    Message(Option<Bytes>),
+    Broadcast(Bytes),
+    Shutdown,
+    Idle,
+}
+
 async fn converse(
     connection: &mut ServerConnection,
     hooks: &mut ConnectionHooks,
     options: &ServerOptions,
     shutdown: &mut watch::Receiver<bool>,
+    inbox: &mut Option<mpsc::Receiver<Bytes>>,
 ) -> Result<End, ConnError> {
     let greeting = hooks.on_connect().map_err(ConnError::Hook)?;
     if connection.perform(greeting).await? {
         return Ok(End::ScriptClosed);
     }
     loop {
-        let message = tokio::select! {
-            message = connection.next_message() => message?,
-            _ = shutdown.changed() => return Ok(End::Shutdown),
-            _ = idle(options.idle_timeout) => {
-                return Ok(End::Idle(options.idle_timeout.unwrap_or_default()));
-            }
+        let event = tokio::select! {
+            message = connection.next_message() => Event::Message(message?),
+            Some(message) = next_broadcast(inbox) => Event::Broadcast(message),
+            _ = shutdown.changed() => Event::Shutdown,
+            _ = idle(options.idle_timeout) => Event::Idle,
         };
-        let Some(message) = message else {
-            return Ok(End::PeerClosed);
+        let message = match event {
+            Event::Message(Some(message)) => message,
+            Event::Message(None) => return Ok(End::PeerClosed),
+            Event::Broadcast(message) => {
+                connection.queue(&message)?;
+                connection.flush().await?;
+                continue;
+            }
+            Event::Shutdown => return Ok(End::Shutdown),
+            Event::Idle => return Ok(End::Idle(options.idle_timeout.unwrap_or_default())),
         };
         if options.print_messages {
             println!("[{}] {}", hooks.peer(), message::display_line(&message));
@@ -344,6 +442,14 @@ async fn converse(
         if connection.perform(reply).await? {
             return Ok(End::ScriptClosed);
         }
+    }
+}
+
+/// The next broadcast for this connection, or never when it has no inbox.
+async fn next_broadcast(inbox: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match inbox {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -372,6 +478,8 @@ struct ServerConnection {
     transcript: Transcript,
     messages_in: u64,
     messages_out: u64,
+    /// The room this connection is in, and its id there.
+    member: Option<(Arc<Room>, u64)>,
 }
 
 impl ServerConnection {
@@ -414,19 +522,41 @@ impl ServerConnection {
     async fn perform(&mut self, reply: Reply) -> Result<bool, ConnError> {
         for action in reply.actions {
             match action {
-                Action::Send(message) => {
-                    framing::encode(&self.framing, &message, &mut self.out)?;
-                    self.messages_out += 1;
-                    self.transcript.record(Direction::Sent, &message);
-                }
+                Action::Send(message) => self.queue(&message)?,
                 Action::Sleep(pause) => {
                     self.flush().await?;
                     tokio::time::sleep(pause).await;
                 }
+                Action::Broadcast(message) => self.broadcast(&message),
             }
         }
         self.flush().await?;
         Ok(reply.close)
+    }
+
+    /// Frames a message into the write buffer.
+    fn queue(&mut self, message: &Bytes) -> Result<(), ConnError> {
+        framing::encode(&self.framing, message, &mut self.out)?;
+        self.messages_out += 1;
+        self.transcript.record(Direction::Sent, message);
+        Ok(())
+    }
+
+    fn broadcast(&self, message: &Bytes) {
+        if let Some((room, id)) = &self.member {
+            for peer in room.broadcast(*id, message) {
+                eprintln!("{peer}: a broadcast was dropped: more than {BROADCAST_BACKLOG} waiting");
+            }
+        }
+    }
+
+    /// The broadcasts of a reply that can no longer be sent to its peer.
+    fn broadcast_only(&self, reply: Reply) {
+        for action in reply.actions {
+            if let Action::Broadcast(message) = action {
+                self.broadcast(&message);
+            }
+        }
     }
 
     /// Writes the pending replies. Memory stays bounded when the peer does
