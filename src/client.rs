@@ -1,6 +1,10 @@
 //! `tcpscript client SCRIPT`: a conversation written as a straight-line
 //! script. Each script function blocks on the connection with a deadline,
 //! so the script reads top to bottom like the conversation it checks.
+//!
+//! A script talks on one connection by default; `connect()` opens more
+//! (a chat between several clients), each a `Connection` value with the
+//! same functions as methods.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,14 +13,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use regex::bytes::Regex;
-use rhai::{Array, Blob, Dynamic, Engine, INT};
+use rhai::{Array, Blob, Dynamic, Engine, INT, NativeCallContext};
+use serde_json::{Value, json};
 
 use crate::connection::{Connection, Received, RecvError};
-use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params};
+use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
-use crate::transcript::{Direction, Transcript, Verbosity};
+use crate::report::events::{TestEvents, message_fields};
+use crate::transcript::{Direction, SHOWN_ON_FAILURE, Transcript, Verbosity};
 
 /// Everything `tcpscript client SCRIPT` needs, parsed from the command line.
 #[derive(Debug, Clone)]
@@ -41,102 +47,289 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-/// Compiles the script, connects, and runs the conversation.
-pub fn run(options: &ClientOptions) -> Result<Summary, Error> {
-    let script_dir = options.script.parent().map(|p| p.to_path_buf());
-    let mut engine = engine::new_engine(
-        &options.limits,
-        options.params.clone(),
-        script_dir.as_deref(),
-    );
-    let script = engine::compile(&engine, &options.script)?;
-    let framing = match &options.framing {
-        Some(framing) => framing.clone(),
-        None => script.declared_framing()?.unwrap_or(Framing::Line),
-    };
-    let started = Instant::now();
-    let connection = Connection::connect(
-        &options.connect,
-        framing,
-        options.max_frame,
-        options.timeout,
-        options.connect_retry,
-    )?;
-    let session = Arc::new(Mutex::new(Session {
-        connection: Some(connection),
-        timeout: options.timeout,
-        transcript: Transcript::new(options.verbosity, String::new()),
-        patterns: HashMap::new(),
-        sent: 0,
-        received: 0,
-    }));
-    register(&mut engine, &session);
+/// One run of a conversation, passed or not, with what was said.
+#[derive(Debug)]
+pub struct Conversed {
+    pub result: Result<Summary, Error>,
+    /// The kept part of the transcript, formatted.
+    pub transcript: Vec<String>,
+    pub elapsed: Duration,
+}
 
-    let outcome = engine.run_ast(&script.ast);
-    let mut session = lock(&session);
-    if let Some(connection) = session.connection.take() {
-        connection.shutdown_write();
+/// Compiles the script, connects, and runs the conversation once.
+pub fn run(options: &ClientOptions) -> Result<Summary, Error> {
+    ClientScript::load(options)?
+        .run(None, SHOWN_ON_FAILURE)
+        .result
+}
+
+/// A compiled client script and an engine to run it, as many times as
+/// wanted: each run is a fresh conversation on fresh connections.
+pub struct ClientScript {
+    engine: Engine,
+    script: Script,
+    framing: Framing,
+    options: ClientOptions,
+    /// The conversation the script functions act on, set for each run.
+    current: Slot,
+}
+
+type Slot = Arc<Mutex<Option<Arc<Conversation>>>>;
+
+impl ClientScript {
+    pub fn load(options: &ClientOptions) -> Result<Self, Error> {
+        let script_dir = options.script.parent().map(|p| p.to_path_buf());
+        let mut engine = engine::new_engine(
+            &options.limits,
+            options.params.clone(),
+            script_dir.as_deref(),
+        );
+        let script = engine::compile(&engine, &options.script)?;
+        let framing = match &options.framing {
+            Some(framing) => framing.clone(),
+            None => script.declared_framing()?.unwrap_or(Framing::Line),
+        };
+        let current = Slot::default();
+        register(&mut engine, &current);
+        Ok(ClientScript {
+            engine,
+            script,
+            framing,
+            options: options.clone(),
+            current,
+        })
     }
-    match outcome {
-        Ok(()) => Ok(Summary {
-            sent: session.sent,
-            received: session.received,
+
+    pub fn path(&self) -> &str {
+        &self.script.path
+    }
+
+    /// Connects and runs the conversation; `keep` is how many messages of
+    /// the transcript to keep for the outcome.
+    pub fn run(&mut self, events: Option<TestEvents>, keep: usize) -> Conversed {
+        let started = Instant::now();
+        let conversation = Arc::new(Conversation {
+            addr: self.options.connect.clone(),
+            timeout: self.options.timeout,
+            connect_retry: self.options.connect_retry,
+            framing: self.framing.clone(),
+            max_frame: self.options.max_frame,
+            log: Mutex::new(Log {
+                transcript: Transcript::keeping(keep, self.options.verbosity, String::new()),
+                sent: 0,
+                received: 0,
+                opened: 0,
+            }),
+            patterns: Mutex::new(HashMap::new()),
+            events: events.clone(),
+            default: Arc::new(Mutex::new(PeerState::closed())),
+        });
+        let result = conversation
+            .open_default()
+            .and_then(|()| self.converse(&conversation, events));
+        let log = lock(&conversation.log);
+        let result = result.map(|()| Summary {
+            sent: log.sent,
+            received: log.received,
             elapsed: started.elapsed(),
-        }),
-        Err(err) => {
-            let mut error = engine::diagnose(&err, &script, None);
-            if let Some(diagnostic) = error.diagnostic_mut() {
-                diagnostic.transcript = session.transcript.recent();
-            }
-            Err(error)
+        });
+        Conversed {
+            result,
+            transcript: log.transcript.all(),
+            elapsed: started.elapsed(),
         }
     }
+
+    fn converse(
+        &mut self,
+        conversation: &Arc<Conversation>,
+        events: Option<TestEvents>,
+    ) -> Result<(), Error> {
+        *lock(&self.current) = Some(conversation.clone());
+        let tag = events.map_or(Dynamic::UNIT, Dynamic::from);
+        self.engine.set_default_tag(tag);
+        let outcome = self.engine.run_ast(&self.script.ast);
+        *lock(&self.current) = None;
+        conversation.close_all();
+        outcome.map_err(|err| {
+            let mut error = engine::diagnose(&err, &self.script, None);
+            if let Some(diagnostic) = error.diagnostic_mut() {
+                diagnostic.transcript = lock(&conversation.log).transcript.recent();
+            }
+            error
+        })
+    }
 }
 
-/// The state script functions share: one conversation.
-struct Session {
-    /// `None` once the script called `close()`.
-    connection: Option<Connection>,
+/// What the connections of one run share.
+struct Conversation {
+    addr: String,
     timeout: Duration,
-    transcript: Transcript,
+    connect_retry: Option<Duration>,
+    framing: Framing,
+    max_frame: usize,
+    log: Mutex<Log>,
     /// Compiled `expect` patterns: a pattern in a loop is compiled once.
-    patterns: HashMap<String, Regex>,
+    patterns: Mutex<HashMap<String, Regex>>,
+    events: Option<TestEvents>,
+    /// The connection made before the script starts.
+    default: Arc<Mutex<PeerState>>,
+}
+
+struct Log {
+    transcript: Transcript,
     sent: u64,
     received: u64,
+    /// Connections opened so far, to number the next one.
+    opened: usize,
 }
 
-type Shared = Arc<Mutex<Session>>;
-
-fn lock(session: &Shared) -> MutexGuard<'_, Session> {
-    // A panic cannot happen while the lock is held, but never make it fatal.
-    session
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic cannot happen while these locks are held; never make it fatal.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis(ms: INT) -> Duration {
     Duration::from_millis(ms.max(0) as u64)
 }
 
-impl Session {
+impl Conversation {
+    fn emit(&self, event: &str, fields: Value) {
+        if let Some(events) = &self.events {
+            events.emit(event, fields);
+        }
+    }
+
+    fn open_default(self: &Arc<Self>) -> Result<(), Error> {
+        let state = self.open(&self.addr)?;
+        *lock(&self.default) = state;
+        Ok(())
+    }
+
+    /// A new connection, numbered; the default one is unlabelled.
+    fn open(&self, addr: &str) -> Result<PeerState, Error> {
+        let connection = Connection::connect(
+            addr,
+            self.framing.clone(),
+            self.max_frame,
+            self.timeout,
+            self.connect_retry,
+        )?;
+        let number = {
+            let mut log = lock(&self.log);
+            log.opened += 1;
+            log.opened
+        };
+        self.emit(
+            "connect",
+            json!({ "connection": number, "addr": connection.peer().to_string() }),
+        );
+        Ok(PeerState {
+            connection: Some(connection),
+            label: (number > 1).then(|| Arc::from(format!("#{number}"))),
+            number,
+        })
+    }
+
+    fn default_peer(self: &Arc<Self>) -> Peer {
+        Peer {
+            conversation: self.clone(),
+            state: self.default.clone(),
+        }
+    }
+
+    fn close_all(&self) {
+        if let Some(connection) = lock(&self.default).connection.take() {
+            connection.shutdown_write();
+        }
+    }
+
+    fn record(&self, state: &PeerState, direction: Direction, bytes: &Bytes) {
+        let mut log = lock(&self.log);
+        match direction {
+            Direction::Sent => log.sent += 1,
+            Direction::Received => log.received += 1,
+        }
+        log.transcript
+            .record_on(state.label.as_ref(), direction, bytes);
+        drop(log);
+        if self.events.is_some() {
+            let mut fields = message_fields(bytes);
+            fields.insert("connection".into(), json!(state.number));
+            let kind = match direction {
+                Direction::Sent => "sent",
+                Direction::Received => "received",
+            };
+            self.emit(kind, Value::Object(fields));
+        }
+    }
+}
+
+/// One connection of a conversation, as scripts see it (`Connection`).
+#[derive(Clone)]
+pub struct Peer {
+    conversation: Arc<Conversation>,
+    state: Arc<Mutex<PeerState>>,
+}
+
+struct PeerState {
+    /// `None` once the script called `close()`.
+    connection: Option<Connection>,
+    /// `#2`, `#3`... in the transcript; the default connection has none.
+    label: Option<Arc<str>>,
+    number: usize,
+}
+
+impl PeerState {
+    fn closed() -> Self {
+        PeerState {
+            connection: None,
+            label: None,
+            number: 0,
+        }
+    }
+
     fn connection(&mut self) -> NativeResult<&mut Connection> {
         self.connection.as_mut().ok_or_else(|| {
             Failure::script("the connection is closed: close() was already called").into()
         })
     }
+}
 
+impl Peer {
     fn send(&mut self, value: Dynamic) -> NativeResult<()> {
         let bytes = message::to_bytes(value);
-        match self.connection()?.send(&bytes) {
+        let mut state = lock(&self.state);
+        match state.connection()?.send(&bytes) {
             Ok(()) => {
-                self.sent += 1;
-                self.transcript.record(Direction::Sent, &bytes);
+                self.conversation.record(&state, Direction::Sent, &bytes);
                 Ok(())
             }
             Err(RecvError::Frame(e)) => Err(Failure::script(format!("cannot send: {e}")).into()),
             Err(RecvError::Io(e)) => {
                 Err(Failure::new(FailureKind::Network, format!("cannot send: {e}")).into())
             }
+        }
+    }
+
+    fn receive(&mut self, timeout: Duration, what: &str) -> NativeResult<Received> {
+        let mut state = lock(&self.state);
+        let received = state.connection()?.recv(timeout);
+        match received {
+            Ok(Received::Message(m)) => {
+                self.conversation.record(&state, Direction::Received, &m);
+                Ok(Received::Message(m))
+            }
+            Ok(other) => Ok(other),
+            Err(RecvError::Io(e)) => Err(Failure::new(
+                FailureKind::Network,
+                format!("connection error while waiting for {what}: {e}"),
+            )
+            .into()),
+            Err(RecvError::Frame(e)) => Err(Failure::expectation(format!(
+                "the peer broke the framing while we waited for {what}: {e}"
+            ))
+            .into()),
         }
     }
 
@@ -166,140 +359,196 @@ impl Session {
         }
     }
 
-    fn receive(&mut self, timeout: Duration, what: &str) -> NativeResult<Received> {
-        let received = self.connection()?.recv(timeout);
-        match received {
-            Ok(Received::Message(m)) => {
-                self.received += 1;
-                self.transcript.record(Direction::Received, &m);
-                Ok(Received::Message(m))
-            }
-            Ok(other) => Ok(other),
-            Err(RecvError::Io(e)) => Err(Failure::new(
-                FailureKind::Network,
-                format!("connection error while waiting for {what}: {e}"),
-            )
-            .into()),
-            Err(RecvError::Frame(e)) => Err(Failure::expectation(format!(
-                "the peer broke the framing while we waited for {what}: {e}"
-            ))
-            .into()),
-        }
+    fn recv(&mut self, timeout: Option<Duration>) -> NativeResult<Dynamic> {
+        let timeout = timeout.unwrap_or(self.conversation.timeout);
+        Ok(message::to_dynamic(&self.expect_message(timeout, "a message")?))
     }
 
-    fn expect(&mut self, pattern: &str, timeout: Duration) -> NativeResult<Array> {
-        let regex = match self.patterns.get(pattern) {
-            Some(regex) => regex.clone(),
-            None => {
-                let regex = Regex::new(pattern)
-                    .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
-                self.patterns.insert(pattern.to_string(), regex.clone());
-                regex
+    fn recv_blob(&mut self, timeout: Option<Duration>) -> NativeResult<Blob> {
+        let timeout = timeout.unwrap_or(self.conversation.timeout);
+        Ok(self.expect_message(timeout, "a message")?.to_vec())
+    }
+
+    fn try_recv(&mut self, timeout: Duration) -> NativeResult<Dynamic> {
+        Ok(self
+            .try_receive(timeout)?
+            .map_or(Dynamic::UNIT, |m| message::to_dynamic(&m)))
+    }
+
+    fn expect(
+        &mut self,
+        ctx: &NativeCallContext,
+        pattern: &str,
+        timeout: Option<Duration>,
+    ) -> NativeResult<Array> {
+        let timeout = timeout.unwrap_or(self.conversation.timeout);
+        let regex = {
+            let mut patterns = lock(&self.conversation.patterns);
+            match patterns.get(pattern) {
+                Some(regex) => regex.clone(),
+                None => {
+                    let regex = Regex::new(pattern).map_err(|e| {
+                        Failure::script(format!("invalid regular expression: {e}"))
+                    })?;
+                    patterns.insert(pattern.to_string(), regex.clone());
+                    regex
+                }
             }
         };
         let what = format!("a message matching /{pattern}/");
         let message = self.expect_message(timeout, &what)?;
-        match regex.captures(&message) {
-            Some(captures) => Ok(captures
+        let matched = regex.captures(&message).map(|captures| {
+            captures
                 .iter()
                 .map(|group| group.map_or(Dynamic::UNIT, |g| message::to_dynamic(g.as_bytes())))
-                .collect()),
-            None => Err(Failure::expectation(format!("expected {what}"))
+                .collect()
+        });
+        engine::note_assertion(ctx, "expect", matched.is_some());
+        matched.ok_or_else(|| {
+            Failure::expectation(format!("expected {what}"))
                 .with_values(format!("/{pattern}/"), message::display(&message))
-                .into()),
-        }
+                .into()
+        })
     }
 
-    fn expect_close(&mut self, timeout: Duration) -> NativeResult<()> {
-        match self.receive(timeout, "the connection to close")? {
+    fn expect_close(&mut self, ctx: &NativeCallContext, timeout: Option<Duration>) -> NativeResult<()> {
+        let timeout = timeout.unwrap_or(self.conversation.timeout);
+        let outcome = match self.receive(timeout, "the connection to close")? {
             Received::Closed => Ok(()),
             Received::Message(m) => Err(Failure::expectation(
                 "expected the peer to close the connection, but a message arrived",
             )
-            .with_values("the connection closed".into(), message::display(&m))
-            .into()),
+            .with_values("the connection closed".into(), message::display(&m))),
             Received::TimedOut => Err(Failure::expectation(format!(
                 "expected the peer to close the connection, but it stayed open for {}",
                 humantime::format_duration(timeout)
             ))
-            .with_values("the connection closed".into(), "still open".into())
-            .into()),
+            .with_values("the connection closed".into(), "still open".into())),
+        };
+        engine::note_assertion(ctx, "expect_close", outcome.is_ok());
+        outcome.map_err(Into::into)
+    }
+
+    fn close(&mut self) {
+        if let Some(connection) = lock(&self.state).connection.take() {
+            connection.close();
+        }
+    }
+
+    fn describe(&mut self) -> String {
+        let state = lock(&self.state);
+        match &state.connection {
+            Some(connection) => format!("connection #{} to {}", state.number, connection.peer()),
+            None => format!("connection #{} (closed)", state.number),
         }
     }
 }
 
-/// The conversation functions, bound to this run's session.
-fn register(engine: &mut Engine, session: &Shared) {
-    let s = session.clone();
-    engine.register_fn("send", move |value: Dynamic| lock(&s).send(value));
+/// The conversation functions. Global ones act on the default connection;
+/// the same names are methods of `Connection` values from `connect()`.
+fn register(engine: &mut Engine, current: &Slot) {
+    engine
+        .register_type_with_name::<Peer>("Connection")
+        .register_fn("to_string", Peer::describe)
+        .register_fn("send", Peer::send)
+        .register_fn("recv", |p: &mut Peer| p.recv(None))
+        .register_fn("recv", |p: &mut Peer, ms: INT| p.recv(Some(millis(ms))))
+        .register_fn("recv_blob", |p: &mut Peer| p.recv_blob(None))
+        .register_fn("recv_blob", |p: &mut Peer, ms: INT| {
+            p.recv_blob(Some(millis(ms)))
+        })
+        .register_fn("try_recv", |p: &mut Peer| p.try_recv(Duration::ZERO))
+        .register_fn("try_recv", |p: &mut Peer, ms: INT| p.try_recv(millis(ms)))
+        .register_fn(
+            "expect",
+            |ctx: NativeCallContext, p: &mut Peer, pattern: &str| p.expect(&ctx, pattern, None),
+        )
+        .register_fn(
+            "expect",
+            |ctx: NativeCallContext, p: &mut Peer, pattern: &str, ms: INT| {
+                p.expect(&ctx, pattern, Some(millis(ms)))
+            },
+        )
+        .register_fn("expect_close", |ctx: NativeCallContext, p: &mut Peer| {
+            p.expect_close(&ctx, None)
+        })
+        .register_fn(
+            "expect_close",
+            |ctx: NativeCallContext, p: &mut Peer, ms: INT| p.expect_close(&ctx, Some(millis(ms))),
+        )
+        .register_fn("close", Peer::close);
 
-    let s = session.clone();
-    engine.register_fn("recv", move || -> NativeResult<Dynamic> {
-        let mut session = lock(&s);
-        let timeout = session.timeout;
-        Ok(message::to_dynamic(
-            &session.expect_message(timeout, "a message")?,
-        ))
+    // The default connection, for the global forms.
+    let slot = current.clone();
+    let default = move || -> NativeResult<Peer> {
+        lock(&slot)
+            .as_ref()
+            .map(Conversation::default_peer)
+            .ok_or_else(|| Failure::script("no conversation is running").into())
+    };
+
+    let d = default.clone();
+    engine.register_fn("send", move |value: Dynamic| d()?.send(value));
+    let d = default.clone();
+    engine.register_fn("recv", move || d()?.recv(None));
+    let d = default.clone();
+    engine.register_fn("recv", move |ms: INT| d()?.recv(Some(millis(ms))));
+    let d = default.clone();
+    engine.register_fn("recv_blob", move || d()?.recv_blob(None));
+    let d = default.clone();
+    engine.register_fn("recv_blob", move |ms: INT| d()?.recv_blob(Some(millis(ms))));
+    let d = default.clone();
+    engine.register_fn("try_recv", move || d()?.try_recv(Duration::ZERO));
+    let d = default.clone();
+    engine.register_fn("try_recv", move |ms: INT| d()?.try_recv(millis(ms)));
+    let d = default.clone();
+    engine.register_fn("expect", move |ctx: NativeCallContext, pattern: &str| {
+        d()?.expect(&ctx, pattern, None)
     });
-    let s = session.clone();
-    engine.register_fn("recv", move |ms: INT| -> NativeResult<Dynamic> {
-        Ok(message::to_dynamic(
-            &lock(&s).expect_message(millis(ms), "a message")?,
-        ))
+    let d = default.clone();
+    engine.register_fn(
+        "expect",
+        move |ctx: NativeCallContext, pattern: &str, ms: INT| {
+            d()?.expect(&ctx, pattern, Some(millis(ms)))
+        },
+    );
+    let d = default.clone();
+    engine.register_fn("expect_close", move |ctx: NativeCallContext| {
+        d()?.expect_close(&ctx, None)
     });
-    let s = session.clone();
-    engine.register_fn("recv_blob", move || -> NativeResult<Blob> {
-        let mut session = lock(&s);
-        let timeout = session.timeout;
-        Ok(session.expect_message(timeout, "a message")?.to_vec())
+    let d = default.clone();
+    engine.register_fn("expect_close", move |ctx: NativeCallContext, ms: INT| {
+        d()?.expect_close(&ctx, Some(millis(ms)))
     });
-    let s = session.clone();
-    engine.register_fn("recv_blob", move |ms: INT| -> NativeResult<Blob> {
-        Ok(lock(&s).expect_message(millis(ms), "a message")?.to_vec())
-    });
-    let s = session.clone();
-    engine.register_fn("try_recv", move |ms: INT| -> NativeResult<Dynamic> {
-        Ok(lock(&s)
-            .try_receive(millis(ms))?
-            .map_or(Dynamic::UNIT, |m| message::to_dynamic(&m)))
-    });
-    let s = session.clone();
-    engine.register_fn("try_recv", move || -> NativeResult<Dynamic> {
-        Ok(lock(&s)
-            .try_receive(Duration::ZERO)?
-            .map_or(Dynamic::UNIT, |m| message::to_dynamic(&m)))
+    let d = default.clone();
+    engine.register_fn("close", move || -> NativeResult<()> {
+        d()?.close();
+        Ok(())
     });
 
-    let s = session.clone();
-    engine.register_fn("expect", move |pattern: &str| -> NativeResult<Array> {
-        let mut session = lock(&s);
-        let timeout = session.timeout;
-        session.expect(pattern, timeout)
-    });
-    let s = session.clone();
-    engine.register_fn("expect", move |pattern: &str, ms: INT| {
-        lock(&s).expect(pattern, millis(ms))
-    });
-    let s = session.clone();
-    engine.register_fn("expect_close", move || -> NativeResult<()> {
-        let mut session = lock(&s);
-        let timeout = session.timeout;
-        session.expect_close(timeout)
-    });
-    let s = session.clone();
-    engine.register_fn("expect_close", move |ms: INT| {
-        lock(&s).expect_close(millis(ms))
-    });
+    let slot = current.clone();
+    let open = move |addr: Option<&str>| -> NativeResult<Peer> {
+        let conversation = lock(&slot)
+            .clone()
+            .ok_or_else(|| Failure::script("no conversation is running"))?;
+        let addr = addr.unwrap_or(&conversation.addr).to_string();
+        let state = conversation
+            .open(&addr)
+            .map_err(|e| Failure::new(FailureKind::Network, e.to_string()))?;
+        Ok(Peer {
+            conversation,
+            state: Arc::new(Mutex::new(state)),
+        })
+    };
+    let o = open.clone();
+    engine.register_fn("connect", move || o(None));
+    engine.register_fn("connect", move |addr: &str| open(Some(addr)));
 
-    let s = session.clone();
-    engine.register_fn("close", move || {
-        if let Some(connection) = lock(&s).connection.take() {
-            connection.close();
-        }
-    });
     engine.register_fn("sleep", |ms: INT| std::thread::sleep(millis(ms)));
-    let s = session.clone();
+    let slot = current.clone();
     engine.register_fn("log", move |value: Dynamic| {
-        lock(&s).transcript.log(&value.to_string());
+        if let Some(conversation) = lock(&slot).as_ref() {
+            lock(&conversation.log).transcript.log(&value.to_string());
+        }
     });
 }

@@ -13,6 +13,7 @@ const ERROR: Style = AnsiColor::Red.on_default().bold();
 const EMPHASIS: Style = Style::new().bold();
 const GUTTER: Style = AnsiColor::Blue.on_default().bold();
 const NOTE: Style = AnsiColor::Cyan.on_default().bold();
+const ADDED: Style = AnsiColor::Green.on_default();
 
 /// A place in a script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct Diagnostic {
     /// What the script expected, shown beside `actual`.
     pub expected: Option<String>,
     pub actual: Option<String>,
+    /// A line diff of expected and actual, when both are multi-line.
+    pub diff: Vec<String>,
     /// The last messages of the conversation, already formatted.
     pub transcript: Vec<String>,
 }
@@ -101,6 +104,17 @@ impl Diagnostic {
         if let Some(actual) = &self.actual {
             out += &format!("{pad} {GUTTER}={GUTTER:#} {NOTE}  actual{NOTE:#}: {actual}\n");
         }
+        if !self.diff.is_empty() {
+            out += &format!("{pad} {GUTTER}={GUTTER:#} {NOTE}diff{NOTE:#} (-expected +actual):\n");
+            for line in &self.diff {
+                let style = match line.chars().next() {
+                    Some('-') => ERROR,
+                    Some('+') => ADDED,
+                    _ => Style::new(),
+                };
+                out += &format!("{pad}   {style}{line}{style:#}\n");
+            }
+        }
         if !self.transcript.is_empty() {
             out += "last messages (oldest first):\n";
             for line in &self.transcript {
@@ -128,6 +142,7 @@ mod tests {
             notes: vec![],
             expected: Some("/^hi$/".into()),
             actual: Some("\"hello\"".into()),
+            diff: vec![],
             transcript: vec!["+0.001s < hello".into()],
         };
         let plain = anstream::adapter::strip_str(&diagnostic.render()).to_string();

@@ -16,6 +16,7 @@ use crate::diagnostic::{Diagnostic, Location};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
+use crate::report::events::TestEvents;
 
 /// Resource limits for script code. Rhai's own defaults differ between
 /// debug and release builds, so every one is set explicitly.
@@ -116,6 +117,8 @@ pub struct Failure {
     pub message: String,
     pub expected: Option<String>,
     pub actual: Option<String>,
+    /// A line diff, when both sides are multi-line text.
+    pub diff: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +140,7 @@ impl Failure {
             message: message.into(),
             expected: None,
             actual: None,
+            diff: Vec::new(),
         }
     }
 
@@ -284,12 +288,18 @@ fn register_common(engine: &mut Engine, params: Params) {
             .unwrap_or(Dynamic::UNIT)
     });
 
-    engine.register_fn("assert", |cond: bool| -> NativeResult<()> {
-        assert_that(cond, "assertion failed")
-    });
-    engine.register_fn("assert", |cond: bool, msg: &str| -> NativeResult<()> {
-        assert_that(cond, msg)
-    });
+    engine.register_fn(
+        "assert",
+        |ctx: NativeCallContext, cond: bool| -> NativeResult<()> {
+            assert_that(&ctx, cond, "assertion failed")
+        },
+    );
+    engine.register_fn(
+        "assert",
+        |ctx: NativeCallContext, cond: bool, msg: &str| -> NativeResult<()> {
+            assert_that(&ctx, cond, msg)
+        },
+    );
     engine.register_fn(
         "assert_eq",
         |ctx: NativeCallContext, actual: Dynamic, expected: Dynamic| -> NativeResult<()> {
@@ -302,7 +312,8 @@ fn register_common(engine: &mut Engine, params: Params) {
             assert_equal(&ctx, actual, expected, msg)
         },
     );
-    engine.register_fn("fail", |msg: &str| -> NativeResult<()> {
+    engine.register_fn("fail", |ctx: NativeCallContext, msg: &str| -> NativeResult<()> {
+        note_assertion(&ctx, "fail", false);
         Err(Failure::expectation(msg).into())
     });
 
@@ -315,7 +326,22 @@ fn register_common(engine: &mut Engine, params: Params) {
     });
 }
 
-fn assert_that(cond: bool, msg: &str) -> NativeResult<()> {
+/// Reports an assertion to `--json`, whose events ride on the engine's tag.
+pub fn note_assertion(ctx: &NativeCallContext, function: &str, ok: bool) {
+    if let Some(events) = ctx.tag().and_then(|tag| tag.read_lock::<TestEvents>()) {
+        events.emit(
+            "assertion",
+            serde_json::json!({
+                "function": function,
+                "ok": ok,
+                "line": ctx.call_position().line(),
+            }),
+        );
+    }
+}
+
+fn assert_that(ctx: &NativeCallContext, cond: bool, msg: &str) -> NativeResult<()> {
+    note_assertion(ctx, "assert", cond);
     if cond {
         Ok(())
     } else {
@@ -329,29 +355,58 @@ fn assert_equal(
     expected: Dynamic,
     msg: &str,
 ) -> NativeResult<()> {
-    if values_equal(ctx, &actual, &expected) {
+    let equal = values_equal(ctx, &actual, &expected);
+    note_assertion(ctx, "assert_eq", equal);
+    if equal {
         return Ok(());
     }
-    Err(Failure::expectation(msg)
-        .with_values(
+    let failure = Failure::expectation(msg);
+    let failure = match (bytes_of(&expected), bytes_of(&actual)) {
+        (Some(e), Some(a)) if !message::is_text(&e) || !message::is_text(&a) => {
+            failure.with_values(message::display_hex(&e), message::display_hex(&a))
+        }
+        (Some(e), Some(a)) if e.contains(&b'\n') && a.contains(&b'\n') => {
+            let mut failure = failure.with_values(
+                message::display_value(&expected),
+                message::display_value(&actual),
+            );
+            failure.diff = line_diff(&String::from_utf8_lossy(&e), &String::from_utf8_lossy(&a));
+            failure
+        }
+        _ => failure.with_values(
             message::display_value(&expected),
             message::display_value(&actual),
-        )
-        .into())
+        ),
+    };
+    Err(failure.into())
+}
+
+/// `-` lines only expected, `+` lines only actual, ` ` lines in both.
+fn line_diff(expected: &str, actual: &str) -> Vec<String> {
+    similar::TextDiff::from_lines(expected, actual)
+        .iter_all_changes()
+        .map(|change| {
+            let sign = match change.tag() {
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
+                similar::ChangeTag::Equal => ' ',
+            };
+            format!("{sign}{}", change.value().trim_end_matches('\n'))
+        })
+        .collect()
+}
+
+/// The bytes of a string or blob.
+fn bytes_of(value: &Dynamic) -> Option<Vec<u8>> {
+    if let Ok(text) = value.as_immutable_string_ref() {
+        return Some(text.as_bytes().to_vec());
+    }
+    value.read_lock::<Blob>().map(|blob| blob.clone())
 }
 
 /// Rhai's `==`, plus byte equality between strings and blobs: a received
 /// message may be either, and `assert_eq(recv(), "ok")` should not care.
 fn values_equal(ctx: &NativeCallContext, a: &Dynamic, b: &Dynamic) -> bool {
-    let bytes_of = |v: &Dynamic| -> Option<Vec<u8>> {
-        if v.is_string() {
-            Some(v.clone().into_string().ok()?.into_bytes())
-        } else if v.is_blob() {
-            v.clone().into_blob().ok()
-        } else {
-            None
-        }
-    };
     if let (Some(x), Some(y)) = (bytes_of(a), bytes_of(b)) {
         return x == y;
     }
@@ -476,6 +531,7 @@ pub fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&str>) -> 
                 message: failure.message,
                 expected: failure.expected,
                 actual: failure.actual,
+                diff: failure.diff,
                 ..Diagnostic::default()
             };
             (failure.kind, diagnostic)

@@ -11,6 +11,7 @@ pub mod framing; // what one message is: line, raw, delim, len
 pub mod hooks; // server scripts: per-connection state and hook calls
 pub mod manual; // manual mode: the tutorial's programs on stdin
 pub mod message; // bytes <-> script values, and how messages are displayed
+pub mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 pub mod room; // what a server's connections share: the roster and the shared store
 pub mod server; // scripted server: accept loop and connection tasks
 pub mod transcript; // the `> sent` / `< received` record of a conversation

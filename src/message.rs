@@ -67,6 +67,17 @@ fn as_text(bytes: &[u8]) -> Option<&str> {
     readable.then_some(text)
 }
 
+/// Whether a message reads as text (see [`display`]).
+pub fn is_text(bytes: &[u8]) -> bool {
+    as_text(bytes).is_some()
+}
+
+/// The hex view, whatever the bytes: used for both sides of a comparison
+/// as soon as either one is binary, so they line up.
+pub fn display_hex(bytes: &[u8]) -> String {
+    format!("<{}: {}>", byte_count(bytes.len()), spaced_hex(bytes))
+}
+
 /// How a message is shown to a person: text quoted with escapes, binary as hex.
 pub fn display(bytes: &[u8]) -> String {
     match as_text(bytes) {

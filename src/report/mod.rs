@@ -1,0 +1,3 @@
+//! Reports of test runs, for people and for machines.
+
+pub mod events; // --json: one event per line
