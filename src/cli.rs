@@ -8,15 +8,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{self, ClientOptions};
+use crate::client::{ClientOptions, ClientScript};
 use crate::engine::Limits;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::hooks::ServerScript;
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
+use crate::report::{self, events::Events};
+use crate::runner::{self, ServerSettings, TestOptions};
 use crate::server::{self, ServerOptions};
+use crate::transcript::SHOWN_ON_FAILURE;
 use crate::transcript::Verbosity;
 use crate::{check, hooks::DEFAULT_MAX_OPERATIONS};
+use serde_json::json;
 
 /// The tutorial's port, on loopback unless asked otherwise.
 const DEFAULT_ADDR: &str = "127.0.0.1:7777";
@@ -44,6 +48,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Run a conversation by script (or by hand on stdin)
     Client(ClientArgs),
+    /// Run client scripts as test cases, with reports for CI
+    Test(TestArgs),
     /// Compile scripts and report errors; run nothing
     Check(CheckArgs),
 }
@@ -118,6 +124,51 @@ pub struct ClientArgs {
     /// Operations the script may run in all (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_ops: u64,
+    /// Write one JSON event per line on stdout (connect, sent, received, assertion, result)
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Client scripts, or folders of them (their .rhai files, sorted)
+    #[arg(required = true, value_name = "CLIENT")]
+    pub clients: Vec<PathBuf>,
+    /// Start this server script in-process on a free loopback port
+    #[arg(long, value_name = "SCRIPT", conflicts_with = "connect")]
+    pub server: Option<PathBuf>,
+    /// Run against a server already listening here
+    #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub connect: String,
+    /// Cases run at once
+    #[arg(short, long, value_name = "N", default_value_t = 1)]
+    pub jobs: usize,
+    /// Write a JUnit XML report
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Print a TAP version 13 report on stdout
+    #[arg(long, conflicts_with = "json")]
+    pub tap: bool,
+    /// Print one JSON event per line on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait for any one message (and for the connect)
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+    /// Keep retrying a refused connect for this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_retry: Option<Duration>,
+    /// Operations one server hook call may run (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
+    pub max_ops: u64,
+    /// Wall-clock time one server hook call may run
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub hook_timeout: Duration,
+    /// Server: close a connection idle this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -137,6 +188,7 @@ impl Command {
         match self {
             Command::Server(args) => run_server(args),
             Command::Client(args) => run_client(args),
+            Command::Test(args) => run_test(args),
             Command::Check(args) => check::run(&args.scripts, args.quiet),
         }
     }
@@ -209,7 +261,28 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             ..Limits::default()
         },
     };
-    let summary = client::run(&options)?;
+    let events = args
+        .json
+        .then(|| Events::to_stdout().for_test(&options.script.display().to_string()));
+    let conversed = match ClientScript::load(&options) {
+        Ok(mut script) => script.run(events.clone(), SHOWN_ON_FAILURE),
+        Err(error) => {
+            report::github::annotate(&error, None);
+            return Err(error);
+        }
+    };
+    if let Some(events) = &events {
+        let status = match &conversed.result {
+            Ok(_) => json!({ "status": "passed" }),
+            Err(error) => {
+                json!({ "status": "failed", "exit_code": error.exit_code(), "message": error.to_string() })
+            }
+        };
+        events.emit("result", status);
+    }
+    let summary = conversed
+        .result
+        .inspect_err(|error| report::github::annotate(error, None))?;
     if verbosity >= Verbosity::Normal {
         eprintln!(
             "ok: {} ({} sent, {} received, {:.3}s)",
@@ -220,6 +293,42 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+fn run_test(args: TestArgs) -> Result<(), Error> {
+    let verbosity = args.common.verbosity();
+    let limits = Limits {
+        max_operations: args.max_ops,
+        ..Limits::default()
+    };
+    runner::run(TestOptions {
+        clients: args.clients,
+        client: ClientOptions {
+            script: PathBuf::new(),
+            connect: args.connect,
+            timeout: args.timeout,
+            connect_retry: args.connect_retry,
+            framing: args.common.framing.clone(),
+            max_frame: args.common.max_frame,
+            params: args.common.params(),
+            verbosity,
+            limits: Limits::default(),
+        },
+        server: args.server.map(|path| {
+            (
+                path,
+                ServerSettings {
+                    limits,
+                    hook_timeout: args.hook_timeout,
+                    idle_timeout: args.idle_timeout,
+                },
+            )
+        }),
+        jobs: args.jobs,
+        junit: args.junit,
+        tap: args.tap,
+        json: args.json,
+    })
 }
 
 /// `5s`, `250ms`, `1m30s`; a bare number is seconds.

@@ -186,7 +186,9 @@ struct Log {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic cannot happen while these locks are held; never make it fatal.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis(ms: INT) -> Duration {
@@ -361,7 +363,9 @@ impl Peer {
 
     fn recv(&mut self, timeout: Option<Duration>) -> NativeResult<Dynamic> {
         let timeout = timeout.unwrap_or(self.conversation.timeout);
-        Ok(message::to_dynamic(&self.expect_message(timeout, "a message")?))
+        Ok(message::to_dynamic(
+            &self.expect_message(timeout, "a message")?,
+        ))
     }
 
     fn recv_blob(&mut self, timeout: Option<Duration>) -> NativeResult<Blob> {
@@ -387,9 +391,8 @@ impl Peer {
             match patterns.get(pattern) {
                 Some(regex) => regex.clone(),
                 None => {
-                    let regex = Regex::new(pattern).map_err(|e| {
-                        Failure::script(format!("invalid regular expression: {e}"))
-                    })?;
+                    let regex = Regex::new(pattern)
+                        .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
                     patterns.insert(pattern.to_string(), regex.clone());
                     regex
                 }
@@ -411,7 +414,11 @@ impl Peer {
         })
     }
 
-    fn expect_close(&mut self, ctx: &NativeCallContext, timeout: Option<Duration>) -> NativeResult<()> {
+    fn expect_close(
+        &mut self,
+        ctx: &NativeCallContext,
+        timeout: Option<Duration>,
+    ) -> NativeResult<()> {
         let timeout = timeout.unwrap_or(self.conversation.timeout);
         let outcome = match self.receive(timeout, "the connection to close")? {
             Received::Closed => Ok(()),

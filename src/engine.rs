@@ -312,10 +312,13 @@ fn register_common(engine: &mut Engine, params: Params) {
             assert_equal(&ctx, actual, expected, msg)
         },
     );
-    engine.register_fn("fail", |ctx: NativeCallContext, msg: &str| -> NativeResult<()> {
-        note_assertion(&ctx, "fail", false);
-        Err(Failure::expectation(msg).into())
-    });
+    engine.register_fn(
+        "fail",
+        |ctx: NativeCallContext, msg: &str| -> NativeResult<()> {
+            note_assertion(&ctx, "fail", false);
+            Err(Failure::expectation(msg).into())
+        },
+    );
 
     // `msg.to_blob()` whatever the message was: Rhai has it for strings only.
     engine.register_fn("to_blob", |blob: Blob| blob);

@@ -43,6 +43,14 @@ pub enum Error {
     /// The connection broke while a script was using it.
     #[error("{0}")]
     Network(Box<Diagnostic>),
+    /// `tcpscript test`: some cases did not pass. Each was reported as it
+    /// ended; `code` follows the exit-code table (see the runner).
+    #[error("{failed} of {total} tests did not pass")]
+    TestsFailed {
+        failed: usize,
+        total: usize,
+        code: u8,
+    },
 }
 
 impl Error {
@@ -52,6 +60,7 @@ impl Error {
             Error::Script(_) => exit::SCRIPT,
             Error::Failed(_) => exit::FAILED,
             Error::Bind { .. } | Error::Connect { .. } | Error::Network(_) => exit::NETWORK,
+            Error::TestsFailed { code, .. } => *code,
         }
     }
 
@@ -71,6 +80,8 @@ impl Error {
             Error::ScriptUsage(d) | Error::Script(d) | Error::Failed(d) | Error::Network(d) => {
                 d.render()
             }
+            // Every case was reported already, and the summary printed.
+            Error::TestsFailed { .. } => String::new(),
             other => Diagnostic::new(other.to_string()).render(),
         }
     }

@@ -105,7 +105,14 @@ impl ServerScript {
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
         let room = Arc::new(Room::default());
-        let engine = server_engine(limits, hook_timeout, params, verbosity, path.parent(), &room);
+        let engine = server_engine(
+            limits,
+            hook_timeout,
+            params,
+            verbosity,
+            path.parent(),
+            &room,
+        );
         let script = engine::compile(&engine, path)?;
         Self::start(engine, script, hook_timeout, room)
     }
@@ -334,23 +341,33 @@ fn register_shared_store(engine: &mut Engine) {
         Ok::<_, Box<rhai::EvalAltResult>>(())
     });
     let s = store.clone();
-    engine.register_fn("shared_add", move |key: &str, by: INT| -> NativeResult<INT> {
-        store_free()?;
-        let mut values = s.lock();
-        let current = match values.get(key) {
-            None => 0,
-            Some(value) => value.as_int().map_err(|kind| {
-                Failure::script(format!("shared_add: `{key}` holds a {kind}, not an integer"))
-            })?,
-        };
-        let sum = current.checked_add(by).ok_or_else(|| Failure::script("shared_add overflowed"))?;
-        values.insert(key.into(), Dynamic::from(sum));
-        Ok(sum)
-    });
+    engine.register_fn(
+        "shared_add",
+        move |key: &str, by: INT| -> NativeResult<INT> {
+            store_free()?;
+            let mut values = s.lock();
+            let current = match values.get(key) {
+                None => 0,
+                Some(value) => value.as_int().map_err(|kind| {
+                    Failure::script(format!(
+                        "shared_add: `{key}` holds a {kind}, not an integer"
+                    ))
+                })?,
+            };
+            let sum = current
+                .checked_add(by)
+                .ok_or_else(|| Failure::script("shared_add overflowed"))?;
+            values.insert(key.into(), Dynamic::from(sum));
+            Ok(sum)
+        },
+    );
     let s = store.clone();
     engine.register_fn(
         "shared_update",
-        move |ctx: rhai::NativeCallContext, key: &str, update: rhai::FnPtr| -> NativeResult<Dynamic> {
+        move |ctx: rhai::NativeCallContext,
+              key: &str,
+              update: rhai::FnPtr|
+              -> NativeResult<Dynamic> {
             store_free()?;
             let mut values = s.lock();
             let current = values.get(key).cloned().unwrap_or(Dynamic::UNIT);

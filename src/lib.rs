@@ -13,5 +13,6 @@ pub mod manual; // manual mode: the tutorial's programs on stdin
 pub mod message; // bytes <-> script values, and how messages are displayed
 pub mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 pub mod room; // what a server's connections share: the roster and the shared store
+pub mod runner; // `tcpscript test`: client scripts as test cases, with reports
 pub mod server; // scripted server: accept loop and connection tasks
 pub mod transcript; // the `> sent` / `< received` record of a conversation

@@ -336,7 +336,14 @@ async fn serve_connection(
         inbox = Some(receiver);
     }
 
-    let result = converse(&mut connection, &mut hooks, options, &mut shutdown, &mut inbox).await;
+    let result = converse(
+        &mut connection,
+        &mut hooks,
+        options,
+        &mut shutdown,
+        &mut inbox,
+    )
+    .await;
     // on_disconnect's replies go out when the connection can still carry
     // them: the script closed it, or the server is shutting down.
     let farewell = matches!(result, Ok(End::ScriptClosed | End::Shutdown));

@@ -1,0 +1,287 @@
+//! `tcpscript test`: client scripts as test cases, against a server script
+//! started in-process on a free port or an outside server, with one line
+//! per test, a summary, and reports for CI.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::client::{ClientOptions, ClientScript};
+use crate::error::{Error, exit};
+use crate::hooks::ServerScript;
+use crate::report::events::Events;
+use crate::report::{self, CaseResult, Outcome};
+use crate::server::{self, ServerOptions};
+use crate::transcript::Verbosity;
+
+/// Messages of each test kept for the reports (JUnit's `<system-out>`).
+const KEPT_FOR_REPORTS: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Client scripts, or folders of them.
+    pub clients: Vec<PathBuf>,
+    /// How every case connects: `connect` is ignored when a server is given.
+    pub client: ClientOptions,
+    /// A server script to start in-process, with its options.
+    pub server: Option<(PathBuf, ServerSettings)>,
+    pub jobs: usize,
+    pub junit: Option<PathBuf>,
+    pub tap: bool,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub limits: crate::engine::Limits,
+    pub hook_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Runs every case; `Ok` only when all passed.
+pub fn run(options: TestOptions) -> Result<(), Error> {
+    let cases = collect(&options.clients)?;
+    let started = Instant::now();
+    let verbosity = options.client.verbosity;
+    let mut client = options.client.clone();
+
+    let background = match &options.server {
+        Some((path, settings)) => {
+            let script = ServerScript::load(
+                path,
+                &settings.limits,
+                settings.hook_timeout,
+                client.params.clone(),
+                quieter(verbosity),
+            )?;
+            let framing = match &client.framing {
+                Some(framing) => framing.clone(),
+                None => script
+                    .declared_framing()?
+                    .unwrap_or(crate::framing::Framing::Line),
+            };
+            let background = server::spawn(
+                script,
+                ServerOptions {
+                    listen: "127.0.0.1:0".into(),
+                    framing,
+                    max_frame: client.max_frame,
+                    verbosity: quieter(verbosity),
+                    print_messages: false,
+                    idle_timeout: settings.idle_timeout,
+                },
+            )?;
+            client.connect = background.addr().to_string();
+            if verbosity >= Verbosity::Normal {
+                eprintln!(
+                    "server {} listening on {}",
+                    path.display(),
+                    background.addr()
+                );
+            }
+            Some(background)
+        }
+        None => None,
+    };
+
+    let events = options.json.then(Events::to_stdout);
+    let results = run_cases(&cases, &client, options.jobs, events.as_ref(), verbosity);
+    if let Some(background) = background {
+        background.stop();
+    }
+    let total = started.elapsed();
+
+    let passed = results.iter().filter(|r| r.outcome.passed()).count();
+    let failed = results.len() - passed;
+    if verbosity >= Verbosity::Normal || failed > 0 {
+        eprintln!(
+            "{passed} passed, {failed} failed ({:.2}s)",
+            total.as_secs_f64()
+        );
+    }
+    if options.tap {
+        print!("{}", report::tap::render(&results));
+    }
+    if let Some(path) = &options.junit {
+        report::junit::write(path, &results, total)?;
+    }
+    if report::github::enabled() {
+        for result in &results {
+            if let Some(error) = result.outcome.error() {
+                report::github::annotate(error, Some(&result.name));
+            }
+        }
+        if let Err(e) = report::github::write_summary(&results) {
+            eprintln!("warning: cannot write $GITHUB_STEP_SUMMARY: {e}");
+        }
+    }
+    match exit_code(&results) {
+        exit::OK => Ok(()),
+        code => Err(Error::TestsFailed {
+            failed,
+            total: results.len(),
+            code,
+        }),
+    }
+}
+
+/// 1 when only expectations failed; a case that could not run properly
+/// (script error 3, network error 4, usage 2) gives its own code, the
+/// first such case in order deciding.
+fn exit_code(results: &[CaseResult]) -> u8 {
+    let mut code = exit::OK;
+    for result in results {
+        match &result.outcome {
+            Outcome::Passed => {}
+            Outcome::Failed(_) => {
+                if code == exit::OK {
+                    code = exit::FAILED;
+                }
+            }
+            Outcome::Broken(error) => return error.exit_code(),
+        }
+    }
+    code
+}
+
+/// Files as given, and the `.rhai` files of folders, sorted.
+fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let mut cases = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|source| Error::ReadFile {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "rhai"))
+                .collect();
+            found.sort();
+            cases.extend(found);
+        } else {
+            cases.push(path.clone());
+        }
+    }
+    if cases.is_empty() {
+        return Err(Error::Usage(
+            "no client scripts to run: give .rhai files or folders holding them".into(),
+        ));
+    }
+    Ok(cases)
+}
+
+/// Runs the cases on `jobs` threads; results come back in the given order.
+fn run_cases(
+    cases: &[PathBuf],
+    client: &ClientOptions,
+    jobs: usize,
+    events: Option<&Events>,
+    verbosity: Verbosity,
+) -> Vec<CaseResult> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<CaseResult>>> = cases.iter().map(|_| Mutex::new(None)).collect();
+    let print = Mutex::new(());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, cases.len()) {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = cases.get(index) else { break };
+                    let result = run_case(path, client, events);
+                    {
+                        let _guard = print.lock().unwrap_or_else(|e| e.into_inner());
+                        print_result(&result, verbosity);
+                    }
+                    *slots[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .filter_map(|slot| slot.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
+}
+
+fn run_case(path: &Path, client: &ClientOptions, events: Option<&Events>) -> CaseResult {
+    let name = path.display().to_string();
+    let started = Instant::now();
+    let options = ClientOptions {
+        script: path.to_path_buf(),
+        verbosity: quieter(client.verbosity),
+        ..client.clone()
+    };
+    let test_events = events.map(|e| e.for_test(&name));
+    let (result, transcript) = match ClientScript::load(&options) {
+        Ok(mut script) => {
+            let conversed = script.run(test_events.clone(), KEPT_FOR_REPORTS);
+            (conversed.result, conversed.transcript)
+        }
+        Err(error) => (Err(error), Vec::new()),
+    };
+    let duration = started.elapsed();
+    let outcome = Outcome::from_result(result);
+    if let Some(events) = &test_events {
+        let mut fields = json!({
+            "status": match &outcome {
+                Outcome::Passed => "passed",
+                Outcome::Failed(_) => "failed",
+                Outcome::Broken(_) => "error",
+            },
+            "duration": duration.as_secs_f64(),
+        });
+        if let Some(error) = outcome.error() {
+            let diagnostic = report::diagnostic_of(error);
+            fields["exit_code"] = json!(error.exit_code());
+            fields["message"] = json!(diagnostic.message);
+            if let Some(location) = &diagnostic.location {
+                fields["file"] = json!(location.file);
+                fields["line"] = json!(location.line);
+                fields["column"] = json!(location.column);
+            }
+            if let (Some(expected), Some(actual)) = (&diagnostic.expected, &diagnostic.actual) {
+                fields["expected"] = json!(expected);
+                fields["actual"] = json!(actual);
+            }
+        }
+        events.emit("result", fields);
+    }
+    CaseResult {
+        name,
+        duration,
+        outcome,
+        transcript,
+    }
+}
+
+/// What the server and each case print themselves during a run: their
+/// `log()` lines only with `-v`, and never live transcripts, which would
+/// interleave between parallel cases (failures show theirs in the report).
+fn quieter(verbosity: Verbosity) -> Verbosity {
+    match verbosity {
+        Verbosity::Verbose => Verbosity::Normal,
+        _ => Verbosity::Quiet,
+    }
+}
+
+fn print_result(result: &CaseResult, verbosity: Verbosity) {
+    let time = report::millis(result.duration);
+    match result.outcome.error() {
+        None => {
+            if verbosity >= Verbosity::Normal {
+                anstream::eprintln!("{PASS}PASS{PASS:#} {} ({time})", result.name);
+            }
+        }
+        Some(error) => {
+            anstream::eprintln!("{FAIL}FAIL{FAIL:#} {} ({time})", result.name);
+            error.eprint();
+        }
+    }
+}
+
+const PASS: anstyle::Style = anstyle::AnsiColor::Green.on_default().bold();
+const FAIL: anstyle::Style = anstyle::AnsiColor::Red.on_default().bold();
