@@ -20,6 +20,7 @@ pub fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
             }
             Err(error) => {
                 error.eprint();
+                crate::report::github::annotate(&error, None);
                 match error {
                     Error::ReadFile { .. } => unreadable += 1,
                     _ => broken += 1,

@@ -92,13 +92,20 @@ impl Script {
     fn location(&self, file: &str, position: Position) -> Option<Location> {
         let line = position.line()?;
         let column = position.position().unwrap_or(1);
-        let source_line = if file == self.path {
-            self.source.lines().nth(line - 1).map(str::to_string)
+        let text = if file == self.path {
+            Some(self.source.clone())
         } else {
-            std::fs::read_to_string(file)
-                .ok()
-                .and_then(|text| text.lines().nth(line - 1).map(str::to_string))
+            std::fs::read_to_string(file).ok()
         };
+        // The end of the file, where an unclosed call is noticed, is an
+        // empty line just past the last one.
+        let source_line = text.and_then(|text| {
+            let count = text.lines().count();
+            match text.lines().nth(line - 1) {
+                Some(found) => Some(found.to_string()),
+                None => (line == count + 1).then(String::new),
+            }
+        });
         Some(Location {
             file: file.to_string(),
             line,

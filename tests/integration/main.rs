@@ -2,9 +2,11 @@
 
 mod check;
 mod client;
+mod diagnostics;
 mod hostile;
 mod interop;
 mod manual;
+mod runner;
 mod scripts;
 mod server;
 mod support;

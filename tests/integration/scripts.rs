@@ -127,7 +127,7 @@ fn every_shipped_script_compiles_and_is_run_by_this_file() {
             names.push(path.display().to_string());
         }
     }
-    assert!(names.len() >= 7, "{names:?}");
+    assert!(names.len() >= 9, "{names:?}");
     tcpscript()
         .arg("check")
         .args(&names)
@@ -138,4 +138,33 @@ fn every_shipped_script_compiles_and_is_run_by_this_file() {
                 .count(names.len())
                 .and(contains("error").not()),
         );
+}
+
+#[test]
+fn chat_pair_through_the_test_runner() {
+    tcpscript()
+        .args([
+            "test",
+            "--server",
+            &shipped("chat.rhai"),
+            &shipped("chat_conversation.rhai"),
+        ])
+        .assert()
+        .success();
+}
+
+#[test]
+fn chat_room_with_plain_sockets() {
+    let server = Running::server(&[&shipped("chat.rhai")]);
+    let mut ann = LineClient::connect(server.port);
+    let greeting = ann.recv().unwrap();
+    assert!(greeting.starts_with("welcome guest1:"), "{greeting}");
+    let mut ben = LineClient::connect(server.port);
+    assert!(ben.recv().unwrap().starts_with("welcome guest2:"));
+    assert_eq!(ann.recv().unwrap(), "* guest2 joined");
+    ben.send("hello ann");
+    assert_eq!(ann.recv().unwrap(), "<guest2> hello ann");
+    drop(ben);
+    assert_eq!(ann.recv().unwrap(), "* guest2 left");
+    assert_eq!(ann.exchange("/who"), "here: guest1");
 }

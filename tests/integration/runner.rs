@@ -1,0 +1,332 @@
+//! `tcpscript test`: cases, exit codes, parallel runs and every report.
+
+use predicates::prelude::*;
+use predicates::str::contains;
+
+use crate::support::{Running, shipped, tcpscript};
+
+/// A folder of client scripts for `scripts/reply.rhai`.
+struct Suite {
+    dir: tempfile::TempDir,
+}
+
+impl Suite {
+    fn new(cases: &[(&str, &str)]) -> Suite {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, source) in cases {
+            std::fs::write(dir.path().join(name), source).unwrap();
+        }
+        Suite { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn folder(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+}
+
+const PASSING: &str = "send(\"hello\");\nexpect(\"^welcome\");\n";
+const FAILING: &str =
+    "send(\"hello\");\nrecv();\nsend(\"one\");\nassert_eq(recv(), \"echo 2: two\");\n";
+const BROKEN: &str = "let x = 1;\nx.no_such_method();\n";
+
+fn test_with_server(args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = tcpscript();
+    cmd.args(["test", "--server", &shipped("reply.rhai")])
+        .args(args);
+    cmd
+}
+
+#[test]
+fn passing_cases_print_a_line_each_and_a_summary() {
+    let suite = Suite::new(&[("a.rhai", PASSING), ("b.rhai", PASSING)]);
+    test_with_server(&[suite.folder()])
+        .assert()
+        .success()
+        .stderr(contains(format!("PASS {}", suite.path("a.rhai"))))
+        .stderr(contains(format!("PASS {}", suite.path("b.rhai"))))
+        .stderr(contains("2 passed, 0 failed"));
+}
+
+#[test]
+fn a_failed_expectation_is_exit_1_and_a_script_error_exit_3() {
+    let suite = Suite::new(&[("a.rhai", PASSING), ("b.rhai", FAILING)]);
+    test_with_server(&[suite.folder()])
+        .assert()
+        .code(1)
+        .stderr(contains(format!("FAIL {}", suite.path("b.rhai"))))
+        .stderr(contains(format!("--> {}:4:1", suite.path("b.rhai"))))
+        .stderr(contains("1 passed, 1 failed"));
+    let suite = Suite::new(&[("a.rhai", FAILING), ("b.rhai", BROKEN)]);
+    test_with_server(&[suite.folder()]).assert().code(3);
+}
+
+#[test]
+fn an_unreachable_server_is_exit_4() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let suite = Suite::new(&[("a.rhai", PASSING)]);
+    tcpscript()
+        .args([
+            "test",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            suite.folder(),
+        ])
+        .assert()
+        .code(4)
+        .stderr(contains("cannot connect"));
+}
+
+#[test]
+fn connect_runs_against_an_outside_server() {
+    let server = Running::server(&[&shipped("reply.rhai")]);
+    let suite = Suite::new(&[("a.rhai", PASSING)]);
+    tcpscript()
+        .args(["test", "--connect", &server.addr(), suite.folder()])
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_broken_server_script_stops_the_run_with_exit_3() {
+    let bad = crate::support::script("fn on_message(msg) {\n");
+    let suite = Suite::new(&[("a.rhai", PASSING)]);
+    tcpscript()
+        .args(["test", "--server", bad.path(), suite.folder()])
+        .assert()
+        .code(3)
+        .stderr(contains(bad.path()));
+}
+
+#[test]
+fn parallel_cases_all_run_and_params_reach_each() {
+    let case =
+        "let who = param(\"who\");\nsend(`upper ${who}`);\nassert_eq(recv(), who.to_upper());\n";
+    let names: Vec<String> = (0..8).map(|i| format!("case{i}.rhai")).collect();
+    let cases: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), case)).collect();
+    let suite = Suite::new(&cases);
+    let output = test_with_server(&["-j", "4", "--tap", "--set", "who=everyone", suite.folder()])
+        .assert()
+        .success()
+        .stderr(contains("8 passed, 0 failed"))
+        .get_output()
+        .stdout
+        .clone();
+    let tap = String::from_utf8(output).unwrap();
+    let lines: Vec<&str> = tap.lines().collect();
+    assert_eq!(&lines[..2], &["TAP version 13", "1..8"]);
+    // Reported in the order given, whatever order they finished in.
+    for (i, name) in names.iter().enumerate() {
+        assert!(
+            lines[i + 2].starts_with(&format!("ok {} - {}", i + 1, suite.path(name))),
+            "{tap}"
+        );
+    }
+}
+
+#[test]
+fn tap_failures_carry_a_yaml_block() {
+    let suite = Suite::new(&[("a.rhai", PASSING), ("b.rhai", FAILING), ("c.rhai", BROKEN)]);
+    let output = test_with_server(&["--tap", suite.folder()])
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
+    let tap = String::from_utf8(output).unwrap();
+    let expected_b = format!("not ok 2 - {} # time=", suite.path("b.rhai"));
+    assert!(tap.contains(&expected_b), "{tap}");
+    assert!(
+        tap.contains(
+            "  ---\n  message: \"values differ\"\n  severity: fail\n  exit_code: 1\n  at:\n"
+        ),
+        "{tap}"
+    );
+    assert!(
+        tap.contains("    line: 4\n    column: 1\n  expected: \"\\\"echo 2: two\\\"\"\n"),
+        "{tap}"
+    );
+    assert!(tap.contains("  severity: error\n  exit_code: 3\n"), "{tap}");
+    assert!(tap.lines().filter(|l| *l == "  ...").count() == 2, "{tap}");
+}
+
+#[test]
+fn junit_reports_failures_errors_and_transcripts() {
+    let suite = Suite::new(&[("a.rhai", PASSING), ("b.rhai", FAILING), ("c.rhai", BROKEN)]);
+    let report = suite.dir.path().join("junit.xml");
+    test_with_server(&["--junit", report.to_str().unwrap(), suite.folder()])
+        .assert()
+        .code(3);
+    let xml = std::fs::read_to_string(&report).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 3);
+    let name = |n: &roxmltree::Node| n.attribute("name").unwrap().to_string();
+    assert_eq!(name(&cases[0]), suite.path("a.rhai"));
+    assert!(
+        cases[0]
+            .children()
+            .all(|c| !c.has_tag_name("failure") && !c.has_tag_name("error"))
+    );
+    let out = cases[0]
+        .children()
+        .find(|c| c.has_tag_name("system-out"))
+        .unwrap();
+    assert!(out.text().unwrap().contains("> hello"), "{xml}");
+
+    let failure = cases[1]
+        .children()
+        .find(|c| c.has_tag_name("failure"))
+        .unwrap();
+    assert_eq!(
+        failure.attribute("message"),
+        Some(format!("{}:4:1: values differ", suite.path("b.rhai")).as_str())
+    );
+    assert_eq!(failure.attribute("type"), Some("expectation failed"));
+    assert!(
+        failure.text().unwrap().contains("actual: \"echo 2: one\""),
+        "{xml}"
+    );
+
+    let error = cases[2]
+        .children()
+        .find(|c| c.has_tag_name("error"))
+        .unwrap();
+    assert_eq!(error.attribute("type"), Some("script error"));
+    let suite_node = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testsuite"))
+        .unwrap();
+    assert_eq!(suite_node.attribute("failures"), Some("1"));
+    assert_eq!(suite_node.attribute("errors"), Some("1"));
+}
+
+#[test]
+fn json_events_cover_the_conversation() {
+    let suite = Suite::new(&[
+        (
+            "a.rhai",
+            "send(\"hello\");\nlet w = expect(\"^welcome\");\nassert(true);\n",
+        ),
+        ("b.rhai", FAILING),
+    ]);
+    let output = test_with_server(&["--json", suite.folder()])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let events: Vec<serde_json::Value> = String::from_utf8(output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let of = |test: &str, kind: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["test"] == suite.path(test) && e["event"] == kind)
+            .collect()
+    };
+    assert_eq!(of("a.rhai", "connect").len(), 1);
+    assert_eq!(of("a.rhai", "sent")[0]["text"], "hello");
+    assert!(
+        of("a.rhai", "received")[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("welcome")
+    );
+    let assertions = of("a.rhai", "assertion");
+    assert_eq!(assertions.len(), 2);
+    assert_eq!(assertions[0]["function"], "expect");
+    assert_eq!(assertions[0]["line"], 2);
+    assert_eq!(of("a.rhai", "result")[0]["status"], "passed");
+    let failed = of("b.rhai", "result")[0];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["line"], 4);
+    assert_eq!(failed["expected"], "\"echo 2: two\"");
+    assert!(events.iter().all(|e| e["time"].as_f64().is_some()));
+}
+
+#[test]
+fn github_actions_get_annotations_and_a_step_summary() {
+    let suite = Suite::new(&[("a.rhai", PASSING), ("b.rhai", FAILING)]);
+    let summary = suite.dir.path().join("summary.md");
+    test_with_server(&[suite.folder()])
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .assert()
+        .code(1)
+        .stdout(contains(format!(
+            "::error file={},line=4,col=1,title=tcpscript%3A {}::values differ%0Aexpected: \"echo 2: two\"%0A  actual: \"echo 2: one\"",
+            suite.path("b.rhai"),
+            suite.path("b.rhai")
+        )));
+    let markdown = std::fs::read_to_string(summary).unwrap();
+    assert!(
+        markdown.starts_with("### tcpscript: 1 passed, 1 failed\n"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(&format!("| ✅ | `{}` |", suite.path("a.rhai"))),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(&format!("| ❌ | `{}` |", suite.path("b.rhai"))),
+        "{markdown}"
+    );
+    // Without GitHub Actions, no workflow commands.
+    test_with_server(&[suite.folder()])
+        .assert()
+        .code(1)
+        .stdout(contains("::error").not());
+}
+
+#[test]
+fn the_chat_room_carries_a_conversation_between_two_clients() {
+    tcpscript()
+        .args([
+            "test",
+            "--server",
+            &shipped("chat.rhai"),
+            &shipped("chat_conversation.rhai"),
+        ])
+        .assert()
+        .success()
+        .stderr(contains("1 passed, 0 failed"));
+}
+
+#[test]
+fn connect_with_an_address_reaches_another_server() {
+    let other = Running::server(&["--echo", "-q"]);
+    let source = format!(
+        "send(\"hello\");\nexpect(\"^welcome\");\nlet echo = connect(\"{}\");\necho.send(\"ping\");\nassert_eq(echo.recv(), \"ping\");\necho.close();\n",
+        other.addr()
+    );
+    let suite = Suite::new(&[("a.rhai", &source)]);
+    test_with_server(&[suite.folder()]).assert().success();
+}
+
+#[test]
+fn no_cases_is_a_usage_error() {
+    let empty = tempfile::tempdir().unwrap();
+    tcpscript()
+        .args([
+            "test",
+            "--server",
+            &shipped("reply.rhai"),
+            empty.path().to_str().unwrap(),
+        ])
+        .assert()
+        .code(2)
+        .stderr(contains("no client scripts to run"));
+}
