@@ -13,6 +13,7 @@ use crate::engine::Limits;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::hooks::ServerScript;
+use crate::load::{self, LoadOptions, Until};
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
 use crate::report::{self, events::Events};
 use crate::runner::{self, ServerSettings, TestOptions};
@@ -127,6 +128,18 @@ pub struct ClientArgs {
     /// Write one JSON event per line on stdout (connect, sent, received, assertion, result)
     #[arg(long)]
     pub json: bool,
+    /// Load mode: this many virtual users run the conversation in a loop
+    #[arg(long, value_name = "N", requires = "script")]
+    pub concurrency: Option<usize>,
+    /// Load mode: run for this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "iterations", requires = "script")]
+    pub duration: Option<Duration>,
+    /// Load mode: run this many conversations in all
+    #[arg(long, value_name = "M", requires = "script")]
+    pub iterations: Option<u64>,
+    /// Load mode: start at most this many conversations per second
+    #[arg(long, value_name = "PER_SECOND", requires = "script")]
+    pub rate: Option<f64>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -261,6 +274,28 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             ..Limits::default()
         },
     };
+    let until = match (args.duration, args.iterations) {
+        (Some(duration), _) => Some(Until::Elapsed(duration)),
+        (None, Some(iterations)) => Some(Until::Iterations(iterations)),
+        (None, None) => None,
+    };
+    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() {
+        let Some(until) = until else {
+            return Err(Error::Usage(
+                "load mode needs --duration or --iterations to know when to stop".into(),
+            ));
+        };
+        if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return Err(Error::Usage("--rate must be a positive number".into()));
+        }
+        return load::run(&LoadOptions {
+            client: options,
+            concurrency: args.concurrency.unwrap_or(1).max(1),
+            until,
+            rate: args.rate,
+            json: args.json,
+        });
+    }
     let events = args
         .json
         .then(|| Events::to_stdout().for_test(&options.script.display().to_string()));

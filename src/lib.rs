@@ -9,6 +9,7 @@ pub mod engine; // Rhai engine set-up, compilation, common functions, error mapp
 pub mod error; // error kinds and the exit-code table
 pub mod framing; // what one message is: line, raw, delim, len
 pub mod hooks; // server scripts: per-connection state and hook calls
+pub mod load; // load mode: many virtual users running a conversation in a loop
 pub mod manual; // manual mode: the tutorial's programs on stdin
 pub mod message; // bytes <-> script values, and how messages are displayed
 pub mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations

@@ -5,6 +5,7 @@ mod client;
 mod diagnostics;
 mod hostile;
 mod interop;
+mod load;
 mod manual;
 mod runner;
 mod scripts;

@@ -1,0 +1,303 @@
+//! Load mode: `tcpscript client SCRIPT --concurrency N (--duration D |
+//! --iterations M)`. N virtual users each run the conversation in a loop,
+//! every run on a fresh connection, and the figures come out as a summary
+//! (or JSON): conversations/s, messages/s, latency percentiles, failures
+//! grouped by message.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::client::{ClientOptions, ClientScript};
+use crate::error::{Error, exit};
+use crate::report::diagnostic_of;
+use crate::transcript::{SHOWN_ON_FAILURE, Verbosity};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub client: ClientOptions,
+    /// Virtual users, each running conversations one after another.
+    pub concurrency: usize,
+    pub until: Until,
+    /// New conversations per second across all users; `None`: as fast as they go.
+    pub rate: Option<f64>,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    Elapsed(Duration),
+    Iterations(u64),
+}
+
+/// What one user measured; merged at the end.
+struct Tally {
+    /// Conversation durations in microseconds.
+    latency: Histogram<u64>,
+    passed: u64,
+    failed: u64,
+    sent: u64,
+    received: u64,
+    /// Failure report (message and place) to how often, and its exit code.
+    failures: HashMap<String, (u64, u8)>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            // 1 µs to an hour, 3 significant digits.
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds are valid"),
+            passed: 0,
+            failed: 0,
+            sent: 0,
+            received: 0,
+            failures: HashMap::new(),
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        let _ = self.latency.add(&other.latency);
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.sent += other.sent;
+        self.received += other.received;
+        for (message, (count, code)) in other.failures {
+            self.failures.entry(message).or_insert((0, code)).0 += count;
+        }
+    }
+}
+
+/// Shared by the users while they run.
+struct Pace {
+    started: Instant,
+    until: Until,
+    /// Conversations begun so far, across users.
+    begun: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    /// Users still running.
+    running: AtomicU64,
+    stop: AtomicBool,
+    rate: Option<f64>,
+}
+
+impl Pace {
+    /// Claims the next conversation, waiting for its slot under `--rate`;
+    /// `false` when the run is over.
+    fn claim(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let number = self.begun.fetch_add(1, Ordering::Relaxed);
+        match self.until {
+            Until::Iterations(total) if number >= total => return false,
+            Until::Elapsed(limit) if self.started.elapsed() >= limit => return false,
+            _ => {}
+        }
+        if let Some(rate) = self.rate {
+            let slot = self.started + Duration::from_secs_f64(number as f64 / rate);
+            let now = Instant::now();
+            if slot > now {
+                std::thread::sleep(slot - now);
+            }
+            if let Until::Elapsed(limit) = self.until
+                && self.started.elapsed() >= limit
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+pub fn run(options: &LoadOptions) -> Result<(), Error> {
+    let client = ClientOptions {
+        verbosity: Verbosity::Quiet,
+        ..options.client.clone()
+    };
+    // Compile errors are reported once, before any user starts.
+    let mut scripts = Vec::with_capacity(options.concurrency);
+    for _ in 0..options.concurrency.max(1) {
+        scripts.push(ClientScript::load(&client)?);
+    }
+    crate::server::raise_open_file_limit();
+    let pace = Arc::new(Pace {
+        started: Instant::now(),
+        until: options.until,
+        begun: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        running: AtomicU64::new(scripts.len() as u64),
+        stop: AtomicBool::new(false),
+        rate: options.rate,
+    });
+    let progress = progress_bar(options);
+    let total = Arc::new(Mutex::new(Tally::new()));
+
+    std::thread::scope(|scope| {
+        for mut script in scripts {
+            let pace = pace.clone();
+            let total = total.clone();
+            scope.spawn(move || {
+                let mut tally = Tally::new();
+                while pace.claim() {
+                    let conversed = script.run(None, SHOWN_ON_FAILURE);
+                    let micros = conversed.elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
+                    let _ = tally.latency.record(micros);
+                    match conversed.result {
+                        Ok(summary) => {
+                            tally.passed += 1;
+                            tally.sent += summary.sent;
+                            tally.received += summary.received;
+                        }
+                        Err(error) => {
+                            tally.failed += 1;
+                            pace.failed.fetch_add(1, Ordering::Relaxed);
+                            let diagnostic = diagnostic_of(&error);
+                            let key = match &diagnostic.location {
+                                Some(location) => format!("{location}: {}", diagnostic.message),
+                                None => diagnostic.message,
+                            };
+                            tally
+                                .failures
+                                .entry(key)
+                                .or_insert((0, error.exit_code()))
+                                .0 += 1;
+                        }
+                    }
+                    pace.done.fetch_add(1, Ordering::Relaxed);
+                }
+                total.lock().unwrap_or_else(|e| e.into_inner()).merge(tally);
+                pace.running.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        if let Some(bar) = &progress {
+            while pace.running.load(Ordering::Relaxed) > 0 {
+                let done = pace.done.load(Ordering::Relaxed);
+                let elapsed = pace.started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_position(match options.until {
+                    Until::Iterations(_) => done,
+                    Until::Elapsed(_) => pace.started.elapsed().as_millis() as u64,
+                });
+                bar.set_message(format!(
+                    "{done} conversations, {:.0}/s, {} failed",
+                    done as f64 / elapsed,
+                    pace.failed.load(Ordering::Relaxed)
+                ));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        }
+    });
+
+    let elapsed = pace.started.elapsed();
+    let tally = Arc::try_unwrap(total)
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or_else(|_| Tally::new());
+    report(&tally, elapsed, options);
+    let code = exit_code(&tally);
+    if code == exit::OK {
+        Ok(())
+    } else {
+        Err(Error::TestsFailed {
+            failed: tally.failed as usize,
+            total: (tally.passed + tally.failed) as usize,
+            code,
+        })
+    }
+}
+
+fn progress_bar(options: &LoadOptions) -> Option<ProgressBar> {
+    if options.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match options.until {
+        Until::Iterations(total) => ProgressBar::new(total),
+        Until::Elapsed(limit) => ProgressBar::new(limit.as_millis() as u64),
+    };
+    let template = "{spinner} [{elapsed_precise}] {wide_bar} {msg}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// 0 when every conversation passed; else as `tcpscript test` decides.
+fn exit_code(tally: &Tally) -> u8 {
+    if tally.failed == 0 {
+        return exit::OK;
+    }
+    tally
+        .failures
+        .values()
+        .map(|(_, code)| *code)
+        .find(|code| *code != exit::FAILED)
+        .unwrap_or(exit::FAILED)
+}
+
+fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let conversations = tally.passed + tally.failed;
+    let per_second = conversations as f64 / seconds;
+    let messages = tally.sent + tally.received;
+    let quantile = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
+    let mut failures: Vec<(&String, u64)> = tally
+        .failures
+        .iter()
+        .map(|(message, (count, _))| (message, *count))
+        .collect();
+    failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+
+    if options.json {
+        let summary = json!({
+            "event": "load",
+            "concurrency": options.concurrency,
+            "duration": seconds,
+            "conversations": conversations,
+            "passed": tally.passed,
+            "failed": tally.failed,
+            "conversations_per_second": per_second,
+            "messages": messages,
+            "messages_per_second": messages as f64 / seconds,
+            "latency_ms": {
+                "p50": quantile(0.5),
+                "p90": quantile(0.9),
+                "p99": quantile(0.99),
+                "max": tally.latency.max() as f64 / 1000.0,
+            },
+            "failures": failures
+                .iter()
+                .map(|(message, count)| json!({ "message": message, "count": count }))
+                .collect::<Vec<_>>(),
+        });
+        println!("{summary}");
+        return;
+    }
+    if options.client.verbosity == Verbosity::Quiet && tally.failed == 0 {
+        return;
+    }
+    eprintln!(
+        "{conversations} conversations in {seconds:.2}s with {} users: {per_second:.1} conversations/s, \
+         {:.1} messages/s",
+        options.concurrency,
+        messages as f64 / seconds
+    );
+    eprintln!(
+        "latency per conversation: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        quantile(0.5),
+        quantile(0.9),
+        quantile(0.99),
+        tally.latency.max() as f64 / 1000.0
+    );
+    eprintln!("{} passed, {} failed", tally.passed, tally.failed);
+    for (message, count) in failures {
+        eprintln!("  {count} × {message}");
+    }
+}
