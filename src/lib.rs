@@ -11,5 +11,6 @@ pub mod framing; // what one message is: line, raw, delim, len
 pub mod hooks; // server scripts: per-connection state and hook calls
 pub mod manual; // manual mode: the tutorial's programs on stdin
 pub mod message; // bytes <-> script values, and how messages are displayed
+pub mod record; // --record: a manual session written down as a script that replays it
 pub mod server; // scripted server: accept loop and connection tasks
 pub mod transcript; // the `> sent` / `< received` record of a conversation
