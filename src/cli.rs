@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::hooks::ServerScript;
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
+use crate::record::RecordOptions;
 use crate::server::{self, ServerOptions};
 use crate::transcript::Verbosity;
 use crate::{check, hooks::DEFAULT_MAX_OPERATIONS};
@@ -87,7 +88,7 @@ pub struct ServerArgs {
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     pub listen: String,
     /// Without a script: reply to each message with itself
-    #[arg(long, conflicts_with = "script")]
+    #[arg(long, conflicts_with_all = ["script", "record"])]
     pub echo: bool,
     /// Operations one hook call may run before it is stopped (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
@@ -98,6 +99,8 @@ pub struct ServerArgs {
     /// Close a connection that sends nothing, or reads none of its replies, this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub record: RecordArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -119,7 +122,29 @@ pub struct ClientArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_ops: u64,
     #[command(flatten)]
+    pub record: RecordArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Manual mode only: write the session down as a script that replays it.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Without a script: write the session to FILE as a script that replays it
+    #[arg(long, value_name = "FILE", conflicts_with = "script")]
+    pub record: Option<PathBuf>,
+    /// With --record: keep every value literal (no patterns for numbers, ids, times)
+    #[arg(long, requires = "record")]
+    pub record_exact: bool,
+}
+
+impl RecordArgs {
+    fn options(&self) -> Option<RecordOptions> {
+        self.record.clone().map(|path| RecordOptions {
+            path,
+            exact: self.record_exact,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +188,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
                 framing: args.common.framing.unwrap_or(Framing::Line),
                 max_frame: args.common.max_frame,
                 verbosity,
+                record: args.record.options(),
             });
         }
     };
@@ -193,6 +219,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             framing: args.common.framing.unwrap_or(Framing::Line),
             max_frame: args.common.max_frame,
             verbosity,
+            record: args.record.options(),
         });
     };
     let options = ClientOptions {

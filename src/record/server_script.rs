@@ -272,6 +272,13 @@ impl ServerRecording {
                     Ok(text) => text.to_string(),
                     Err(_) => message::hex(bytes),
                 };
+                let numbered = std::str::from_utf8(bytes)
+                    .is_ok_and(|text| text.bytes().any(|b| b.is_ascii_digit()));
+                if numbered && !self.exact {
+                    out.push_str(
+                        "    // Matched exactly: its numbers changed the reply, so they count.\n",
+                    );
+                }
                 (format!("msg == {}", rhai_bytes(bytes)), counter)
             }
             Key::Shape(form) => {
