@@ -361,11 +361,13 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
                     return saved;
                 }
             };
-            if let Err(e) = connection.send(reply.as_bytes()) {
-                break format!("connection error: {e}");
-            }
+            // Saved before it is sent: whatever a client saw is in the file,
+            // even if the session is killed the moment after.
             if let Some(recorder) = &mut recorder {
                 recorder.replied(&reply);
+            }
+            if let Err(e) = connection.send(reply.as_bytes()) {
+                break format!("connection error: {e}");
             }
             if reply == EXIT_WORD {
                 break "closed after exit".to_string();

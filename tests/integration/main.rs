@@ -4,5 +4,6 @@ mod check;
 mod client;
 mod interop;
 mod manual;
+mod record;
 mod server;
 mod support;
