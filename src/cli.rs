@@ -15,6 +15,7 @@ use crate::framing::Framing;
 use crate::hooks::ServerScript;
 use crate::load::{self, LoadOptions, Until};
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
+use crate::record::RecordOptions;
 use crate::report::{self, events::Events};
 use crate::runner::{self, ServerSettings, TestOptions};
 use crate::server::{self, ServerOptions};
@@ -94,7 +95,7 @@ pub struct ServerArgs {
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     pub listen: String,
     /// Without a script: reply to each message with itself
-    #[arg(long, conflicts_with = "script")]
+    #[arg(long, conflicts_with_all = ["script", "record"])]
     pub echo: bool,
     /// Operations one hook call may run before it is stopped (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
@@ -105,6 +106,8 @@ pub struct ServerArgs {
     /// Close a connection that sends nothing, or reads none of its replies, this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub record: RecordArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -140,6 +143,8 @@ pub struct ClientArgs {
     /// Load mode: start at most this many conversations per second
     #[arg(long, value_name = "PER_SECOND", requires = "script")]
     pub rate: Option<f64>,
+    #[command(flatten)]
+    pub record: RecordArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -186,6 +191,26 @@ pub struct TestArgs {
     pub common: CommonArgs,
 }
 
+/// Manual mode only: write the session down as a script that replays it.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Without a script: write the session to FILE as a script that replays it
+    #[arg(long, value_name = "FILE", conflicts_with = "script")]
+    pub record: Option<PathBuf>,
+    /// With --record: keep every value literal (no patterns for numbers, ids, times)
+    #[arg(long, requires = "record")]
+    pub record_exact: bool,
+}
+
+impl RecordArgs {
+    fn options(&self) -> Option<RecordOptions> {
+        self.record.clone().map(|path| RecordOptions {
+            path,
+            exact: self.record_exact,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Scripts to compile
@@ -228,6 +253,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
                 framing: args.common.framing.unwrap_or(Framing::Line),
                 max_frame: args.common.max_frame,
                 verbosity,
+                record: args.record.options(),
             });
         }
     };
@@ -258,6 +284,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             framing: args.common.framing.unwrap_or(Framing::Line),
             max_frame: args.common.max_frame,
             verbosity,
+            record: args.record.options(),
         });
     };
     let options = ClientOptions {

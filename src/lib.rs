@@ -12,6 +12,7 @@ pub mod hooks; // server scripts: per-connection state and hook calls
 pub mod load; // load mode: many virtual users running a conversation in a loop
 pub mod manual; // manual mode: the tutorial's programs on stdin
 pub mod message; // bytes <-> script values, and how messages are displayed
+pub mod record; // --record: a manual session written down as a script that replays it
 pub mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 pub mod room; // what a server's connections share: the roster and the shared store
 pub mod runner; // `tcpscript test`: client scripts as test cases, with reports

@@ -1,6 +1,8 @@
 //! Manual mode (no SCRIPT): the tutorial's two programs, minus the prompts.
 //! The client sends each stdin line and prints what comes back; the server
-//! prints what arrives and answers with the next stdin line.
+//! prints what arrives and answers with the next stdin line. With
+//! `--record FILE`, either one writes the session down as a script
+//! (see `record`).
 
 use std::io::{self, BufRead, Write};
 use std::net::TcpListener;
@@ -8,10 +10,13 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::connection::{Connection, FrameReader, Received, RecvError, resolve};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
+use crate::record::{ClientRecorder, RecordOptions, ServerRecorder};
 use crate::transcript::Verbosity;
 
 /// The word that ends a session, as in the tutorial.
@@ -25,7 +30,15 @@ pub struct ManualClientOptions {
     pub framing: Framing,
     pub max_frame: usize,
     pub verbosity: Verbosity,
+    /// `--record FILE`: write the session down as a script.
+    pub record: Option<RecordOptions>,
 }
+
+/// While recording, how long the peer must stay quiet before what came back
+/// counts as the whole answer. It only decides how messages are grouped into
+/// blocks, and whether the peer closed before our input ended (so the script
+/// ends with `expect_close()`); a replay waits on messages, never on this.
+const RECORD_QUIET: Duration = Duration::from_millis(200);
 
 /// Prints a received message on stdout, one per line.
 fn print_message(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
@@ -36,11 +49,98 @@ fn print_message(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     out.flush()
 }
 
+/// What the reader thread reports, as the main thread takes it in: the
+/// order it is taken in is the order the recording keeps.
+struct Arrivals {
+    arrived: mpsc::Receiver<Result<Bytes, String>>,
+    recorder: Option<ClientRecorder>,
+    failure: Option<String>,
+    peer_closed: bool,
+}
+
+impl Arrivals {
+    fn take(&mut self, result: Result<Bytes, String>) {
+        match result {
+            Ok(message) => {
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.received(message);
+                }
+            }
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The reader thread ends when the peer closes, or after reporting an error.
+    fn ended(&mut self) {
+        if !self.peer_closed
+            && self.failure.is_none()
+            && let Some(recorder) = &mut self.recorder
+        {
+            recorder.closed();
+        }
+        self.peer_closed = true;
+    }
+
+    /// Takes in whatever has already arrived.
+    fn drain(&mut self) {
+        loop {
+            match self.arrived.try_recv() {
+                Ok(result) => self.take(result),
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => return self.ended(),
+            }
+        }
+    }
+
+    /// Waits up to `first` for an answer; with `quiet`, then goes on taking
+    /// messages until none has come for that long.
+    fn wait(&mut self, first: Duration, quiet: Option<Duration>) {
+        let mut timeout = first;
+        loop {
+            match self.arrived.recv_timeout(timeout) {
+                Ok(result) => self.take(result),
+                Err(mpsc::RecvTimeoutError::Timeout) => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.ended(),
+            }
+            match quiet {
+                Some(quiet) if self.failure.is_none() => timeout = quiet,
+                _ => return,
+            }
+        }
+    }
+
+    /// Takes in messages until the peer closes or `deadline` passes.
+    fn wait_until(&mut self, deadline: Instant) {
+        while self.failure.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.arrived.recv_timeout(remaining) {
+                Ok(result) => self.take(result),
+                Err(mpsc::RecvTimeoutError::Timeout) => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.ended(),
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.failure.is_some() || self.peer_closed
+    }
+}
+
 /// Sends stdin line by line. Like the tutorial, it waits for an answer
 /// (up to `--timeout`) before sending the next line, so piped input keeps
 /// the rhythm of a typed session even with `raw` framing. Messages that
 /// arrive at other times, such as a greeting, are printed as they come.
 pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
+    let recorder = match &options.record {
+        Some(record) => Some(ClientRecorder::start(
+            record,
+            &options.connect,
+            &options.framing,
+        )?),
+        None => None,
+    };
     let mut connection = Connection::connect(
         &options.connect,
         options.framing.clone(),
@@ -50,6 +150,9 @@ pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
     )?;
     if options.verbosity >= Verbosity::Normal {
         eprintln!("connected to {}", connection.peer());
+        if let Some(record) = &options.record {
+            eprintln!("recording to {}", record.path.display());
+        }
     }
     let stream = connection
         .stream()
@@ -57,7 +160,7 @@ pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("cannot share the socket: {e}")))?;
     let framing = options.framing.clone();
     let max_frame = options.max_frame;
-    let (arrived_tx, arrived) = mpsc::channel::<Result<(), String>>();
+    let (arrived_tx, arrived) = mpsc::channel::<Result<Bytes, String>>();
     let reader = thread::spawn(move || {
         let mut frames = FrameReader::new(framing, max_frame);
         let stdout = io::stdout();
@@ -65,7 +168,7 @@ pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
             match frames.next(&stream, None) {
                 Ok(Received::Message(m)) => {
                     let _ = print_message(&mut stdout.lock(), &m);
-                    if arrived_tx.send(Ok(())).is_err() {
+                    if arrived_tx.send(Ok(m)).is_err() {
                         return;
                     }
                 }
@@ -79,68 +182,87 @@ pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
         }
     });
 
-    let mut failure = None;
-    let mut peer_closed = false;
+    let recording = recorder.is_some();
+    let quiet = recording.then_some(RECORD_QUIET);
+    let mut session = Arrivals {
+        arrived,
+        recorder,
+        failure: None,
+        peer_closed: false,
+    };
+    if let Some(recorder) = &mut session.recorder {
+        recorder.connected(connection.peer());
+        // A greeting is asserted before the first send, even when piped
+        // input would otherwise be sent before it arrives.
+        session.wait(RECORD_QUIET, quiet);
+    }
+    let mut input_error = None;
     for line in io::stdin().lock().lines() {
-        let line = line.map_err(|e| Error::Usage(format!("cannot read stdin: {e}")))?;
-        // Whatever arrived before this line was sent is not its answer.
-        while let Ok(result) = arrived.try_recv() {
-            if let Err(e) = result {
-                failure = Some(e);
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                input_error = Some(Error::Usage(format!("cannot read stdin: {e}")));
+                break;
             }
-        }
-        if failure.is_some() {
+        };
+        // Whatever arrived before this line was sent is not its answer.
+        session.drain();
+        if session.stopped() {
             break;
         }
         if let Err(e) = connection.send(line.as_bytes()) {
-            failure = Some(e.to_string());
+            session.failure = Some(e.to_string());
             break;
         }
-        if line == EXIT_WORD {
+        if let Some(recorder) = &mut session.recorder {
+            recorder.sent(line.as_bytes());
+        }
+        let exit = line == EXIT_WORD;
+        // A recording waits for the answer to `exit` too, to see whether
+        // the peer hangs up by itself.
+        if exit && !recording {
             break;
         }
-        match arrived.recv_timeout(options.timeout) {
-            Ok(Ok(())) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(Err(e)) => {
-                failure = Some(e);
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                peer_closed = true;
-                break;
-            }
+        session.wait(options.timeout, quiet);
+        if let Some(recorder) = &mut session.recorder {
+            recorder.checkpoint();
+        }
+        if exit || session.stopped() {
+            break;
         }
     }
 
     // Let the last answers arrive: wait for the peer to close, at most --timeout.
-    connection.shutdown_write();
-    let deadline = Instant::now() + options.timeout;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match arrived.recv_timeout(remaining) {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                peer_closed = true;
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
-        }
+    if !session.stopped()
+        && let Some(recorder) = &mut session.recorder
+    {
+        recorder.input_ended();
     }
+    connection.shutdown_write();
+    session.wait_until(Instant::now() + options.timeout);
     connection.close();
     let _ = reader.join();
-    if options.verbosity >= Verbosity::Normal && peer_closed {
+    if options.verbosity >= Verbosity::Normal && session.peer_closed && session.failure.is_none() {
         eprintln!("connection closed by peer");
     }
-    match failure {
+    let saved = match session.recorder.take() {
+        Some(mut recorder) => {
+            if let Some(e) = &session.failure {
+                recorder.failed(e);
+            }
+            recorder.finish(options.verbosity)
+        }
+        None => Ok(()),
+    };
+    if let Some(e) = input_error {
+        return Err(e);
+    }
+    match session.failure {
         Some(e) => Err(Error::Connect {
             addr: options.connect.clone(),
             source: io::Error::other(e),
         }),
-        None => Ok(()),
+        None => saved,
     }
 }
 
@@ -150,6 +272,8 @@ pub struct ManualServerOptions {
     pub framing: Framing,
     pub max_frame: usize,
     pub verbosity: Verbosity,
+    /// `--record FILE`: write the session down as a server script.
+    pub record: Option<RecordOptions>,
 }
 
 /// Serves one client after another, as the tutorial does. Each received
@@ -157,6 +281,14 @@ pub struct ManualServerOptions {
 /// line of stdin; answering `exit` closes that client, and the end of
 /// stdin ends the server.
 pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
+    let mut recorder = match &options.record {
+        Some(record) => Some(ServerRecorder::start(
+            record,
+            &options.listen,
+            &options.framing,
+        )?),
+        None => None,
+    };
     let mut bound = Err(io::Error::other("no address"));
     for addr in resolve(&options.listen)? {
         bound = TcpListener::bind(addr);
@@ -173,6 +305,14 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
         source,
     })?;
     eprintln!("listening on {local}");
+    if let Some(recorder) = &mut recorder {
+        recorder.listening(local);
+        if options.verbosity >= Verbosity::Normal
+            && let Some(record) = &options.record
+        {
+            eprintln!("recording to {}", record.path.display());
+        }
+    }
     let mut replies = io::stdin().lock().lines();
     loop {
         let (stream, peer) = match listener.accept() {
@@ -184,6 +324,9 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
             }
         };
         eprintln!("client {peer} connected");
+        if let Some(recorder) = &mut recorder {
+            recorder.connected(peer);
+        }
         let mut connection =
             Connection::from_stream(stream, options.framing.clone(), options.max_frame)?;
         let stdout = io::stdout();
@@ -201,12 +344,28 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
                 "[{peer}] {}",
                 message::display_line(&message)
             );
-            let Some(reply) = replies.next() else {
-                connection.close();
-                eprintln!("client {peer}: end of input, stopping");
-                return Ok(());
+            if let Some(recorder) = &mut recorder {
+                recorder.message(&message);
+            }
+            let reply = match replies.next() {
+                Some(Ok(reply)) => reply,
+                end => {
+                    connection.close();
+                    if !matches!(end, Some(Err(_))) {
+                        eprintln!("client {peer}: end of input, stopping");
+                    }
+                    let saved = recorder.map_or(Ok(()), |r| r.finish(options.verbosity));
+                    if let Some(Err(e)) = end {
+                        return Err(Error::Usage(format!("cannot read stdin: {e}")));
+                    }
+                    return saved;
+                }
             };
-            let reply = reply.map_err(|e| Error::Usage(format!("cannot read stdin: {e}")))?;
+            // Saved before it is sent: whatever a client saw is in the file,
+            // even if the session is killed the moment after.
+            if let Some(recorder) = &mut recorder {
+                recorder.replied(&reply);
+            }
             if let Err(e) = connection.send(reply.as_bytes()) {
                 break format!("connection error: {e}");
             }

@@ -7,6 +7,7 @@ mod hostile;
 mod interop;
 mod load;
 mod manual;
+mod record;
 mod runner;
 mod scripts;
 mod server;

@@ -75,7 +75,9 @@ fn server_serves_the_next_client_after_one_closes_without_spinning() {
     let mut second = LineClient::connect(server.port);
     assert_eq!(second.exchange("hi"), "r1");
     // One line per closed client: no busy loop printing empty messages.
-    let out = server.stdout();
+    // The line is printed before the reply is sent, but reaches our pipe
+    // reader on its own schedule: wait for it.
+    let out = server.wait_stdout("] hi\n");
     assert_eq!(out.lines().count(), 1, "{out}");
 }
 

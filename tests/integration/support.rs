@@ -188,6 +188,13 @@ impl Running {
         self.stdout.wait_for(needle, "stdout")
     }
 
+    /// Writes to its stdin, when it was started without `input`.
+    pub fn write_stdin(&mut self, text: &str) {
+        let pipe = self.stdin.as_mut().expect("stdin still open");
+        pipe.write_all(text.as_bytes()).unwrap();
+        pipe.flush().unwrap();
+    }
+
     pub fn send_signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])

@@ -1,0 +1,290 @@
+//! `--record FILE`: a manual session written down as a script that replays
+//! it. A client session becomes a conversation that sends what was typed and
+//! asserts what came back; a server session becomes an `on_message` hook
+//! that answers each message as the person did.
+//!
+//! A recording has to pass again tomorrow, so it never depends on timing,
+//! and received values that look variable (numbers, timestamps, ids, hex)
+//! become patterns. The file is rewritten whole after every exchange
+//! (through a temporary file and a rename), so a session cut short by
+//! Ctrl-C leaves a complete script of everything up to its last exchange.
+
+mod client_script;
+mod generalise;
+mod literal;
+mod server_script;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+pub use client_script::ClientRecording;
+pub use generalise::{generalise, shape};
+pub use literal::{regex_literal, rhai_bytes, rhai_string};
+pub use server_script::ServerRecording;
+
+use crate::error::Error;
+use crate::framing::Framing;
+use crate::transcript::Verbosity;
+
+/// `--record FILE` and `--record-exact`.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub path: PathBuf,
+    /// Assert and match every value literally: no patterns.
+    pub exact: bool,
+}
+
+/// The opening comment every recording has: what, when, where, and how to
+/// run it again.
+#[derive(Debug, Clone)]
+struct Header {
+    /// The recording's path as the user wrote it.
+    file: String,
+    started: SystemTime,
+}
+
+impl Header {
+    fn push(&self, out: &mut String, role: &str, place: &str, replay: &str) {
+        out.push_str(&format!(
+            "// Recorded by `tcpscript {role} --record` on {},\n// {place}.\n// Replay: {replay}\n//\n",
+            humantime::format_rfc3339_seconds(self.started)
+        ));
+    }
+}
+
+/// `const FRAMING` when the session did not use the default `line`.
+fn push_framing(out: &mut String, framing: &Framing) {
+    if *framing != Framing::Line {
+        out.push_str(&format!(
+            "\n// The framing in use when recording (--framing overrides it).\nconst FRAMING = {};\n",
+            rhai_string(&framing.to_string())
+        ));
+    }
+}
+
+/// The recording's file. Every save writes a temporary file beside it and
+/// renames it into place, so the file is always a whole script.
+#[derive(Debug)]
+struct RecordFile {
+    path: PathBuf,
+    temp: PathBuf,
+    /// A save already failed and said so: say it once.
+    warned: bool,
+}
+
+impl RecordFile {
+    /// Checks, before the session starts, that the recording can be
+    /// written: a mistyped folder should not cost a whole session.
+    fn create(path: &Path) -> Result<Self, Error> {
+        let refuse =
+            |why: String| Error::Usage(format!("cannot record to `{}`: {why}", path.display()));
+        let Some(name) = path.file_name() else {
+            return Err(refuse("not a file name".into()));
+        };
+        if path.is_dir() {
+            return Err(refuse("it is a folder".into()));
+        }
+        if path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| refuse(e.to_string()))?;
+        }
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let temp = folder.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        File::create(&temp).map_err(|e| refuse(e.to_string()))?;
+        Ok(RecordFile {
+            path: path.to_path_buf(),
+            temp,
+            warned: false,
+        })
+    }
+
+    fn write(&self, text: &str) -> io::Result<()> {
+        fs::write(&self.temp, text)?;
+        fs::rename(&self.temp, &self.path)
+    }
+
+    /// A save during the session: a failure is reported once and the
+    /// session goes on; the last save reports it as the command's error.
+    fn checkpoint(&mut self, text: &str) {
+        if let Err(e) = self.write(text)
+            && !self.warned
+        {
+            self.warned = true;
+            eprintln!("warning: cannot write {}: {e}", self.path.display());
+        }
+    }
+
+    fn finish(&self, text: &str, exchanges: usize, verbosity: Verbosity) -> Result<(), Error> {
+        self.write(text).map_err(|e| {
+            Error::Usage(format!(
+                "cannot write the recording `{}`: {e}",
+                self.path.display()
+            ))
+        })?;
+        if verbosity >= Verbosity::Normal {
+            eprintln!(
+                "recorded {exchanges} exchange{} to {}",
+                if exchanges == 1 { "" } else { "s" },
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RecordFile {
+    fn drop(&mut self) {
+        // Left behind only if a save failed half-way, or nothing was saved.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+/// Records a manual client session into its file.
+#[derive(Debug)]
+pub struct ClientRecorder {
+    file: RecordFile,
+    recording: ClientRecording,
+}
+
+impl ClientRecorder {
+    pub fn start(options: &RecordOptions, connect: &str, framing: &Framing) -> Result<Self, Error> {
+        Ok(ClientRecorder {
+            file: RecordFile::create(&options.path)?,
+            recording: ClientRecording::new(
+                options.path.display().to_string(),
+                SystemTime::now(),
+                connect,
+                framing.clone(),
+                options.exact,
+            ),
+        })
+    }
+
+    pub fn connected(&mut self, peer: SocketAddr) {
+        self.recording.connected(peer.to_string());
+        self.checkpoint();
+    }
+
+    pub fn sent(&mut self, message: &[u8]) {
+        self.recording.sent(message);
+    }
+
+    pub fn received(&mut self, message: Bytes) {
+        self.recording.received(message);
+    }
+
+    pub fn input_ended(&mut self) {
+        self.recording.input_ended();
+    }
+
+    pub fn closed(&mut self) {
+        self.recording.closed();
+    }
+
+    pub fn failed(&mut self, error: &str) {
+        self.recording.failed(error.to_string());
+    }
+
+    pub fn checkpoint(&mut self) {
+        self.file.checkpoint(&self.recording.script());
+    }
+
+    pub fn finish(self, verbosity: Verbosity) -> Result<(), Error> {
+        self.file.finish(
+            &self.recording.script(),
+            self.recording.exchanges(),
+            verbosity,
+        )
+    }
+}
+
+/// Records a manual server session into its file.
+#[derive(Debug)]
+pub struct ServerRecorder {
+    file: RecordFile,
+    recording: ServerRecording,
+}
+
+impl ServerRecorder {
+    pub fn start(options: &RecordOptions, listen: &str, framing: &Framing) -> Result<Self, Error> {
+        Ok(ServerRecorder {
+            file: RecordFile::create(&options.path)?,
+            recording: ServerRecording::new(
+                options.path.display().to_string(),
+                SystemTime::now(),
+                listen,
+                framing.clone(),
+                options.exact,
+            ),
+        })
+    }
+
+    pub fn listening(&mut self, local: SocketAddr) {
+        self.recording.listening(local.to_string());
+        self.file.checkpoint(&self.recording.script());
+    }
+
+    pub fn connected(&mut self, peer: SocketAddr) {
+        self.recording.connected(peer.to_string());
+    }
+
+    pub fn message(&mut self, message: &[u8]) {
+        self.recording.message(message);
+    }
+
+    pub fn replied(&mut self, reply: &str) {
+        self.recording.replied(reply);
+        self.file.checkpoint(&self.recording.script());
+    }
+
+    pub fn finish(self, verbosity: Verbosity) -> Result<(), Error> {
+        self.file.finish(
+            &self.recording.script(),
+            self.recording.exchanges(),
+            verbosity,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwritable_place_is_refused_before_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/folder/x.rhai");
+        let err = RecordFile::create(&missing).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err}");
+        let err = RecordFile::create(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("folder"), "{err}");
+    }
+
+    #[test]
+    fn saves_replace_the_file_whole_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.rhai");
+        fs::write(&path, "old").unwrap();
+        let file = RecordFile::create(&path).unwrap();
+        file.write("first").unwrap();
+        file.write("second").unwrap();
+        drop(file);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "second");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+}
