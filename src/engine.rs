@@ -327,6 +327,28 @@ fn register_common(engine: &mut Engine, params: Params) {
         },
     );
 
+    // Regular expressions for server scripts, which route on what arrives.
+    engine.register_fn(
+        "matches",
+        |text: &str, pattern: &str| -> NativeResult<bool> {
+            Ok(compile_regex(pattern)?.is_match(text))
+        },
+    );
+    engine.register_fn(
+        "captures",
+        |text: &str, pattern: &str| -> NativeResult<Dynamic> {
+            Ok(match compile_regex(pattern)?.captures(text) {
+                Some(captures) => Dynamic::from_array(
+                    captures
+                        .iter()
+                        .map(|g| g.map_or(Dynamic::UNIT, |g| Dynamic::from(g.as_str().to_string())))
+                        .collect(),
+                ),
+                None => Dynamic::UNIT,
+            })
+        },
+    );
+
     // `msg.to_blob()` whatever the message was: Rhai has it for strings only.
     engine.register_fn("to_blob", |blob: Blob| blob);
     engine.register_fn("hex", |blob: Blob| message::hex(&blob));
@@ -334,6 +356,29 @@ fn register_common(engine: &mut Engine, params: Params) {
     engine.register_fn("unhex", |text: &str| -> NativeResult<Blob> {
         message::unhex(text).map_err(|e| Failure::script(e).into())
     });
+}
+
+/// Patterns are compiled once per thread: a hook matching every message
+/// should not pay for compiling the same expression each time.
+fn compile_regex(pattern: &str) -> NativeResult<regex::Regex> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, regex::Regex>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CACHE.with(|cache| {
+        if let Some(regex) = cache.borrow().get(pattern) {
+            return Ok(regex.clone());
+        }
+        let regex = regex::Regex::new(pattern)
+            .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
+        let mut cache = cache.borrow_mut();
+        // A script building patterns from input must not grow this forever.
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(pattern.to_string(), regex.clone());
+        Ok(regex)
+    })
 }
 
 /// Reports an assertion to `--json`, whose events ride on the engine's tag.

@@ -249,3 +249,22 @@ fn many_clients_at_once_are_all_served() {
         assert_eq!(c.recv().unwrap(), format!("echo 1: n{i}"));
     }
 }
+
+#[test]
+fn hooks_route_messages_with_regular_expressions() {
+    let s = script(
+        r#"
+fn on_message(msg) {
+    let add = msg.captures("^add (\\d+) (\\d+)$");
+    if add != () { return `${parse_int(add[1]) + parse_int(add[2])}`; }
+    if msg.matches("^(hi|hello)\\b") { return "greetings"; }
+    "?"
+}
+"#,
+    );
+    let server = Running::server(&[s.path()]);
+    let mut c = LineClient::connect(server.port);
+    assert_eq!(c.exchange("add 20 22"), "42");
+    assert_eq!(c.exchange("hello there"), "greetings");
+    assert_eq!(c.exchange("hiya"), "?");
+}
