@@ -263,7 +263,7 @@ impl Config {
             echo_time: Duration::from_millis(if quick { 600 } else { 1000 }),
             echo_warmup: Duration::from_millis(if quick { 200 } else { 300 }),
             echo_rounds: if quick { 2 } else { 6 },
-            client_runs: if quick { 1 } else { 3 },
+            client_runs: if quick { 3 } else { 5 },
             check_runs: 20,
         })
     }
@@ -887,12 +887,43 @@ struct EchoResults {
     kinds: Vec<Kind>,
     /// For each connection count, each kind's aggregate over the rounds.
     rows: Vec<(usize, Vec<(Kind, EchoRun)>)>,
-    /// For each connection count, tcpscript's (round trips/s, CPU per
-    /// message) ratios to the floor in each round: how noisy the machine is.
-    round_ratios: Vec<(usize, Vec<(f64, f64)>)>,
+    /// For each connection count and server, its (round trips/s, CPU per
+    /// message) ratios to the floor's run in the same round.
+    round_ratios: Vec<(usize, Vec<KindRatios>)>,
 }
 
+/// One server's (round trips/s, CPU per message) ratios to the floor, per round.
+type KindRatios = (Kind, Vec<(f64, f64)>);
+
 impl EchoResults {
+    /// The per-round ratios to the floor of `kind` at `n` connections.
+    fn ratios(&self, n: usize, kind: Kind) -> Option<(Vec<f64>, Vec<f64>)> {
+        if kind == Kind::Floor {
+            return None;
+        }
+        let (_, per_kind) = self.round_ratios.iter().find(|(m, _)| *m == n)?;
+        let (_, ratios) = per_kind.iter().find(|(k, _)| *k == kind)?;
+        if ratios.is_empty() {
+            return None;
+        }
+        Some((
+            ratios.iter().map(|r| r.0).collect(),
+            ratios.iter().map(|r| r.1).collect(),
+        ))
+    }
+
+    /// Median over the rounds of (round trips/s, CPU per message) ratios
+    /// to the floor: what the targets use. 1 for the floor itself.
+    fn ratio(&self, n: usize, kind: Kind) -> (f64, f64) {
+        if kind == Kind::Floor && self.get(n, Kind::Floor).is_some() {
+            return (1.0, 1.0);
+        }
+        match self.ratios(n, kind) {
+            Some((rate, cpu)) => (median(rate), median(cpu)),
+            None => (f64::NAN, f64::NAN),
+        }
+    }
+
     fn get(&self, n: usize, kind: Kind) -> Option<&EchoRun> {
         self.rows
             .iter()
@@ -955,12 +986,21 @@ fn echo_section(config: &Config, context: &Context) -> Result<EchoResults, Strin
                 totals[index].1.add(&run);
                 this_round.push((server.kind, run));
             }
-            let find = |kind| this_round.iter().find(|(k, _)| *k == kind).map(|(_, r)| r);
-            if let (Some(t), Some(f)) = (find(Kind::Tcpscript), find(Kind::Floor)) {
-                ratios.push((
-                    t.per_second() / f.per_second().max(1e-9),
-                    t.cpu_per_message_us() / f.cpu_per_message_us().max(1e-9),
-                ));
+            let floor = this_round.iter().find(|(k, _)| *k == Kind::Floor);
+            for (kind, run) in &this_round {
+                if let (Some((_, f)), true) = (floor, *kind != Kind::Floor) {
+                    let slot = match ratios.iter_mut().find(|(k, _)| k == kind) {
+                        Some(slot) => slot,
+                        None => {
+                            ratios.push((*kind, Vec::new()));
+                            ratios.last_mut().expect("just pushed")
+                        }
+                    };
+                    slot.1.push((
+                        run.per_second() / f.per_second().max(1e-9),
+                        run.cpu_per_message_us() / f.cpu_per_message_us().max(1e-9),
+                    ));
+                }
             }
         }
         round_ratios.push((n, ratios));
@@ -1495,15 +1535,8 @@ fn echo_table(out: &mut String, echo: &EchoResults, config: &Config, verdicts: &
         "|------:|----------------|--------------:|---------:|--------:|---------:|-------:|------------------:|---------:|--------------------:|"
     );
     for (n, runs) in &echo.rows {
-        let floor = echo.get(*n, Kind::Floor);
         for (kind, run) in runs {
-            let (rate_ratio, cpu_ratio) = match floor {
-                Some(f) => (
-                    run.per_second() / f.per_second().max(1e-9),
-                    run.cpu_per_message_us() / f.cpu_per_message_us().max(1e-9),
-                ),
-                None => (f64::NAN, f64::NAN),
-            };
+            let (rate_ratio, cpu_ratio) = echo.ratio(*n, *kind);
             let _ = writeln!(
                 out,
                 "| {n:>5} | {:<14} | {:>13} | {:>8} | {:>7.1} | {:>8.1} | {:>6} | {:>17.2} | {:>8} | {:>19.2} |",
@@ -1519,6 +1552,10 @@ fn echo_table(out: &mut String, echo: &EchoResults, config: &Config, verdicts: &
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "\nround trips/s, latency, errors and CPU are totals over the rounds; \"vs floor\" is the median over the rounds of the ratio to the floor's run in the same round."
+    );
     let errors: Vec<String> = echo
         .rows
         .iter()
@@ -1533,34 +1570,39 @@ fn echo_table(out: &mut String, echo: &EchoResults, config: &Config, verdicts: &
     for e in errors {
         let _ = writeln!(out, "first error, {e}");
     }
-    if echo.round_ratios.iter().any(|(_, r)| !r.is_empty()) {
-        let _ = writeln!(
-            out,
-            "\ntcpscript / floor, round by round (spread = the machine's noise; the table above uses the totals):"
-        );
+    let mut spreads = String::new();
+    for (n, _) in &echo.rows {
+        for &kind in &echo.kinds {
+            if let Some((rate, cpu)) = echo.ratios(*n, kind) {
+                let _ = writeln!(
+                    spreads,
+                    "  {n:>3} conns, {:<14}: round trips/s {}, server CPU/msg {}",
+                    kind.name(),
+                    spread(&rate),
+                    spread(&cpu),
+                );
+            }
+        }
     }
-    for (n, ratios) in echo.round_ratios.iter().filter(|(_, r)| !r.is_empty()) {
-        let rate: Vec<f64> = ratios.iter().map(|r| r.0).collect();
-        let cpu: Vec<f64> = ratios.iter().map(|r| r.1).collect();
+    if !spreads.is_empty() {
         let _ = writeln!(
             out,
-            "  {n:>3} conns: round trips/s {} (median {:.2}x); server CPU/msg {} (median {:.2}x)",
-            spread(&rate),
-            median(rate.clone()),
-            spread(&cpu),
-            median(cpu.clone()),
+            "ratios to the floor, lowest..highest round (the spread is the machine's noise):\n{spreads}"
         );
     }
     if config.servers.contains(&Kind::Python) && !echo.kinds.contains(&Kind::Python) {
         let _ = writeln!(out, "(python3 not found: no Python row)");
     }
     for (row, n) in CONNECTIONS.into_iter().enumerate() {
-        if let (Some(t), Some(f)) = (echo.get(n, Kind::Tcpscript), echo.get(n, Kind::Floor)) {
-            let ratio = t.per_second() / f.per_second().max(1e-9);
+        if let Some(t) = echo.get(n, Kind::Tcpscript) {
+            let (ratio, _) = echo.ratio(n, Kind::Tcpscript);
+            if ratio.is_nan() {
+                continue;
+            }
             verdicts.push(Verdict {
                 row,
                 measured: format!(
-                    "{}/s = {:.2}x floor, {} errors",
+                    "{}/s, {:.2}x floor, {} errors",
                     thousands(t.per_second()),
                     ratio,
                     t.errors
@@ -1570,11 +1612,11 @@ fn echo_table(out: &mut String, echo: &EchoResults, config: &Config, verdicts: &
         }
     }
     if let (Some(t), Some(f)) = (echo.get(50, Kind::Tcpscript), echo.get(50, Kind::Floor)) {
-        let ratio = t.cpu_per_message_us() / f.cpu_per_message_us().max(1e-9);
+        let (_, ratio) = echo.ratio(50, Kind::Tcpscript);
         verdicts.push(Verdict {
             row: 3,
             measured: format!(
-                "{:.2} us vs {:.2} us = {:.2}x floor",
+                "{:.2} us vs {:.2} us, {:.2}x floor",
                 t.cpu_per_message_us(),
                 f.cpu_per_message_us(),
                 ratio
