@@ -1,8 +1,8 @@
 //! Speed and memory benchmark for tcpscript, run by hand:
 //!
 //! ```sh
-//! cargo bench --bench throughput                      # full run, about 3 minutes
-//! cargo bench --bench throughput -- --quick           # short run, about 40 s
+//! cargo bench --bench throughput                      # full run, about 1.5 minutes
+//! cargo bench --bench throughput -- --quick           # short run, about 25 s
 //! cargo bench --bench throughput -- --only echo,idle  # some sections only
 //! ```
 //!
@@ -147,7 +147,7 @@ fn main() {
 const USAGE: &str = "\
 usage: cargo bench --bench throughput [-- OPTIONS]
 
-  --quick                           short runs (about 40 s in all)
+  --quick                           short runs (about 25 s in all)
   --only echo,client,idle,check     run these sections only
   --servers floor,tcpscript,python  servers for echo and idle (default: all;
                                     ratios and targets need the floor)
