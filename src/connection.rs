@@ -61,6 +61,9 @@ pub struct FrameReader {
     buf: BytesMut,
     scratch: Vec<u8>,
     eof: bool,
+    /// The socket's read timeout as last set: each receive starts with the
+    /// same full timeout, so most receives need no `setsockopt` at all.
+    read_timeout: Option<Option<Duration>>,
 }
 
 impl FrameReader {
@@ -71,6 +74,7 @@ impl FrameReader {
             // One read is one `raw` message: never more than --max-frame.
             scratch: vec![0; max_frame.min(READ_SIZE)],
             eof: false,
+            read_timeout: None,
         }
     }
 
@@ -95,18 +99,26 @@ impl FrameReader {
                     None => Received::Closed,
                 });
             }
-            let wait = match deadline {
-                Some(deadline) => {
+            let wait = match (deadline, timeout) {
+                // The first read waits the whole timeout: the same value
+                // each time, so the socket option rarely needs setting.
+                (Some(_), Some(timeout)) if first_read => {
+                    Some(timeout.max(Duration::from_millis(1)))
+                }
+                (Some(deadline), _) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() && !first_read {
+                    if remaining.is_zero() {
                         return Ok(Received::TimedOut);
                     }
                     Some(remaining.max(Duration::from_millis(1)))
                 }
-                None => None,
+                (None, _) => None,
             };
             first_read = false;
-            stream.set_read_timeout(wait)?;
+            if self.read_timeout != Some(wait) {
+                stream.set_read_timeout(wait)?;
+                self.read_timeout = Some(wait);
+            }
             match stream.read(&mut self.scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),

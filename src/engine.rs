@@ -182,6 +182,10 @@ pub type NativeResult<T> = Result<T, Box<EvalAltResult>>;
 pub fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) -> Engine {
     let mut engine = Engine::new();
     engine.disable_symbol("eval");
+    // Interning every computed string (`${i}` in a loop) fills Rhai's
+    // cache and trims it again and again; with threads it is also one
+    // shared lock. Scripts here gain nothing from it.
+    engine.set_max_strings_interned(0);
     engine
         .set_max_operations(limits.max_operations)
         .set_max_string_size(limits.max_string_size)
@@ -451,6 +455,17 @@ fn line_diff(expected: &str, actual: &str) -> Vec<String> {
         .collect()
 }
 
+/// Byte equality when both are strings or blobs, without copying them.
+fn same_bytes(a: &Dynamic, b: &Dynamic) -> Option<bool> {
+    fn with_bytes<T>(v: &Dynamic, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if let Ok(text) = v.as_immutable_string_ref() {
+            return Some(f(text.as_bytes()));
+        }
+        v.read_lock::<Blob>().map(|blob| f(&blob))
+    }
+    with_bytes(a, |x| with_bytes(b, |y| x == y)).flatten()
+}
+
 /// The bytes of a string or blob.
 fn bytes_of(value: &Dynamic) -> Option<Vec<u8>> {
     if let Ok(text) = value.as_immutable_string_ref() {
@@ -462,8 +477,8 @@ fn bytes_of(value: &Dynamic) -> Option<Vec<u8>> {
 /// Rhai's `==`, plus byte equality between strings and blobs: a received
 /// message may be either, and `assert_eq(recv(), "ok")` should not care.
 fn values_equal(ctx: &NativeCallContext, a: &Dynamic, b: &Dynamic) -> bool {
-    if let (Some(x), Some(y)) = (bytes_of(a), bytes_of(b)) {
-        return x == y;
+    if let Some(equal) = same_bytes(a, b) {
+        return equal;
     }
     if a.type_name() != b.type_name() {
         let numeric = |v: &Dynamic| v.is_int() || v.is_float();

@@ -16,7 +16,7 @@ use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, INT, Scope};
 
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
-use crate::message;
+use crate::message::{self, Outgoing};
 use crate::room::{Room, SharedStore};
 use crate::transcript::Verbosity;
 
@@ -34,7 +34,7 @@ pub struct Reply {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
-    Send(Bytes),
+    Send(Outgoing),
     Sleep(Duration),
     /// To every other connection of the server.
     Broadcast(Bytes),
@@ -50,12 +50,12 @@ impl Reply {
         if value.is_array() {
             for item in value.into_array().unwrap_or_default() {
                 if !item.is_unit() {
-                    self.actions.push(Action::Send(message::to_bytes(item)));
+                    self.actions.push(Action::Send(Outgoing::from_value(item)));
                 }
             }
             return;
         }
-        self.actions.push(Action::Send(message::to_bytes(value)));
+        self.actions.push(Action::Send(Outgoing::from_value(value)));
     }
 }
 
@@ -64,7 +64,9 @@ impl Reply {
 struct HookCall {
     peer: Arc<str>,
     reply: Reply,
-    deadline: Instant,
+    /// When the wall-clock limit runs out, set at the first clock check:
+    /// most hooks finish long before it and never read the clock at all.
+    deadline: Option<Instant>,
 }
 
 thread_local! {
@@ -90,7 +92,6 @@ pub struct ServerScript {
     has_connect: bool,
     has_message: bool,
     has_disconnect: bool,
-    hook_timeout: Duration,
     /// Who is connected, when the script broadcasts or lists peers.
     room: Option<Arc<Room>>,
 }
@@ -114,7 +115,7 @@ impl ServerScript {
             &room,
         );
         let script = engine::compile(&engine, path)?;
-        Self::start(engine, script, hook_timeout, room)
+        Self::start(engine, script, room)
     }
 
     /// The script behind `--echo`: every message comes straight back.
@@ -139,15 +140,10 @@ impl ServerScript {
             &room,
         );
         let script = engine::compile_source(&engine, name.into(), source.into())?;
-        Self::start(engine, script, DEFAULT_HOOK_TIMEOUT, room)
+        Self::start(engine, script, room)
     }
 
-    fn start(
-        mut engine: Engine,
-        script: Script,
-        hook_timeout: Duration,
-        room: Arc<Room>,
-    ) -> Result<Self, Error> {
+    fn start(mut engine: Engine, script: Script, room: Arc<Room>) -> Result<Self, Error> {
         share_top_level_imports(&mut engine, &script)?;
         // Keeping a roster costs every connection a channel: only when used.
         let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
@@ -162,7 +158,6 @@ impl ServerScript {
             engine,
             script,
             scope,
-            hook_timeout,
             room,
         })
     }
@@ -187,6 +182,7 @@ impl ServerScript {
             script: self.clone(),
             scope: self.scope.clone(),
             peer: peer.to_string().into(),
+            spare: Vec::new(),
         }
     }
 }
@@ -242,18 +238,19 @@ fn server_engine(
     room: &Arc<Room>,
 ) -> Engine {
     let mut engine = engine::new_engine(limits, params, script_dir);
-    // Connections run on several threads; Rhai's string interner is one
-    // shared lock that stalls them under load.
-    engine.set_max_strings_interned(0);
     engine.on_progress(move |operations| {
-        // Reading the clock costs more than an operation: look every 1024.
+        // Reading the clock costs more than an operation: look every 1024
+        // operations, starting the limit at the first look (the operations
+        // before it take microseconds).
         if operations % 1024 != 0 {
             return None;
         }
         CURRENT.with(|current| {
-            let current = current.borrow();
-            let call = current.as_ref()?;
-            (Instant::now() > call.deadline).then(|| {
+            let mut current = current.borrow_mut();
+            let call = current.as_mut()?;
+            let now = Instant::now();
+            let deadline = *call.deadline.get_or_insert(now + hook_timeout);
+            (now > deadline).then(|| {
                 Dynamic::from(format!(
                     "hook ran longer than its wall-clock limit of {} (see --hook-timeout)",
                     humantime::format_duration(hook_timeout)
@@ -265,7 +262,7 @@ fn server_engine(
         with_current("send()", |call| {
             call.reply
                 .actions
-                .push(Action::Send(message::to_bytes(value)));
+                .push(Action::Send(Outgoing::from_value(value)));
         })
     });
     engine.register_fn("sleep", |ms: INT| {
@@ -395,11 +392,22 @@ pub struct ConnectionHooks {
     script: Arc<ServerScript>,
     scope: Scope<'static>,
     peer: Arc<str>,
+    /// The action list of the last reply, emptied and reused, so a hook
+    /// call allocates no list of its own.
+    spare: Vec<Action>,
 }
 
 impl ConnectionHooks {
     pub fn peer(&self) -> &str {
         &self.peer
+    }
+
+    /// Hands back a carried-out reply so the next call can reuse its list.
+    pub fn recycle(&mut self, mut reply: Reply) {
+        reply.actions.clear();
+        if reply.actions.capacity() <= 16 {
+            self.spare = reply.actions;
+        }
     }
 
     pub fn on_connect(&mut self) -> Result<Reply, Error> {
@@ -428,8 +436,11 @@ impl ConnectionHooks {
         CURRENT.with(|current| {
             *current.borrow_mut() = Some(HookCall {
                 peer: self.peer.clone(),
-                reply: Reply::default(),
-                deadline: Instant::now() + script.hook_timeout,
+                reply: Reply {
+                    actions: std::mem::take(&mut self.spare),
+                    close: false,
+                },
+                deadline: None,
             });
         });
         let options = CallFnOptions::new().eval_ast(false);
@@ -471,7 +482,7 @@ mod tests {
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Send(b) => Some(&b[..]),
+                Action::Send(b) => Some(b.as_bytes()),
                 _ => None,
             })
             .collect()
@@ -497,10 +508,10 @@ mod tests {
         assert_eq!(
             reply.actions,
             vec![
-                Action::Send(Bytes::from_static(b"a")),
+                Action::Send("a".into()),
                 Action::Sleep(Duration::from_millis(5)),
-                Action::Send(Bytes::from_static(b"b")),
-                Action::Send(Bytes::from_static(b"c")),
+                Action::Send("b".into()),
+                Action::Send("c".into()),
             ]
         );
         assert!(reply.close);

@@ -5,13 +5,64 @@
 //! message arrives as a `Blob`, so binary data is never replaced by U+FFFD.
 
 use bytes::Bytes;
-use rhai::{Blob, Dynamic};
+use rhai::{Blob, Dynamic, ImmutableString};
 
 /// The value a script sees for `bytes`.
 pub fn to_dynamic(bytes: &[u8]) -> Dynamic {
     match std::str::from_utf8(bytes) {
-        Ok(text) => Dynamic::from(text.to_string()),
+        // Straight into Rhai's string type: short messages stay inline,
+        // with no intermediate `String`.
+        Ok(text) => Dynamic::from(ImmutableString::from(text)),
         Err(_) => Dynamic::from_blob(bytes.to_vec()),
+    }
+}
+
+/// A message a script sends, kept as the script's own string or bytes:
+/// sending it copies the bytes once, straight into the connection's
+/// write buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Text(ImmutableString),
+    Bytes(Bytes),
+}
+
+impl Outgoing {
+    /// Strings and blobs as they are; other values by their printed form.
+    pub fn from_value(value: Dynamic) -> Self {
+        if value.is_string() {
+            return Outgoing::Text(value.into_immutable_string().unwrap_or_default());
+        }
+        Outgoing::Bytes(to_bytes(value))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Text(text) => text.as_bytes(),
+            Outgoing::Bytes(bytes) => bytes,
+        }
+    }
+
+    /// A shareable copy, for a broadcast to many connections.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Outgoing::Text(text) => Bytes::from_owner(StringBytes(text)),
+            Outgoing::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+impl From<&str> for Outgoing {
+    fn from(text: &str) -> Self {
+        Outgoing::Text(text.into())
+    }
+}
+
+/// Lets `Bytes` share a script's string instead of copying it.
+struct StringBytes(ImmutableString);
+
+impl AsRef<[u8]> for StringBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -20,7 +71,7 @@ pub fn to_dynamic(bytes: &[u8]) -> Dynamic {
 pub fn to_bytes(value: Dynamic) -> Bytes {
     if value.is_string() {
         let text = value.into_immutable_string().unwrap_or_default();
-        return Bytes::copy_from_slice(text.as_bytes());
+        return Bytes::from_owner(StringBytes(text));
     }
     if value.is_blob() {
         return Bytes::from(value.into_blob().unwrap_or_default());

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -377,8 +380,8 @@ async fn serve_connection(
         }
     };
     match hooks.on_disconnect() {
-        Ok(reply) if farewell => {
-            let _ = connection.perform(reply).await;
+        Ok(mut reply) if farewell => {
+            let _ = connection.perform(&mut reply).await;
         }
         // The peer cannot hear it, but the others can.
         Ok(reply) => connection.broadcast_only(reply),
@@ -420,15 +423,24 @@ async fn converse(
     shutdown: &mut watch::Receiver<bool>,
     inbox: &mut Option<mpsc::Receiver<Bytes>>,
 ) -> Result<End, ConnError> {
-    let greeting = hooks.on_connect().map_err(ConnError::Hook)?;
-    if connection.perform(greeting).await? {
+    let mut greeting = hooks.on_connect().map_err(ConnError::Hook)?;
+    let closed = connection.perform(&mut greeting).await?;
+    hooks.recycle(greeting);
+    if closed {
         return Ok(End::ScriptClosed);
     }
+    // Made once: a fresh `changed()` per message would register and drop a
+    // waiter on the one list every connection shares.
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
     loop {
+        // `biased`: the branches in order, without drawing a random number
+        // per message; input first, as the peer is the one waiting.
         let event = tokio::select! {
+            biased;
             message = connection.next_message() => Event::Message(message?),
             Some(message) = next_broadcast(inbox) => Event::Broadcast(message),
-            _ = shutdown.changed() => Event::Shutdown,
+            _ = &mut stopping => Event::Shutdown,
             _ = idle(options.idle_timeout) => Event::Idle,
         };
         let message = match event {
@@ -445,8 +457,10 @@ async fn converse(
         if options.print_messages {
             println!("[{}] {}", hooks.peer(), message::display_line(&message));
         }
-        let reply = hooks.on_message(&message).map_err(ConnError::Hook)?;
-        if connection.perform(reply).await? {
+        let mut reply = hooks.on_message(&message).map_err(ConnError::Hook)?;
+        let closed = connection.perform(&mut reply).await?;
+        hooks.recycle(reply);
+        if closed {
             return Ok(End::ScriptClosed);
         }
     }
@@ -503,20 +517,35 @@ impl ServerConnection {
                     .decode_eof(&mut self.buf)?
                     .map(|m| self.received(m)));
             }
-            self.stream.readable().await?;
-            let read = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let n = self.stream.try_read(&mut scratch[..self.read_size])?;
-                self.buf.extend_from_slice(&scratch[..n]);
-                Ok::<_, io::Error>(n)
-            });
-            match read {
+            match self.read_some().await {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// One read into the worker's scratch buffer, appended to `buf`.
+    /// `poll_read` rather than `readable()` + `try_read`: after a short
+    /// read it clears the socket's readiness, where `try_read` would leave
+    /// it set and cost an extra, empty `recv` per message.
+    async fn read_some(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut read = ReadBuf::new(&mut scratch[..self.read_size]);
+                match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        let filled = read.filled();
+                        self.buf.extend_from_slice(filled);
+                        Poll::Ready(Ok(filled.len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await
     }
 
     fn received(&mut self, message: Bytes) -> Bytes {
@@ -526,10 +555,10 @@ impl ServerConnection {
     }
 
     /// Carries out a hook's reply; true when the script asked to close.
-    async fn perform(&mut self, reply: Reply) -> Result<bool, ConnError> {
-        for action in reply.actions {
+    async fn perform(&mut self, reply: &mut Reply) -> Result<bool, ConnError> {
+        for action in reply.actions.drain(..) {
             match action {
-                Action::Send(message) => self.queue(&message)?,
+                Action::Send(message) => self.queue(message.as_bytes())?,
                 Action::Sleep(pause) => {
                     self.flush().await?;
                     tokio::time::sleep(pause).await;
@@ -542,7 +571,7 @@ impl ServerConnection {
     }
 
     /// Frames a message into the write buffer.
-    fn queue(&mut self, message: &Bytes) -> Result<(), ConnError> {
+    fn queue(&mut self, message: &[u8]) -> Result<(), ConnError> {
         framing::encode(&self.framing, message, &mut self.out)?;
         self.messages_out += 1;
         self.transcript.record(Direction::Sent, message);

@@ -46,15 +46,69 @@ impl Direction {
 /// How many messages a failure report shows.
 pub const SHOWN_ON_FAILURE: usize = 8;
 
+/// Bytes of each message a server keeps for its error reports.
+const HEAD: usize = 48;
+
 /// One message, kept raw: formatting happens only when it is shown, so a
 /// busy server does not pay for it.
 #[derive(Debug)]
 struct Entry {
-    at: Duration,
+    /// Since the conversation began; servers skip reading the clock for
+    /// every message unless `-v` shows it.
+    at: Option<Duration>,
     /// Which connection, when a conversation has several (`#2`).
     label: Option<Arc<str>>,
     direction: Direction,
-    bytes: Bytes,
+    kept: Kept,
+}
+
+#[derive(Debug)]
+enum Kept {
+    /// The whole message (clients: reports show full transcripts).
+    Whole(Bytes),
+    /// Its first bytes, copied inline (servers: no allocation per message,
+    /// and no read buffer held alive by a kept message).
+    Head {
+        len: usize,
+        used: u8,
+        bytes: [u8; HEAD],
+    },
+}
+
+impl Kept {
+    fn head(message: &[u8]) -> Kept {
+        let used = message.len().min(HEAD);
+        let mut bytes = [0; HEAD];
+        bytes[..used].copy_from_slice(&message[..used]);
+        Kept::Head {
+            len: message.len(),
+            used: used as u8,
+            bytes,
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Kept::Whole(bytes) => crate::message::display_line(bytes),
+            Kept::Head { len, used, bytes } => {
+                let mut head = &bytes[..*used as usize];
+                // A cut inside a character: drop its start so the rest
+                // still reads as text.
+                if *len > head.len()
+                    && let Err(e) = std::str::from_utf8(head)
+                    && e.error_len().is_none()
+                {
+                    head = &head[..e.valid_up_to()];
+                }
+                let shown = crate::message::display_line(head);
+                if *len > head.len() {
+                    format!("{shown}… ({len} bytes)")
+                } else {
+                    shown
+                }
+            }
+        }
+    }
 }
 
 /// The recent messages of one conversation.
@@ -65,14 +119,21 @@ pub struct Transcript {
     /// Shown before each live line, e.g. the peer's address on a server.
     prefix: String,
     keep: usize,
+    /// Keep whole messages, or only their first bytes.
+    whole: bool,
     recent: VecDeque<Entry>,
     /// Messages no longer kept, so a long report can say what it omits.
     dropped: u64,
 }
 
 impl Transcript {
+    /// A server connection's transcript: the last few messages, each cut
+    /// to its first bytes.
     pub fn new(verbosity: Verbosity, prefix: String) -> Self {
-        Self::keeping(SHOWN_ON_FAILURE, verbosity, prefix)
+        Transcript {
+            whole: false,
+            ..Self::keeping(SHOWN_ON_FAILURE, verbosity, prefix)
+        }
     }
 
     /// A transcript that keeps the last `keep` messages.
@@ -82,22 +143,39 @@ impl Transcript {
             verbosity,
             prefix,
             keep: keep.max(1),
+            whole: true,
             recent: VecDeque::new(),
             dropped: 0,
         }
     }
 
-    pub fn record(&mut self, direction: Direction, bytes: &Bytes) {
-        self.record_on(None, direction, bytes);
+    /// Records a message (servers: only its first bytes are kept).
+    pub fn record(&mut self, direction: Direction, bytes: &[u8]) {
+        let kept = if self.whole {
+            Kept::Whole(Bytes::copy_from_slice(bytes))
+        } else {
+            Kept::head(bytes)
+        };
+        self.push(None, direction, kept);
     }
 
-    /// Records a message of the connection called `label`.
+    /// Records a message of the connection called `label`, sharing its bytes.
     pub fn record_on(&mut self, label: Option<&Arc<str>>, direction: Direction, bytes: &Bytes) {
+        let kept = if self.whole {
+            Kept::Whole(bytes.clone())
+        } else {
+            Kept::head(bytes)
+        };
+        self.push(label.cloned(), direction, kept);
+    }
+
+    fn push(&mut self, label: Option<Arc<str>>, direction: Direction, kept: Kept) {
+        let timed = self.whole || self.verbosity == Verbosity::Verbose;
         let entry = Entry {
-            at: self.start.elapsed(),
-            label: label.cloned(),
+            at: timed.then(|| self.start.elapsed()),
+            label,
             direction,
-            bytes: bytes.clone(),
+            kept,
         };
         if self.verbosity == Verbosity::Verbose {
             anstream::eprintln!("{}{}", self.prefix, entry.format());
@@ -153,11 +231,14 @@ impl Entry {
             Some(label) => format!("{label} "),
             None => String::new(),
         };
+        let at = match self.at {
+            Some(at) => format!("+{:.3}s ", at.as_secs_f64()),
+            None => String::new(),
+        };
         format!(
-            "+{:.3}s {label}{} {}",
-            self.at.as_secs_f64(),
+            "{at}{label}{} {}",
             self.direction.arrow(),
-            crate::message::display_line(&self.bytes)
+            self.kept.display()
         )
     }
 }

@@ -455,7 +455,7 @@ mod tests {
                     .actions
                     .iter()
                     .filter_map(|a| match a {
-                        Action::Send(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                        Action::Send(b) => Some(String::from_utf8_lossy(b.as_bytes()).into_owned()),
                         _ => None,
                     })
                     .collect();

@@ -134,9 +134,9 @@ error: Error parsing integer number 'lots': invalid digit found in string
   |             ^
   = note: in hook `on_message` for 127.0.0.1:PORT
 last messages (oldest first):
-  +T < 21
-  +T > double: 42
-  +T < lots
+  < 21
+  > double: 42
+  < lots
 "
     );
 }
