@@ -58,6 +58,10 @@ const FLOOR_ARG: &str = "--floor-server";
 /// number so a stale or mixed-up reply is caught.
 const MESSAGE: &[u8; 32] = b"00000000000000000000 ping-pong!\n";
 const ECHO_HOOK: &str = "fn on_message(msg) { msg }\n";
+/// Load mode's conversation: one exchange, on a fresh connection each time.
+const LOAD_CONVERSATION: &str = "send(\"ping\");\nassert_eq(recv(), \"ping\");\n";
+/// Virtual users in the load section.
+const LOAD_USERS: usize = 50;
 const CONNECTIONS: [usize; 3] = [1, 50, 500];
 const IDLE_CONNECTIONS: usize = 10_000;
 const CLIENT_EXCHANGES: usize = 20_000;
@@ -148,10 +152,11 @@ const USAGE: &str = "\
 usage: cargo bench --bench throughput [-- OPTIONS]
 
   --quick                           short runs (about 25 s in all)
-  --only echo,client,idle,check     run these sections only
+  --only echo,client,load,idle,check  run these sections only
   --servers floor,tcpscript,python  servers for echo and idle (default: all;
                                     ratios and targets need the floor)
   --conns 1,50,500                  connection counts for echo
+  --rounds N                        echo rounds per server (default 6, 2 with --quick)
 
   TCPSCRIPT_BENCH_BIN=PATH          benchmark that tcpscript binary instead";
 
@@ -159,14 +164,16 @@ usage: cargo bench --bench throughput [-- OPTIONS]
 enum Section {
     Echo,
     Client,
+    Load,
     Idle,
     Check,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Echo,
         Section::Client,
+        Section::Load,
         Section::Idle,
         Section::Check,
     ];
@@ -175,6 +182,7 @@ impl Section {
         match self {
             Section::Echo => "echo",
             Section::Client => "client",
+            Section::Load => "load",
             Section::Idle => "idle",
             Section::Check => "check",
         }
@@ -204,6 +212,7 @@ impl Config {
         let mut sections: BTreeSet<Section> = Section::ALL.into_iter().collect();
         let mut servers = vec![Kind::Floor, Kind::Tcpscript, Kind::Python];
         let mut connections = CONNECTIONS.to_vec();
+        let mut rounds = None;
         let mut given = Vec::new();
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
@@ -245,6 +254,16 @@ impl Config {
                     connections = parse_list(&list, |s| s.parse().ok().filter(|&n| n > 0))?;
                     given.push(format!("--conns {list}"));
                 }
+                "--rounds" => {
+                    let n = value()?;
+                    rounds = Some(
+                        n.parse::<usize>()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| format!("--rounds needs a positive number, not {n}"))?,
+                    );
+                    given.push(format!("--rounds {n}"));
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -262,7 +281,7 @@ impl Config {
             // slow patch of a shared machine hits them all alike.
             echo_time: Duration::from_millis(if quick { 600 } else { 1000 }),
             echo_warmup: Duration::from_millis(if quick { 200 } else { 300 }),
-            echo_rounds: if quick { 2 } else { 6 },
+            echo_rounds: rounds.unwrap_or(if quick { 2 } else { 6 }),
             client_runs: if quick { 3 } else { 5 },
             check_runs: 20,
         })
@@ -322,6 +341,7 @@ fn run(config: &Config) -> Result<(), String> {
     let python = find_python();
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     fs::write(dir.path().join("echo.rhai"), ECHO_HOOK).map_err(|e| e.to_string())?;
+    fs::write(dir.path().join("load.rhai"), LOAD_CONVERSATION).map_err(|e| e.to_string())?;
     fs::write(dir.path().join("echo_server.py"), PYTHON_SERVER).map_err(|e| e.to_string())?;
     fs::write(dir.path().join("client.py"), PYTHON_CLIENT).map_err(|e| e.to_string())?;
     fs::write(
@@ -365,6 +385,9 @@ fn run(config: &Config) -> Result<(), String> {
     }
     if config.sections.contains(&Section::Client) {
         report.client = Some(client_section(config, &context)?);
+    }
+    if config.sections.contains(&Section::Load) {
+        report.load = Some(load_section(config, &context)?);
     }
     if config.sections.contains(&Section::Idle) {
         report.idle = Some(idle_section(config, &context)?);
@@ -1158,6 +1181,140 @@ fn client_section(config: &Config, context: &Context) -> Result<ClientResults, S
 }
 
 // ---------------------------------------------------------------------------
+// Load mode
+
+struct LoadResults {
+    /// Per round: (tcpscript conversations/s, tokio loop conversations/s).
+    rounds: Vec<(f64, f64)>,
+    tcpscript_failed: u64,
+    tokio_errors: u64,
+}
+
+/// The reference: LOAD_USERS tasks, each connecting, sending one line,
+/// reading the echo and closing, in a loop, for `time`.
+fn tokio_connect_loop(context: &Context, addr: SocketAddr, time: Duration) -> (u64, u64, f64) {
+    context.runtime.block_on(async {
+        let started = Instant::now();
+        let deadline = started + time;
+        let mut tasks = Vec::new();
+        for _ in 0..LOAD_USERS {
+            tasks.push(tokio::spawn(async move {
+                let (mut done, mut errors) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let once = async {
+                        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+                        stream.set_nodelay(true)?;
+                        stream.write_all(b"ping\n").await?;
+                        let mut reply = [0u8; 5];
+                        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut reply).await?;
+                        Ok::<_, std::io::Error>(reply == *b"ping\n")
+                    };
+                    match once.await {
+                        Ok(true) => done += 1,
+                        _ => errors += 1,
+                    }
+                }
+                (done, errors)
+            }));
+        }
+        let (mut done, mut errors) = (0, 0);
+        for task in tasks {
+            if let Ok((d, e)) = task.await {
+                done += d;
+                errors += e;
+            }
+        }
+        (done, errors, started.elapsed().as_secs_f64())
+    })
+}
+
+fn load_section(config: &Config, context: &Context) -> Result<LoadResults, String> {
+    let rounds = if config.quick { 1 } else { 3 };
+    let time = Duration::from_millis(if config.quick { 1000 } else { 2000 });
+    eprintln!(
+        "== load: {LOAD_USERS} users, one-exchange echo conversations against the floor server, {rounds} round(s) of {:.1} s, alternating",
+        time.as_secs_f64()
+    );
+    let server = Server::start(Kind::Floor, context)?;
+    let mut results = LoadResults {
+        rounds: Vec::new(),
+        tcpscript_failed: 0,
+        tokio_errors: 0,
+    };
+    for round in 0..rounds {
+        let output = Command::new(tcpscript())
+            .arg("client")
+            .arg(context.path("load.rhai"))
+            .args(["--connect", &server.addr.to_string(), "--json"])
+            .args(["--concurrency", &LOAD_USERS.to_string()])
+            .args(["--duration", &format!("{}ms", time.as_millis())])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("tcpscript client --concurrency: {e}"))?;
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("load mode printed no JSON summary: {e}"))?;
+        let ours = summary["conversations_per_second"].as_f64().unwrap_or(0.0);
+        results.tcpscript_failed += summary["failed"].as_u64().unwrap_or(0);
+        let (done, errors, seconds) = tokio_connect_loop(context, server.addr, time);
+        results.tokio_errors += errors;
+        let reference = done as f64 / seconds.max(1e-9);
+        eprintln!(
+            "  round {}  tcpscript {:>9}/s  tokio loop {:>9}/s  ratio {:.2}",
+            round + 1,
+            thousands(ours),
+            thousands(reference),
+            ours / reference.max(1e-9)
+        );
+        results.rounds.push((ours, reference));
+    }
+    drop(server);
+    eprintln!();
+    Ok(results)
+}
+
+fn load_table(out: &mut String, load: &LoadResults, verdicts: &mut Vec<Verdict>) {
+    let ours = median(load.rounds.iter().map(|r| r.0).collect());
+    let reference = median(load.rounds.iter().map(|r| r.1).collect());
+    let ratio = median(load.rounds.iter().map(|r| r.0 / r.1.max(1e-9)).collect());
+    let _ = writeln!(
+        out,
+        "\n## load mode: {LOAD_USERS} users, one-exchange echo conversations (connect, send, receive, close), against the floor server (median of {} round(s))\n",
+        load.rounds.len()
+    );
+    let _ = writeln!(
+        out,
+        "| client                                  | conversations/s | failures |"
+    );
+    let _ = writeln!(
+        out,
+        "|-----------------------------------------|----------------:|---------:|"
+    );
+    let _ = writeln!(
+        out,
+        "| tcpscript client --concurrency {LOAD_USERS:<8} | {:>15} | {:>8} |",
+        thousands(ours),
+        load.tcpscript_failed
+    );
+    let _ = writeln!(
+        out,
+        "| tokio connect/send/recv/close loop      | {:>15} | {:>8} |",
+        thousands(reference),
+        load.tokio_errors
+    );
+    verdicts.push(Verdict {
+        row: 8,
+        measured: format!(
+            "{}/s vs {}/s = {:.2}x",
+            thousands(ours),
+            thousands(reference),
+            ratio
+        ),
+        pass: ratio >= 0.5 && load.tcpscript_failed == 0,
+    });
+}
+
+// ---------------------------------------------------------------------------
 // Idle connections
 
 struct IdleResult {
@@ -1381,12 +1538,13 @@ impl Machine {
 struct Report {
     echo: Option<EchoResults>,
     client: Option<ClientResults>,
+    load: Option<LoadResults>,
     idle: Option<Vec<IdleResult>>,
     check: Option<CheckResult>,
 }
 
 /// The targets, in the order of the final table: (figure, target).
-const TARGETS: [(&str, &str); 8] = [
+const TARGETS: [(&str, &str); 9] = [
     ("echo round trips/s, 1 conn", ">= 0.95x floor, no errors"),
     ("echo round trips/s, 50 conns", ">= 0.95x floor, no errors"),
     ("echo round trips/s, 500 conns", ">= 0.95x floor, no errors"),
@@ -1404,6 +1562,10 @@ const TARGETS: [(&str, &str); 8] = [
         "all held and live, RSS < 64 MiB",
     ),
     ("`tcpscript check` wall time", "under 20 ms"),
+    (
+        "load mode, 50 users, one-exchange echo",
+        ">= 0.5x tokio connect loop",
+    ),
 ];
 
 /// A measured row of the targets table.
@@ -1438,6 +1600,9 @@ impl Report {
         }
         if let Some(client) = &self.client {
             client_table(&mut out, client, &mut verdicts);
+        }
+        if let Some(load) = &self.load {
+            load_table(&mut out, load, &mut verdicts);
         }
         if let Some(idle) = &self.idle {
             idle_table(&mut out, idle, context, &mut verdicts);
