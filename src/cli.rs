@@ -97,15 +97,8 @@ pub struct ServerArgs {
     /// Without a script: reply to each message with itself
     #[arg(long, conflicts_with_all = ["script", "record"])]
     pub echo: bool,
-    /// Operations one hook call may run before it is stopped (0 = no limit)
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
-    pub max_ops: u64,
-    /// Wall-clock time one hook call may run before it is stopped
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
-    pub hook_timeout: Duration,
-    /// Close a connection that sends nothing, or reads none of its replies, this long
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub limits: ServerLimitArgs,
     #[command(flatten)]
     pub record: RecordArgs,
     #[command(flatten)]
@@ -178,17 +171,35 @@ pub struct TestArgs {
     /// Keep retrying a refused connect for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_retry: Option<Duration>,
-    /// Operations one server hook call may run (0 = no limit)
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
-    pub max_ops: u64,
-    /// Wall-clock time one server hook call may run
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
-    pub hook_timeout: Duration,
-    /// Server: close a connection idle this long
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    /// For the server script given with --server
+    #[command(flatten)]
+    pub limits: ServerLimitArgs,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// What a server script's hooks and peers may do, for `server` and for the
+/// server `test` starts.
+#[derive(Debug, Args)]
+pub struct ServerLimitArgs {
+    /// Operations one hook call may run before it is stopped (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
+    pub max_ops: u64,
+    /// Wall-clock time one hook call may run before it is stopped
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub hook_timeout: Duration,
+    /// Close a connection that sends nothing, or reads none of its replies, this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ServerLimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_operations: self.max_ops,
+            ..Limits::default()
+        }
+    }
 }
 
 /// Manual mode only: write the session down as a script that replays it.
@@ -234,15 +245,12 @@ impl Command {
 
 fn run_server(args: ServerArgs) -> Result<(), Error> {
     let verbosity = args.common.verbosity();
-    let limits = Limits {
-        max_operations: args.max_ops,
-        ..Limits::default()
-    };
+    let limits = args.limits.limits();
     let script = match (&args.script, args.echo) {
         (Some(path), _) => ServerScript::load(
             path,
             &limits,
-            args.hook_timeout,
+            args.limits.hook_timeout,
             args.common.params(),
             verbosity,
         )?,
@@ -266,7 +274,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         ServerOptions {
             listen: args.listen,
             framing,
-            idle_timeout: args.idle_timeout,
+            idle_timeout: args.limits.idle_timeout,
             max_frame: args.common.max_frame,
             verbosity,
             print_messages: args.echo && verbosity >= Verbosity::Normal,
@@ -359,10 +367,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 
 fn run_test(args: TestArgs) -> Result<(), Error> {
     let verbosity = args.common.verbosity();
-    let limits = Limits {
-        max_operations: args.max_ops,
-        ..Limits::default()
-    };
+    let limits = args.limits.limits();
     runner::run(TestOptions {
         clients: args.clients,
         client: ClientOptions {
@@ -381,8 +386,8 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
                 path,
                 ServerSettings {
                     limits,
-                    hook_timeout: args.hook_timeout,
-                    idle_timeout: args.idle_timeout,
+                    hook_timeout: args.limits.hook_timeout,
+                    idle_timeout: args.limits.idle_timeout,
                 },
             )
         }),

@@ -292,20 +292,6 @@ fn github_actions_get_annotations_and_a_step_summary() {
 }
 
 #[test]
-fn the_chat_room_carries_a_conversation_between_two_clients() {
-    tcpscript()
-        .args([
-            "test",
-            "--server",
-            &shipped("chat.rhai"),
-            &shipped("chat_conversation.rhai"),
-        ])
-        .assert()
-        .success()
-        .stderr(contains("1 passed, 0 failed"));
-}
-
-#[test]
 fn connect_with_an_address_reaches_another_server() {
     let other = Running::server(&["--echo", "-q"]);
     let source = format!(
