@@ -599,18 +599,27 @@ impl ServerConnection {
     /// not read: this waits, and the connection reads nothing more until
     /// the kernel's buffers drain (or `--idle-timeout` gives up on it).
     async fn flush(&mut self) -> Result<(), ConnError> {
-        if !self.out.is_empty() {
-            let write = self.stream.write_all(&self.out);
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        // Usually the socket takes it all at once: no future, no timer.
+        let written = match self.stream.try_write(&self.out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if written < self.out.len() {
+            let write = self.stream.write_all(&self.out[written..]);
             match self.write_timeout {
                 Some(limit) => tokio::time::timeout(limit, write)
                     .await
                     .map_err(|_| ConnError::NotReading(limit))??,
                 None => write.await?,
             }
-            self.out.clear();
-            if self.out.capacity() > KEEP_WRITE_CAPACITY {
-                self.out = Vec::new();
-            }
+        }
+        self.out.clear();
+        if self.out.capacity() > KEEP_WRITE_CAPACITY {
+            self.out = Vec::new();
         }
         Ok(())
     }

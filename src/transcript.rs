@@ -111,6 +111,71 @@ impl Kept {
     }
 }
 
+/// A server connection's last messages, first bytes only, in slots
+/// allocated once: recording a message is one small copy into a slot.
+#[derive(Debug)]
+struct HeadRing {
+    slots: [HeadSlot; SHOWN_ON_FAILURE],
+    /// The slot the next message goes to.
+    next: usize,
+    filled: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeadSlot {
+    direction: Direction,
+    len: usize,
+    used: u8,
+    bytes: [u8; HEAD],
+}
+
+impl HeadRing {
+    fn new() -> Self {
+        HeadRing {
+            slots: [HeadSlot {
+                direction: Direction::Received,
+                len: 0,
+                used: 0,
+                bytes: [0; HEAD],
+            }; SHOWN_ON_FAILURE],
+            next: 0,
+            filled: 0,
+        }
+    }
+
+    /// Records a message; true when an older one was overwritten.
+    fn record(&mut self, direction: Direction, message: &[u8]) -> bool {
+        let slot = &mut self.slots[self.next];
+        let used = message.len().min(HEAD);
+        slot.direction = direction;
+        slot.len = message.len();
+        slot.used = used as u8;
+        slot.bytes[..used].copy_from_slice(&message[..used]);
+        self.next = (self.next + 1) % SHOWN_ON_FAILURE;
+        let overwrote = self.filled == SHOWN_ON_FAILURE;
+        self.filled = (self.filled + 1).min(SHOWN_ON_FAILURE);
+        overwrote
+    }
+
+    /// Oldest first.
+    fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        let first = (self.next + SHOWN_ON_FAILURE - self.filled) % SHOWN_ON_FAILURE;
+        (0..self.filled).map(move |i| {
+            let slot = &self.slots[(first + i) % SHOWN_ON_FAILURE];
+            Entry {
+                at: None,
+                label: None,
+                direction: slot.direction,
+                kept: Kept::Head {
+                    len: slot.len,
+                    used: slot.used,
+                    bytes: slot.bytes,
+                },
+            }
+        })
+    }
+}
+
 /// The recent messages of one conversation.
 #[derive(Debug)]
 pub struct Transcript {
@@ -122,6 +187,9 @@ pub struct Transcript {
     /// Keep whole messages, or only their first bytes.
     whole: bool,
     recent: VecDeque<Entry>,
+    /// Where a server keeps its messages when `-v` is off (made at the
+    /// first message, so a connection that says nothing costs nothing).
+    ring: Option<Box<HeadRing>>,
     /// Messages no longer kept, so a long report can say what it omits.
     dropped: u64,
 }
@@ -145,12 +213,20 @@ impl Transcript {
             keep: keep.max(1),
             whole: true,
             recent: VecDeque::new(),
+            ring: None,
             dropped: 0,
         }
     }
 
     /// Records a message (servers: only its first bytes are kept).
     pub fn record(&mut self, direction: Direction, bytes: &[u8]) {
+        if !self.whole && self.verbosity != Verbosity::Verbose {
+            let ring = self.ring.get_or_insert_with(|| Box::new(HeadRing::new()));
+            if ring.record(direction, bytes) {
+                self.dropped += 1;
+            }
+            return;
+        }
         let kept = if self.whole {
             Kept::Whole(Bytes::copy_from_slice(bytes))
         } else {
@@ -210,6 +286,10 @@ impl Transcript {
 
     /// The last `n` messages, formatted.
     pub fn tail(&self, n: usize) -> Vec<String> {
+        if let Some(ring) = &self.ring {
+            let skip = ring.filled.saturating_sub(n);
+            return ring.entries().skip(skip).map(|e| e.format()).collect();
+        }
         let skip = self.recent.len().saturating_sub(n);
         self.recent.iter().skip(skip).map(Entry::format).collect()
     }
@@ -220,7 +300,10 @@ impl Transcript {
         if self.dropped > 0 {
             lines.push(format!("… {} earlier messages not kept", self.dropped));
         }
-        lines.extend(self.recent.iter().map(Entry::format));
+        match &self.ring {
+            Some(ring) => lines.extend(ring.entries().map(|e| e.format())),
+            None => lines.extend(self.recent.iter().map(Entry::format)),
+        }
         lines
     }
 }
