@@ -181,10 +181,7 @@ fn a_script_error_is_exit_3_and_a_syntax_error_never_connects() {
 
 #[test]
 fn connect_refused_is_exit_4() {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::support::closed_port();
     let s = script("send(\"x\");\n");
     tcpscript()
         .args([
@@ -200,10 +197,10 @@ fn connect_refused_is_exit_4() {
 
 #[test]
 fn connect_retry_waits_for_a_server_that_is_still_starting() {
-    let listener_addr = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let listener_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", crate::support::closed_port())
+            .parse()
+            .unwrap();
     let s = script("send(\"late\");\nassert_eq(recv(), \"late\");\n");
     let mut client = std::process::Command::new(crate::support::BIN);
     client.args([

@@ -24,6 +24,16 @@ fn stderr_of(assert: assert_cmd::assert::Assert) -> String {
     String::from_utf8(assert.get_output().stderr.clone()).unwrap()
 }
 
+/// The report of a client script that fails its expectation (exit 1).
+fn failing_client(script: &crate::support::Script, server: &Running) -> String {
+    stderr_of(
+        tcpscript()
+            .args(["client", script.path(), "--connect", &server.addr()])
+            .assert()
+            .code(1),
+    )
+}
+
 #[test]
 fn client_failure() {
     let server = Running::server(&[&shipped("reply.rhai")]);
@@ -31,12 +41,7 @@ fn client_failure() {
         "conv.rhai",
         "send(\"hello\");\nrecv();\n\nsend(\"how are you?\");\nassert_eq(recv(), \"echo 2: fine\");\n",
     );
-    let text = stderr_of(
-        tcpscript()
-            .args(["client", s.path(), "--connect", &server.addr()])
-            .assert()
-            .code(1),
-    );
+    let text = failing_client(&s, &server);
     assert_eq!(
         normalized(&text, &dir_of(s.path())),
         "\
@@ -63,12 +68,7 @@ fn binary_values_are_compared_in_hex_and_text_blocks_as_a_diff() {
         "let reply = unhex(\"00ff\");\nassert_eq(reply, \"ok\", \"status byte\");\n",
     );
     let server = Running::server(&["--echo", "-q"]);
-    let text = stderr_of(
-        tcpscript()
-            .args(["client", s.path(), "--connect", &server.addr()])
-            .assert()
-            .code(1),
-    );
+    let text = failing_client(&s, &server);
     assert_eq!(
         normalized(&text, &dir_of(s.path())),
         "\
@@ -85,12 +85,7 @@ error: status byte
         "lines.rhai",
         "let page = \"HTTP/1.1 200 OK\\nServer: x\\n\\nbody\";\nassert_eq(page, \"HTTP/1.1 404 Not Found\\nServer: x\\n\\nbody\");\n",
     );
-    let text = stderr_of(
-        tcpscript()
-            .args(["client", s.path(), "--connect", &server.addr()])
-            .assert()
-            .code(1),
-    );
+    let text = failing_client(&s, &server);
     assert_eq!(
         normalized(&text, &dir_of(s.path())),
         "\

@@ -32,11 +32,7 @@ fn client_stops_at_end_of_input_too() {
 
 #[test]
 fn client_connect_refused_is_exit_4() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::closed_port();
     tcpscript()
         .args(["client", "--connect", &format!("127.0.0.1:{port}")])
         .write_stdin("x\n")

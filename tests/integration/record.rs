@@ -328,11 +328,7 @@ fn recording_needs_manual_mode_and_a_writable_file() {
         tcpscript().args(&args).assert().code(2);
     }
     // Refused before connecting (a refused connect would be exit 4).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::closed_port();
     tcpscript()
         .args(["client", "--connect", &port.to_string()])
         .args(["--record", "/nonexistent/folder/x.rhai"])

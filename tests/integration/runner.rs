@@ -66,11 +66,7 @@ fn a_failed_expectation_is_exit_1_and_a_script_error_exit_3() {
 
 #[test]
 fn an_unreachable_server_is_exit_4() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::closed_port();
     let suite = Suite::new(&[("a.rhai", PASSING)]);
     tcpscript()
         .args([

@@ -32,6 +32,16 @@ pub fn shipped(name: &str) -> String {
     repo_path("scripts").join(name).display().to_string()
 }
 
+/// A loopback port nothing listens on: bound, read, and released, so a
+/// connect to it is refused.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A script written to a temporary folder, removed when dropped.
 pub struct Script {
     _dir: tempfile::TempDir,
