@@ -87,6 +87,7 @@ pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
             addr: options.listen.clone(),
             source,
         })?;
+        let stop = shutdown_signal()?;
         // Tests and CI wait for this exact line: it means connects will succeed.
         eprintln!("listening on {local}");
         let fd_limit = raise_open_file_limit();
@@ -97,7 +98,7 @@ pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
                 fd_limit.saturating_sub(16)
             );
         }
-        let stats = serve(listener, script, options, shutdown_signal()).await;
+        let stats = serve(listener, script, options, stop).await;
         eprintln!(
             "shut down: {} connections, {} messages in, {} out, {} errors",
             stats.connections.load(Ordering::Relaxed),
@@ -267,22 +268,30 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes at SIGINT or SIGTERM. The handlers are installed here, when
+/// called, not when the future is first polled: a signal sent as soon as
+/// `listening on` is printed must already stop the server gracefully
+/// rather than kill it with replies still unsent.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Error> {
+    let failed = |e: io::Error| Error::Usage(format!("cannot watch for signals: {e}"));
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(failed)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(failed)?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = failed;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -268,3 +268,18 @@ fn on_message(msg) {
     assert_eq!(c.exchange("hello there"), "greetings");
     assert_eq!(c.exchange("hiya"), "?");
 }
+
+#[test]
+fn sigint_and_sigterm_right_after_listening_stop_it_gracefully() {
+    // Both signals, sent as early as a client could: summary and exit 0.
+    for signal in ["TERM", "INT"] {
+        let mut server = Running::server(&["--echo"]);
+        server.send_signal(signal);
+        assert_eq!(server.wait_exit().code(), Some(0), "SIG{signal}");
+        assert!(
+            server
+                .wait_stderr("shut down: 0 connections")
+                .contains("shut down")
+        );
+    }
+}
