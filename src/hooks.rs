@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, INT, Scope};
+use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, INT, ImmutableString, Scope};
 
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
@@ -183,6 +183,7 @@ impl ServerScript {
             scope: self.scope.clone(),
             peer: peer.to_string().into(),
             spare: Vec::new(),
+            spare_text: ImmutableString::new(),
         }
     }
 }
@@ -395,6 +396,9 @@ pub struct ConnectionHooks {
     /// The action list of the last reply, emptied and reused, so a hook
     /// call allocates no list of its own.
     spare: Vec<Action>,
+    /// The last message's string, rewritten in place for the next message
+    /// when the script kept no reference to it.
+    spare_text: ImmutableString,
 }
 
 impl ConnectionHooks {
@@ -421,7 +425,8 @@ impl ConnectionHooks {
         if !self.script.has_message {
             return Ok(Reply::default());
         }
-        self.call("on_message", (message::to_dynamic(message),))
+        let message = message::to_dynamic_reusing(message, &mut self.spare_text);
+        self.call("on_message", (message,))
     }
 
     pub fn on_disconnect(&mut self) -> Result<Reply, Error> {
@@ -496,6 +501,20 @@ mod tests {
         assert_eq!(sends(&a.on_message(b"x").unwrap()), vec![b"1 x"]);
         assert_eq!(sends(&a.on_message(b"y").unwrap()), vec![b"2 y"]);
         assert_eq!(sends(&b.on_message(b"z").unwrap()), vec![b"1 z"]);
+    }
+
+    #[test]
+    fn a_message_kept_in_a_variable_survives_the_next_one() {
+        // Message strings are reused between calls: never one a script holds.
+        let script =
+            script(r#"let last = ""; fn on_message(m) { let prev = last; last = m; prev }"#);
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        let first: &[u8] = b"the first message, long enough to live on the heap";
+        c.on_message(first).unwrap();
+        let reply = c
+            .on_message(b"the second message, just as long as the first")
+            .unwrap();
+        assert_eq!(sends(&reply), vec![first]);
     }
 
     #[test]

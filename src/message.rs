@@ -17,6 +17,28 @@ pub fn to_dynamic(bytes: &[u8]) -> Dynamic {
     }
 }
 
+/// Largest string kept between messages for [`to_dynamic_reusing`]: one
+/// big message must not pin its memory for the rest of the connection.
+const KEEP_TEXT_CAPACITY: usize = 4 * 1024;
+
+/// Like [`to_dynamic`], but writes a text message into `spare` when the
+/// script kept no reference to the previous one, so a connection's stream
+/// of messages reuses one allocation instead of making two per message.
+pub fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> Dynamic {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Dynamic::from_blob(bytes.to_vec());
+    };
+    match spare.get_mut() {
+        // Rhai's strings keep their heap buffer when shortened.
+        Some(reused) if reused.capacity() <= KEEP_TEXT_CAPACITY => {
+            reused.truncate(0);
+            reused.push_str(text);
+        }
+        _ => *spare = ImmutableString::from(text),
+    }
+    Dynamic::from(spare.clone())
+}
+
 /// A message a script sends, kept as the script's own string or bytes:
 /// sending it copies the bytes once, straight into the connection's
 /// write buffer.
@@ -200,6 +222,20 @@ mod tests {
         assert!(value.is_blob());
         assert_eq!(&to_bytes(value)[..], bytes);
         assert!(to_dynamic("你好".as_bytes()).is_string());
+    }
+
+    #[test]
+    fn a_reused_string_is_never_one_the_script_still_holds() {
+        let mut spare = ImmutableString::new();
+        let first = to_dynamic_reusing(b"first message, long enough to be boxed", &mut spare);
+        // The script kept `first` (stored it in a variable, say).
+        let second = to_dynamic_reusing(b"second", &mut spare);
+        assert_eq!(first.to_string(), "first message, long enough to be boxed");
+        assert_eq!(second.to_string(), "second");
+        drop((first, second));
+        let third = to_dynamic_reusing(b"third", &mut spare);
+        assert_eq!(third.to_string(), "third");
+        assert!(to_dynamic_reusing(b"\xff", &mut spare).is_blob());
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! whose hook fails, ends alone; the listener and everyone else go on.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +16,7 @@ use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::resolve;
 use crate::error::Error;
@@ -181,7 +182,7 @@ async fn serve(
         options,
         stats: Arc::new(Stats::default()),
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopping = Arc::new(Stopping::default());
     // Each connection holds a sender; when all are dropped, all are done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     tokio::pin!(stop);
@@ -192,10 +193,10 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    let shutdown = shutdown_rx.clone();
+                    let stop = stopping.watch();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, peer, &shared, shutdown).await;
+                        serve_connection(stream, peer, &shared, stop).await;
                         drop(done);
                     });
                 }
@@ -215,10 +216,57 @@ async fn serve(
     }
 
     drop(listener);
-    let _ = shutdown_tx.send(true);
+    stopping.stop_all();
     drop(done_tx);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await;
     shared.stats.clone()
+}
+
+/// Tells every open connection that the server is stopping. Each one waits
+/// on a oneshot of its own: with one shared `watch` or `Notify`, every
+/// connection would take the same lock once per message to re-arm its
+/// waiter, and connections on different threads would queue on it.
+#[derive(Default)]
+struct Stopping {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_id: AtomicU64,
+}
+
+/// One connection's side of [`Stopping`]; leaving the roster when dropped.
+struct StopSignal {
+    stopping: Arc<Stopping>,
+    id: u64,
+    receiver: oneshot::Receiver<()>,
+}
+
+impl Stopping {
+    fn watch(self: &Arc<Self>) -> StopSignal {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.roster().insert(id, sender);
+        StopSignal {
+            stopping: self.clone(),
+            id,
+            receiver,
+        }
+    }
+
+    fn stop_all(&self) {
+        for (_, sender) in self.roster().drain() {
+            let _ = sender.send(());
+        }
+    }
+
+    fn roster(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        // A panic elsewhere cannot leave the map half-updated: use it anyway.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        self.stopping.roster().remove(&self.id);
+    }
 }
 
 /// Connections a burst of clients may queue before we accept them; the
@@ -319,7 +367,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: StopSignal,
 ) {
     let options = &shared.options;
     let _ = stream.set_nodelay(true);
@@ -352,7 +400,7 @@ async fn serve_connection(
         &mut connection,
         &mut hooks,
         options,
-        &mut shutdown,
+        &mut stop.receiver,
         &mut inbox,
     )
     .await;
@@ -429,7 +477,7 @@ async fn converse(
     connection: &mut ServerConnection,
     hooks: &mut ConnectionHooks,
     options: &ServerOptions,
-    shutdown: &mut watch::Receiver<bool>,
+    stopping: &mut oneshot::Receiver<()>,
     inbox: &mut Option<mpsc::Receiver<Bytes>>,
 ) -> Result<End, ConnError> {
     let mut greeting = hooks.on_connect().map_err(ConnError::Hook)?;
@@ -438,10 +486,6 @@ async fn converse(
     if closed {
         return Ok(End::ScriptClosed);
     }
-    // Made once: a fresh `changed()` per message would register and drop a
-    // waiter on the one list every connection shares.
-    let stopping = shutdown.changed();
-    tokio::pin!(stopping);
     loop {
         // `biased`: the branches in order, without drawing a random number
         // per message; input first, as the peer is the one waiting.
@@ -449,7 +493,7 @@ async fn converse(
             biased;
             message = connection.next_message() => Event::Message(message?),
             Some(message) = next_broadcast(inbox) => Event::Broadcast(message),
-            _ = &mut stopping => Event::Shutdown,
+            _ = &mut *stopping => Event::Shutdown,
             _ = idle(options.idle_timeout) => Event::Idle,
         };
         let message = match event {
