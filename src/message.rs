@@ -17,9 +17,10 @@ pub fn to_dynamic(bytes: &[u8]) -> Dynamic {
     }
 }
 
-/// Largest string kept between messages for [`to_dynamic_reusing`]: one
-/// big message must not pin its memory for the rest of the connection.
-const KEEP_TEXT_CAPACITY: usize = 4 * 1024;
+/// Largest string kept between messages for [`to_dynamic_reusing`]: an
+/// idle connection should not pin a big message's memory, and for big
+/// messages the allocation is small beside the copying anyway.
+const KEEP_TEXT_CAPACITY: usize = 512;
 
 /// Like [`to_dynamic`], but writes a text message into `spare` when the
 /// script kept no reference to the previous one, so a connection's stream
@@ -28,13 +29,16 @@ pub fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> Dynamic 
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Dynamic::from_blob(bytes.to_vec());
     };
+    if text.len() > KEEP_TEXT_CAPACITY {
+        return Dynamic::from(ImmutableString::from(text));
+    }
     match spare.get_mut() {
         // Rhai's strings keep their heap buffer when shortened.
-        Some(reused) if reused.capacity() <= KEEP_TEXT_CAPACITY => {
+        Some(reused) => {
             reused.truncate(0);
             reused.push_str(text);
         }
-        _ => *spare = ImmutableString::from(text),
+        None => *spare = ImmutableString::from(text),
     }
     Dynamic::from(spare.clone())
 }
