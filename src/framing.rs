@@ -183,6 +183,44 @@ fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// Where one message lies at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// The message is `buf[start..end]`; before it, a length prefix.
+    pub start: usize,
+    pub end: usize,
+    /// Bytes the message takes in the buffer, framing included.
+    pub consumed: usize,
+}
+
+impl Frame {
+    fn whole(len: usize) -> Self {
+        Frame {
+            start: 0,
+            end: len,
+            consumed: len,
+        }
+    }
+
+    /// The message's bytes in `buf`.
+    pub fn message<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.start..self.end]
+    }
+
+    /// Drops the message and its framing from the front of `buf`.
+    pub fn consume(&self, buf: &mut BytesMut) {
+        buf.advance(self.consumed);
+    }
+
+    /// Removes the message from `buf` as shared bytes of its own.
+    fn take(&self, buf: &mut BytesMut) -> Bytes {
+        let mut message = buf.split_to(self.consumed);
+        message.truncate(self.end);
+        message.advance(self.start);
+        message.freeze()
+    }
+}
+
 /// Cuts messages out of a byte buffer. One per connection: it remembers how
 /// far it already searched so a long message arriving in pieces is scanned once.
 #[derive(Debug, Clone)]
@@ -208,6 +246,19 @@ impl Decoder {
 
     /// The next complete message in `buf`, removing it from `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        Ok(self.next_frame(buf)?.map(|frame| frame.take(buf)))
+    }
+
+    /// What is left in `buf` once the peer has closed its side: the last
+    /// line or delimited message may lack its terminator, as with `nc`.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        Ok(self.last_frame(buf)?.map(|frame| frame.take(buf)))
+    }
+
+    /// Where the next complete message in `buf` lies, leaving `buf` as it
+    /// is: a server hands the bytes to its hook straight from the buffer,
+    /// then drops them with [`Frame::consume`].
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         match &self.framing {
             Framing::Raw => {
                 if buf.is_empty() {
@@ -219,27 +270,33 @@ impl Decoder {
                         max: self.max_frame,
                     });
                 }
-                Ok(Some(buf.split().freeze()))
+                Ok(Some(Frame::whole(buf.len())))
             }
             Framing::Line => {
                 let Some(end) = self.find(buf, b"\n")? else {
                     return Ok(None);
                 };
-                let mut message = buf.split_to(end + 1);
-                message.truncate(end);
-                if message.last() == Some(&b'\r') {
-                    message.truncate(end - 1);
-                }
-                Ok(Some(message.freeze()))
+                let text_end = if end > 0 && buf[end - 1] == b'\r' {
+                    end - 1
+                } else {
+                    end
+                };
+                Ok(Some(Frame {
+                    start: 0,
+                    end: text_end,
+                    consumed: end + 1,
+                }))
             }
             Framing::Delim(delimiter) => {
                 let delimiter = delimiter.clone();
                 let Some(end) = self.find(buf, &delimiter)? else {
                     return Ok(None);
                 };
-                let mut message = buf.split_to(end + delimiter.len());
-                message.truncate(end);
-                Ok(Some(message.freeze()))
+                Ok(Some(Frame {
+                    start: 0,
+                    end,
+                    consumed: end + delimiter.len(),
+                }))
             }
             Framing::Len { width, big_endian } => {
                 let prefix = width.bytes();
@@ -266,17 +323,19 @@ impl Decoder {
                     buf.reserve(prefix + len - buf.len());
                     return Ok(None);
                 }
-                buf.advance(prefix);
-                Ok(Some(buf.split_to(len).freeze()))
+                Ok(Some(Frame {
+                    start: prefix,
+                    end: prefix + len,
+                    consumed: prefix + len,
+                }))
             }
         }
     }
 
-    /// What is left in `buf` once the peer has closed its side: the last
-    /// line or delimited message may lack its terminator, as with `nc`.
-    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        if let Some(message) = self.decode(buf)? {
-            return Ok(Some(message));
+    /// Like [`Decoder::next_frame`], once the peer has closed its side.
+    pub fn last_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if let Some(frame) = self.next_frame(buf)? {
+            return Ok(Some(frame));
         }
         if buf.is_empty() {
             return Ok(None);
@@ -284,13 +343,13 @@ impl Decoder {
         self.scanned = 0;
         match &self.framing {
             Framing::Line => {
-                let mut message = buf.split();
-                if message.last() == Some(&b'\r') {
-                    message.truncate(message.len() - 1);
+                let mut frame = Frame::whole(buf.len());
+                if buf.last() == Some(&b'\r') {
+                    frame.end -= 1;
                 }
-                Ok(Some(message.freeze()))
+                Ok(Some(frame))
             }
-            Framing::Delim(_) | Framing::Raw => Ok(Some(buf.split().freeze())),
+            Framing::Delim(_) | Framing::Raw => Ok(Some(Frame::whole(buf.len()))),
             Framing::Len { .. } => {
                 let pending = buf.len();
                 buf.clear();

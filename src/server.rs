@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::resolve;
 use crate::error::Error;
-use crate::framing::{self, Decoder, FrameError, Framing};
+use crate::framing::{self, Decoder, Frame, FrameError, Framing};
 use crate::hooks::{Action, ConnectionHooks, Reply, ServerScript};
 use crate::message;
 use crate::room::{BROADCAST_BACKLOG, Room};
@@ -467,7 +467,7 @@ async fn serve_connection(
 
 /// What woke a connection up.
 enum Event {
-    Message(Option<Bytes>),
+    Message(Option<Frame>),
     Broadcast(Bytes),
     Shutdown,
     Idle,
@@ -496,8 +496,8 @@ async fn converse(
             _ = &mut *stopping => Event::Shutdown,
             _ = idle(options.idle_timeout) => Event::Idle,
         };
-        let message = match event {
-            Event::Message(Some(message)) => message,
+        let frame = match event {
+            Event::Message(Some(frame)) => frame,
             Event::Message(None) => return Ok(End::PeerClosed),
             Event::Broadcast(message) => {
                 connection.queue(&message)?;
@@ -507,10 +507,14 @@ async fn converse(
             Event::Shutdown => return Ok(End::Shutdown),
             Event::Idle => return Ok(End::Idle(options.idle_timeout.unwrap_or_default())),
         };
-        if options.print_messages {
-            println!("[{}] {}", hooks.peer(), message::display_line(&message));
-        }
-        let mut reply = hooks.on_message(&message).map_err(ConnError::Hook)?;
+        let mut reply = connection
+            .handle(frame, |message| {
+                if options.print_messages {
+                    println!("[{}] {}", hooks.peer(), message::display_line(message));
+                }
+                hooks.on_message(message)
+            })
+            .map_err(ConnError::Hook)?;
         let closed = connection.perform(&mut reply).await?;
         hooks.recycle(reply);
         if closed {
@@ -557,18 +561,16 @@ struct ServerConnection {
 }
 
 impl ServerConnection {
-    /// The next message, or `None` once the peer has closed its side.
-    /// Cancel-safe: partial input stays in `buf` if the future is dropped.
-    async fn next_message(&mut self) -> Result<Option<Bytes>, ConnError> {
+    /// Where the next message lies in `buf`, or `None` once the peer has
+    /// closed its side. Cancel-safe: input stays in `buf` until
+    /// [`ServerConnection::handle`] consumes it.
+    async fn next_message(&mut self) -> Result<Option<Frame>, ConnError> {
         loop {
-            if let Some(message) = self.decoder.decode(&mut self.buf)? {
-                return Ok(Some(self.received(message)));
+            if let Some(frame) = self.decoder.next_frame(&mut self.buf)? {
+                return Ok(Some(frame));
             }
             if self.eof {
-                return Ok(self
-                    .decoder
-                    .decode_eof(&mut self.buf)?
-                    .map(|m| self.received(m)));
+                return Ok(self.decoder.last_frame(&mut self.buf)?);
             }
             match self.read_some().await {
                 Ok(0) => self.eof = true,
@@ -576,6 +578,17 @@ impl ServerConnection {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Hands a received message to `hook` straight from the read buffer,
+    /// then drops it from there.
+    fn handle<T>(&mut self, frame: Frame, hook: impl FnOnce(&[u8]) -> T) -> T {
+        let message = frame.message(&self.buf);
+        self.messages_in += 1;
+        self.transcript.record(Direction::Received, message);
+        let result = hook(message);
+        frame.consume(&mut self.buf);
+        result
     }
 
     /// One read into the worker's scratch buffer, appended to `buf`.
@@ -599,12 +612,6 @@ impl ServerConnection {
             })
         })
         .await
-    }
-
-    fn received(&mut self, message: Bytes) -> Bytes {
-        self.messages_in += 1;
-        self.transcript.record(Direction::Received, &message);
-        message
     }
 
     /// Carries out a hook's reply; true when the script asked to close.
