@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rhai::{CallFnOptions, Dynamic, Engine, FuncArgs, INT, ImmutableString, Scope};
+use rhai::{Caches, Dynamic, Engine, EvalAltResult, EvalContext, GlobalRuntimeState, INT};
+use rhai::{ImmutableString, Scope};
 
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
@@ -71,6 +72,34 @@ struct HookCall {
 
 thread_local! {
     static CURRENT: RefCell<Option<HookCall>> = const { RefCell::new(None) };
+    /// Rhai's runtime state for the hooks run on this thread, kept from one
+    /// call to the next: `Engine::call_fn` builds it afresh for every call
+    /// and resolves every function the hook calls all over again.
+    static RUNTIME: RefCell<Option<HookRuntime>> = const { RefCell::new(None) };
+}
+
+/// What [`RUNTIME`] keeps for one script.
+struct HookRuntime {
+    /// Held, not just compared by address, so a later script can never be
+    /// mistaken for this one.
+    script: Arc<ServerScript>,
+    global: GlobalRuntimeState,
+    caches: Caches,
+}
+
+impl HookRuntime {
+    fn new(script: Arc<ServerScript>) -> Self {
+        let mut global = script.engine.new_global_runtime_state();
+        // What `call_fn` sets up for every call: the script's functions, and
+        // its name for error messages.
+        global.lib.push(script.script.ast.shared_lib().clone());
+        global.source = script.script.ast.source().map(Into::into);
+        HookRuntime {
+            script,
+            global,
+            caches: Caches::new(),
+        }
+    }
 }
 
 fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
@@ -418,26 +447,25 @@ impl ConnectionHooks {
         if !self.script.has_connect {
             return Ok(Reply::default());
         }
-        self.call("on_connect", ())
+        self.call("on_connect", &mut [])
     }
 
     pub fn on_message(&mut self, message: &[u8]) -> Result<Reply, Error> {
         if !self.script.has_message {
             return Ok(Reply::default());
         }
-        let message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_message", (message,))
+        let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
+        self.call("on_message", &mut [&mut message])
     }
 
     pub fn on_disconnect(&mut self) -> Result<Reply, Error> {
         if !self.script.has_disconnect {
             return Ok(Reply::default());
         }
-        self.call("on_disconnect", ())
+        self.call("on_disconnect", &mut [])
     }
 
-    fn call(&mut self, hook: &str, args: impl FuncArgs) -> Result<Reply, Error> {
-        let script = &*self.script;
+    fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, Error> {
         CURRENT.with(|current| {
             *current.borrow_mut() = Some(HookCall {
                 peer: self.peer.clone(),
@@ -448,14 +476,41 @@ impl ConnectionHooks {
                 deadline: None,
             });
         });
-        let options = CallFnOptions::new().eval_ast(false);
-        let result = script.engine.call_fn_with_options::<Dynamic>(
-            options,
-            &mut self.scope,
-            &script.script.ast,
-            hook,
-            args,
-        );
+        let result = RUNTIME.with(|runtime| {
+            let mut runtime = runtime.borrow_mut();
+            if runtime
+                .as_ref()
+                .is_some_and(|r| !Arc::ptr_eq(&r.script, &self.script))
+            {
+                *runtime = None;
+            }
+            let runtime = runtime.get_or_insert_with(|| HookRuntime::new(self.script.clone()));
+            // Limits count per hook call.
+            runtime.global.num_operations = Default::default();
+            let result = EvalContext::new(
+                &self.script.engine,
+                &mut runtime.global,
+                &mut runtime.caches,
+                &mut self.scope,
+                None,
+            )
+            .call_fn_raw(hook, false, false, args);
+            match result {
+                Ok(value) => Ok(value),
+                // What `call_fn` does with these, too.
+                Err(err) => match *err {
+                    EvalAltResult::Exit(value, _) => Ok(value),
+                    EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == hook => {
+                        Err(inner)
+                    }
+                    _ => Err(err),
+                },
+            }
+        });
+        if result.is_err() {
+            // Whatever a failed call left half-done goes with it.
+            RUNTIME.with(|runtime| runtime.borrow_mut().take());
+        }
         let call = CURRENT.with(|current| current.borrow_mut().take());
         let mut reply = call.map(|c| c.reply).unwrap_or_default();
         match result {
@@ -465,7 +520,7 @@ impl ConnectionHooks {
             }
             Err(err) => {
                 let context = format!("in hook `{hook}` for {}", self.peer);
-                Err(engine::diagnose(&err, &script.script, Some(&context)))
+                Err(engine::diagnose(&err, &self.script.script, Some(&context)))
             }
         }
     }
@@ -558,6 +613,51 @@ mod tests {
         let text = err.render();
         assert!(text.contains("operation limit"), "{text}");
         assert!(text.contains("`on_message`"), "{text}");
+    }
+
+    #[test]
+    fn the_operation_limit_counts_each_call_afresh() {
+        let limits = Limits {
+            max_operations: 2_000,
+            ..Limits::default()
+        };
+        let script = Arc::new(
+            ServerScript::from_source(
+                "t.rhai",
+                "fn on_message(m) { let n = 0; for i in 0..300 { n += i } n }",
+                &limits,
+                Verbosity::Quiet,
+            )
+            .unwrap(),
+        );
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        for _ in 0..20 {
+            assert_eq!(sends(&c.on_message(b"x").unwrap()), vec![b"44850"]);
+        }
+    }
+
+    #[test]
+    fn scripts_on_one_thread_keep_to_their_own_functions() {
+        let a = script(r#"fn on_message(m) { helper() } fn helper() { "a" }"#);
+        let b = script(r#"fn on_message(m) { helper() } fn helper() { "b" }"#);
+        let mut ca = a.connection("127.0.0.1:1".parse().unwrap());
+        let mut cb = b.connection("127.0.0.1:2".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(sends(&ca.on_message(b"x").unwrap()), vec![b"a"]);
+            assert_eq!(sends(&cb.on_message(b"x").unwrap()), vec![b"b"]);
+        }
+    }
+
+    #[test]
+    fn a_failed_call_leaves_the_next_one_unharmed() {
+        let script = script(
+            r#"let n = 0; fn on_message(m) { n += 1; if m == "bad" { throw "no" } `${n}` }"#,
+        );
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"1"]);
+        let text = c.on_message(b"bad").unwrap_err().render();
+        assert!(text.contains("t.rhai:1:"), "{text}");
+        assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"3"]);
     }
 
     #[test]
