@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use crate::support::{LineClient, PATIENCE, Running, script, shipped, tcpscript};
 
@@ -134,6 +135,24 @@ fn sleep_in_one_connection_does_not_delay_another() {
     );
     slow.stream().set_nonblocking(false).unwrap();
     assert_eq!(slow.recv().unwrap(), "done slow");
+}
+
+#[test]
+fn the_idle_clock_runs_only_while_the_server_waits_for_the_peer() {
+    let s = script("fn on_message(msg) {\n    if msg == \"slow\" { sleep(800); }\n    msg\n}\n");
+    let server = Running::server(&[s.path(), "--idle-timeout", "500ms"]);
+    let mut c = LineClient::connect(server.port);
+    // The hook's own sleep is longer than the idle limit: not the peer's idling.
+    assert_eq!(c.exchange("slow"), "slow");
+    // Each message restarts the clock: three of them 200 ms apart span
+    // longer than the limit.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(c.exchange("again"), "again");
+    }
+    let addr = c.stream().local_addr().unwrap().to_string();
+    c.expect_closed();
+    server.wait_stderr(&format!("{addr} closed: idle for 500ms (--idle-timeout)"));
 }
 
 #[test]
