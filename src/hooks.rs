@@ -78,6 +78,10 @@ thread_local! {
     static RUNTIME: RefCell<Option<HookRuntime>> = const { RefCell::new(None) };
 }
 
+/// Resolved functions kept before the cache starts afresh: a script that
+/// calls functions by names its peers send could otherwise grow it forever.
+const MAX_CACHED_RESOLUTIONS: usize = 4096;
+
 /// What [`RUNTIME`] keeps for one script.
 struct HookRuntime {
     /// Held, not just compared by address, so a later script can never be
@@ -495,6 +499,11 @@ impl ConnectionHooks {
                 None,
             )
             .call_fn_raw(hook, false, false, args);
+            if runtime.caches.fn_resolution_caches_len() > 0
+                && runtime.caches.fn_resolution_cache_mut().dict.len() > MAX_CACHED_RESOLUTIONS
+            {
+                runtime.caches = Caches::new();
+            }
             match result {
                 Ok(value) => Ok(value),
                 // What `call_fn` does with these, too.
@@ -658,6 +667,29 @@ mod tests {
         let text = c.on_message(b"bad").unwrap_err().render();
         assert!(text.contains("t.rhai:1:"), "{text}");
         assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"3"]);
+    }
+
+    #[test]
+    fn functions_called_by_names_from_peers_do_not_grow_the_cache_without_end() {
+        let script =
+            script(r#"fn on_message(m) { let r = "none"; try { r = call(Fn(m)); } catch {} r }"#);
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        for i in 0..3 * MAX_CACHED_RESOLUTIONS {
+            let name = format!("f{i}");
+            assert_eq!(
+                sends(&c.on_message(name.as_bytes()).unwrap()),
+                vec![b"none"]
+            );
+        }
+        let cached = RUNTIME.with(|runtime| {
+            let mut runtime = runtime.borrow_mut();
+            let runtime = runtime.as_mut().unwrap();
+            runtime.caches.fn_resolution_cache_mut().dict.len()
+        });
+        assert!(
+            cached <= MAX_CACHED_RESOLUTIONS,
+            "{cached} resolutions cached"
+        );
     }
 
     #[test]
