@@ -104,6 +104,62 @@ impl HookRuntime {
             caches: Caches::new(),
         }
     }
+
+    /// Calls `hook` with one connection's variables.
+    fn call(
+        &mut self,
+        scope: &mut Scope<'static>,
+        hook: &str,
+        args: &mut [&mut Dynamic],
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        // Limits count per hook call.
+        self.global.num_operations = Default::default();
+        let result = EvalContext::new(
+            &self.script.engine,
+            &mut self.global,
+            &mut self.caches,
+            scope,
+            None,
+        )
+        .call_fn_raw(hook, false, false, args);
+        if self.caches.fn_resolution_caches_len() > 0
+            && self.caches.fn_resolution_cache_mut().dict.len() > MAX_CACHED_RESOLUTIONS
+        {
+            self.caches = Caches::new();
+        }
+        // What `call_fn` does with these, too.
+        result.or_else(|err| match *err {
+            EvalAltResult::Exit(value, _) => Ok(value),
+            EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == hook => Err(inner),
+            _ => Err(err),
+        })
+    }
+}
+
+/// Calls `hook` of `script` on the runtime state this thread keeps for it.
+fn call_on_this_thread(
+    script: &Arc<ServerScript>,
+    scope: &mut Scope<'static>,
+    hook: &str,
+    args: &mut [&mut Dynamic],
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    RUNTIME.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot
+            .as_ref()
+            .is_some_and(|r| !Arc::ptr_eq(&r.script, script))
+        {
+            *slot = None;
+        }
+        let result = slot
+            .get_or_insert_with(|| HookRuntime::new(script.clone()))
+            .call(scope, hook, args);
+        if result.is_err() {
+            // Whatever a failed call left half-done goes with it.
+            *slot = None;
+        }
+        result
+    })
 }
 
 fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
@@ -480,46 +536,7 @@ impl ConnectionHooks {
                 deadline: None,
             });
         });
-        let result = RUNTIME.with(|runtime| {
-            let mut runtime = runtime.borrow_mut();
-            if runtime
-                .as_ref()
-                .is_some_and(|r| !Arc::ptr_eq(&r.script, &self.script))
-            {
-                *runtime = None;
-            }
-            let runtime = runtime.get_or_insert_with(|| HookRuntime::new(self.script.clone()));
-            // Limits count per hook call.
-            runtime.global.num_operations = Default::default();
-            let result = EvalContext::new(
-                &self.script.engine,
-                &mut runtime.global,
-                &mut runtime.caches,
-                &mut self.scope,
-                None,
-            )
-            .call_fn_raw(hook, false, false, args);
-            if runtime.caches.fn_resolution_caches_len() > 0
-                && runtime.caches.fn_resolution_cache_mut().dict.len() > MAX_CACHED_RESOLUTIONS
-            {
-                runtime.caches = Caches::new();
-            }
-            match result {
-                Ok(value) => Ok(value),
-                // What `call_fn` does with these, too.
-                Err(err) => match *err {
-                    EvalAltResult::Exit(value, _) => Ok(value),
-                    EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == hook => {
-                        Err(inner)
-                    }
-                    _ => Err(err),
-                },
-            }
-        });
-        if result.is_err() {
-            // Whatever a failed call left half-done goes with it.
-            RUNTIME.with(|runtime| runtime.borrow_mut().take());
-        }
+        let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
         let call = CURRENT.with(|current| current.borrow_mut().take());
         let mut reply = call.map(|c| c.reply).unwrap_or_default();
         match result {
@@ -544,6 +561,14 @@ mod tests {
             ServerScript::from_source("t.rhai", source, &Limits::default(), Verbosity::Quiet)
                 .unwrap(),
         )
+    }
+
+    fn script_with_max_ops(source: &str, max_operations: u64) -> Arc<ServerScript> {
+        let limits = Limits {
+            max_operations,
+            ..Limits::default()
+        };
+        Arc::new(ServerScript::from_source("t.rhai", source, &limits, Verbosity::Quiet).unwrap())
     }
 
     fn sends(reply: &Reply) -> Vec<&[u8]> {
@@ -602,19 +627,7 @@ mod tests {
 
     #[test]
     fn a_runaway_hook_is_stopped_with_its_name() {
-        let limits = Limits {
-            max_operations: 10_000,
-            ..Limits::default()
-        };
-        let script = Arc::new(
-            ServerScript::from_source(
-                "t.rhai",
-                "fn on_message(m) { loop {} }",
-                &limits,
-                Verbosity::Quiet,
-            )
-            .unwrap(),
-        );
+        let script = script_with_max_ops("fn on_message(m) { loop {} }", 10_000);
         let err = script
             .connection("127.0.0.1:1".parse().unwrap())
             .on_message(b"x")
@@ -626,18 +639,9 @@ mod tests {
 
     #[test]
     fn the_operation_limit_counts_each_call_afresh() {
-        let limits = Limits {
-            max_operations: 2_000,
-            ..Limits::default()
-        };
-        let script = Arc::new(
-            ServerScript::from_source(
-                "t.rhai",
-                "fn on_message(m) { let n = 0; for i in 0..300 { n += i } n }",
-                &limits,
-                Verbosity::Quiet,
-            )
-            .unwrap(),
+        let script = script_with_max_ops(
+            "fn on_message(m) { let n = 0; for i in 0..300 { n += i } n }",
+            2_000,
         );
         let mut c = script.connection("127.0.0.1:1".parse().unwrap());
         for _ in 0..20 {
