@@ -7,7 +7,7 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Limits, Params};
 use crate::error::Error;
 
-pub fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
+pub(crate) fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
     let engine = engine::new_engine(&Limits::default(), Params::default(), None);
     let mut unreadable = 0;
     let mut broken = 0;

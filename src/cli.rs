@@ -8,20 +8,21 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::check;
 use crate::client::{ClientOptions, ClientScript};
 use crate::engine::Limits;
 use crate::error::Error;
 use crate::framing::Framing;
-use crate::hooks::ServerScript;
 use crate::load::{self, LoadOptions, Until};
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
 use crate::record::RecordOptions;
 use crate::report::{self, events::Events};
 use crate::runner::{self, ServerSettings, TestOptions};
+use crate::server::hooks::DEFAULT_MAX_OPERATIONS;
+use crate::server::hooks::ServerScript;
 use crate::server::{self, ServerOptions};
 use crate::transcript::SHOWN_ON_FAILURE;
 use crate::transcript::Verbosity;
-use crate::{check, hooks::DEFAULT_MAX_OPERATIONS};
 use serde_json::json;
 
 /// The tutorial's port, on loopback unless asked otherwise.
@@ -62,19 +63,19 @@ pub struct CommonArgs {
     /// What one message is: line, raw, delim:SEQ or len:u8|u16|u32[:be|le]
     /// [default: the script's FRAMING constant, else line]
     #[arg(long, value_name = "FRAMING")]
-    pub framing: Option<Framing>,
+    pub(crate) framing: Option<Framing>,
     /// Largest message accepted from the peer, e.g. 65536, 64KiB, 1MiB
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1MiB")]
-    pub max_frame: usize,
+    pub(crate) max_frame: usize,
     /// A parameter for the script's param("NAME"); repeatable
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_param)]
-    pub params: Vec<(String, String)>,
+    pub(crate) params: Vec<(String, String)>,
     /// Show the transcript: > sent, < received, with time offsets
     #[arg(short, long)]
-    pub verbose: bool,
+    pub(crate) verbose: bool,
     /// Print errors only
     #[arg(short, long, conflicts_with = "verbose")]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 impl CommonArgs {
@@ -90,92 +91,92 @@ impl CommonArgs {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Server script with on_connect / on_message / on_disconnect hooks
-    pub script: Option<PathBuf>,
+    pub(crate) script: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
-    pub listen: String,
+    pub(crate) listen: String,
     /// Without a script: reply to each message with itself
     #[arg(long, conflicts_with_all = ["script", "record"])]
-    pub echo: bool,
+    pub(crate) echo: bool,
     #[command(flatten)]
-    pub limits: ServerLimitArgs,
+    pub(crate) limits: ServerLimitArgs,
     #[command(flatten)]
-    pub record: RecordArgs,
+    pub(crate) record: RecordArgs,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// Conversation script: send, recv, expect, assert
-    pub script: Option<PathBuf>,
+    pub(crate) script: Option<PathBuf>,
     /// Address to connect to
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
-    pub connect: String,
+    pub(crate) connect: String,
     /// Longest wait for any one message (and for the connect)
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Keep retrying a refused connect for this long (a server still starting)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub connect_retry: Option<Duration>,
+    pub(crate) connect_retry: Option<Duration>,
     /// Operations the script may run in all (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = 0)]
-    pub max_ops: u64,
+    pub(crate) max_ops: u64,
     /// Write one JSON event per line on stdout (connect, sent, received, assertion, result)
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Load mode: this many virtual users run the conversation in a loop
     #[arg(long, value_name = "N", requires = "script")]
-    pub concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     /// Load mode: run for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "iterations", requires = "script")]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Load mode: run this many conversations in all
     #[arg(long, value_name = "M", requires = "script")]
-    pub iterations: Option<u64>,
+    pub(crate) iterations: Option<u64>,
     /// Load mode: start at most this many conversations per second
     #[arg(long, value_name = "PER_SECOND", requires = "script")]
-    pub rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     #[command(flatten)]
-    pub record: RecordArgs,
+    pub(crate) record: RecordArgs,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// Client scripts, or folders of them (their .rhai files, sorted)
     #[arg(required = true, value_name = "CLIENT")]
-    pub clients: Vec<PathBuf>,
+    pub(crate) clients: Vec<PathBuf>,
     /// Start this server script in-process on a free loopback port
     #[arg(long, value_name = "SCRIPT", conflicts_with = "connect")]
-    pub server: Option<PathBuf>,
+    pub(crate) server: Option<PathBuf>,
     /// Run against a server already listening here
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
-    pub connect: String,
+    pub(crate) connect: String,
     /// Cases run at once
     #[arg(short, long, value_name = "N", default_value_t = 1)]
-    pub jobs: usize,
+    pub(crate) jobs: usize,
     /// Write a JUnit XML report
     #[arg(long, value_name = "FILE")]
-    pub junit: Option<PathBuf>,
+    pub(crate) junit: Option<PathBuf>,
     /// Print a TAP version 13 report on stdout
     #[arg(long, conflicts_with = "json")]
-    pub tap: bool,
+    pub(crate) tap: bool,
     /// Print one JSON event per line on stdout
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Longest wait for any one message (and for the connect)
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Keep retrying a refused connect for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub connect_retry: Option<Duration>,
+    pub(crate) connect_retry: Option<Duration>,
     /// For the server script given with --server
     #[command(flatten)]
-    pub limits: ServerLimitArgs,
+    pub(crate) limits: ServerLimitArgs,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// What a server script's hooks and peers may do, for `server` and for the
@@ -184,13 +185,13 @@ pub struct TestArgs {
 pub struct ServerLimitArgs {
     /// Operations one hook call may run before it is stopped (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_OPERATIONS)]
-    pub max_ops: u64,
+    pub(crate) max_ops: u64,
     /// Wall-clock time one hook call may run before it is stopped
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
-    pub hook_timeout: Duration,
+    pub(crate) hook_timeout: Duration,
     /// Close a connection that sends nothing, or reads none of its replies, this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl ServerLimitArgs {
@@ -207,10 +208,10 @@ impl ServerLimitArgs {
 pub struct RecordArgs {
     /// Without a script: write the session to FILE as a script that replays it
     #[arg(long, value_name = "FILE", conflicts_with = "script")]
-    pub record: Option<PathBuf>,
+    pub(crate) record: Option<PathBuf>,
     /// With --record: keep every value literal (no patterns for numbers, ids, times)
     #[arg(long, requires = "record")]
-    pub record_exact: bool,
+    pub(crate) record_exact: bool,
 }
 
 impl RecordArgs {
@@ -226,10 +227,10 @@ impl RecordArgs {
 pub struct CheckArgs {
     /// Scripts to compile
     #[arg(required = true)]
-    pub scripts: Vec<PathBuf>,
+    pub(crate) scripts: Vec<PathBuf>,
     /// Print errors only
     #[arg(short, long)]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 impl Command {
@@ -399,7 +400,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
 }
 
 /// `5s`, `250ms`, `1m30s`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<f64>()
         && seconds.is_finite()
         && seconds >= 0.0
@@ -410,7 +411,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `65536`, `64KiB`, `64K`, `1MiB`, `1M`.
-pub fn parse_size(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit())

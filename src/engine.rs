@@ -21,13 +21,13 @@ use crate::report::events::TestEvents;
 /// Resource limits for script code. Rhai's own defaults differ between
 /// debug and release builds, so every one is set explicitly.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Operations per hook call (server) or per run (client); 0 = unlimited.
-    pub max_operations: u64,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    pub max_call_depth: usize,
+    pub(crate) max_operations: u64,
+    pub(crate) max_string_size: usize,
+    pub(crate) max_array_size: usize,
+    pub(crate) max_map_size: usize,
+    pub(crate) max_call_depth: usize,
 }
 
 impl Default for Limits {
@@ -45,22 +45,22 @@ impl Default for Limits {
 }
 
 /// `--set NAME=VALUE` parameters, read by `param()`.
-pub type Params = Arc<HashMap<String, String>>;
+pub(crate) type Params = Arc<HashMap<String, String>>;
 
 /// A compiled script and the text it came from, for error snippets.
 #[derive(Debug, Clone)]
-pub struct Script {
+pub(crate) struct Script {
     /// The path as the user wrote it: errors show it unchanged.
-    pub path: String,
-    pub source: String,
-    pub ast: Arc<AST>,
+    pub(crate) path: String,
+    pub(crate) source: String,
+    pub(crate) ast: Arc<AST>,
 }
 
 impl Script {
     /// The framing the script declares with `const FRAMING = "...";` at
     /// its top level. A constant is read without running the script, so a
     /// client knows it before connecting.
-    pub fn declared_framing(&self) -> Result<Option<Framing>, Error> {
+    pub(crate) fn declared_framing(&self) -> Result<Option<Framing>, Error> {
         let Some((_, _, value)) = self
             .ast
             .iter_literal_variables(true, false)
@@ -83,7 +83,7 @@ impl Script {
     }
 
     /// Whether the script defines `name` taking `arity` parameters.
-    pub fn has_fn(&self, name: &str, arity: usize) -> bool {
+    pub(crate) fn has_fn(&self, name: &str, arity: usize) -> bool {
         self.ast
             .iter_functions()
             .any(|f| f.name == name && f.params.len() == arity)
@@ -119,17 +119,17 @@ impl Script {
 /// function. It travels through Rhai as the value of a runtime error, so a
 /// script may catch it, and is told apart from script bugs when it escapes.
 #[derive(Debug, Clone)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-    pub expected: Option<String>,
-    pub actual: Option<String>,
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+    pub(crate) expected: Option<String>,
+    pub(crate) actual: Option<String>,
     /// A line diff, when both sides are multi-line text.
-    pub diff: Vec<String>,
+    pub(crate) diff: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// Exit code 1: a wrong reply, a timeout, an unexpected close.
     Expectation,
     /// Exit code 4: reset, broken pipe.
@@ -141,7 +141,7 @@ pub enum FailureKind {
 }
 
 impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Failure {
             kind,
             message: message.into(),
@@ -151,15 +151,15 @@ impl Failure {
         }
     }
 
-    pub fn expectation(message: impl Into<String>) -> Self {
+    pub(crate) fn expectation(message: impl Into<String>) -> Self {
         Failure::new(FailureKind::Expectation, message)
     }
 
-    pub fn script(message: impl Into<String>) -> Self {
+    pub(crate) fn script(message: impl Into<String>) -> Self {
         Failure::new(FailureKind::Script, message)
     }
 
-    pub fn with_values(mut self, expected: String, actual: String) -> Self {
+    pub(crate) fn with_values(mut self, expected: String, actual: String) -> Self {
         self.expected = Some(expected);
         self.actual = Some(actual);
         self
@@ -175,11 +175,11 @@ impl From<Failure> for Box<EvalAltResult> {
     }
 }
 
-pub type NativeResult<T> = Result<T, Box<EvalAltResult>>;
+pub(crate) type NativeResult<T> = Result<T, Box<EvalAltResult>>;
 
 /// An engine with limits set, `eval` refused, and the functions that every
 /// script has whatever its role.
-pub fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) -> Engine {
+pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) -> Engine {
     let mut engine = Engine::new();
     engine.disable_symbol("eval");
     // Interning every computed string (`${i}` in a loop) fills Rhai's
@@ -386,7 +386,7 @@ fn compile_regex(pattern: &str) -> NativeResult<regex::Regex> {
 }
 
 /// Reports an assertion to `--json`, whose events ride on the engine's tag.
-pub fn note_assertion(ctx: &NativeCallContext, function: &str, ok: bool) {
+pub(crate) fn note_assertion(ctx: &NativeCallContext, function: &str, ok: bool) {
     if let Some(events) = ctx.tag().and_then(|tag| tag.read_lock::<TestEvents>()) {
         events.emit(
             "assertion",
@@ -525,7 +525,7 @@ fn typed_like(name: &str, value: &str, default: &Dynamic) -> NativeResult<Dynami
 
 /// Reads and compiles `path`. An unreadable file is a usage error; a
 /// syntax error is a script error pointing at the offending token.
-pub fn compile(engine: &Engine, path: &Path) -> Result<Script, Error> {
+pub(crate) fn compile(engine: &Engine, path: &Path) -> Result<Script, Error> {
     let display = path.display().to_string();
     let source = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
         path: display.clone(),
@@ -534,7 +534,11 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<Script, Error> {
     compile_source(engine, display, source)
 }
 
-pub fn compile_source(engine: &Engine, path: String, source: String) -> Result<Script, Error> {
+pub(crate) fn compile_source(
+    engine: &Engine,
+    path: String,
+    source: String,
+) -> Result<Script, Error> {
     let mut script = Script {
         path,
         source,
@@ -557,7 +561,7 @@ pub fn compile_source(engine: &Engine, path: String, source: String) -> Result<S
 /// Turns an error out of script code into an [`Error`] with the innermost
 /// position Rhai knows. `context` names what was running (a hook) for the
 /// errors that carry no position, such as limits.
-pub fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&str>) -> Error {
+pub(crate) fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&str>) -> Error {
     let mut notes = Vec::new();
     let mut file = script.path.clone();
     let mut position = Position::NONE;

@@ -10,13 +10,9 @@ use std::str::FromStr;
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
-/// Default for `--max-frame`: large enough for any test conversation,
-/// small enough that a hostile peer cannot make us buffer much.
-pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
-
 /// How the byte stream is cut into messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// Bytes up to `\n`, a trailing `\r` dropped; sends add `\n`.
     Line,
     /// Whatever one read returns is one message; sends add nothing.
@@ -29,7 +25,7 @@ pub enum Framing {
 
 /// Width of a length prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LenWidth {
+pub(crate) enum LenWidth {
     U8,
     U16,
     U32,
@@ -55,7 +51,7 @@ impl LenWidth {
 
 /// Why a stream could not be framed. Each ends only the connection it came from.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     #[error("message of {size} bytes is larger than --max-frame ({max} bytes)")]
     TooLarge { size: usize, max: usize },
     #[error("connection closed in the middle of a message ({pending} bytes pending)")]
@@ -185,12 +181,12 @@ fn escape(bytes: &[u8]) -> String {
 
 /// Where one message lies at the front of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// The message is `buf[start..end]`; before it, a length prefix.
-    pub start: usize,
-    pub end: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     /// Bytes the message takes in the buffer, framing included.
-    pub consumed: usize,
+    pub(crate) consumed: usize,
 }
 
 impl Frame {
@@ -203,12 +199,12 @@ impl Frame {
     }
 
     /// The message's bytes in `buf`.
-    pub fn message<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+    pub(crate) fn message<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         &buf[self.start..self.end]
     }
 
     /// Drops the message and its framing from the front of `buf`.
-    pub fn consume(&self, buf: &mut BytesMut) {
+    pub(crate) fn consume(&self, buf: &mut BytesMut) {
         buf.advance(self.consumed);
     }
 
@@ -224,7 +220,7 @@ impl Frame {
 /// Cuts messages out of a byte buffer. One per connection: it remembers how
 /// far it already searched so a long message arriving in pieces is scanned once.
 #[derive(Debug, Clone)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     framing: Framing,
     max_frame: usize,
     /// Bytes at the front of the buffer already known to hold no delimiter.
@@ -232,7 +228,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(framing: Framing, max_frame: usize) -> Self {
+    pub(crate) fn new(framing: Framing, max_frame: usize) -> Self {
         Decoder {
             framing,
             max_frame,
@@ -240,25 +236,21 @@ impl Decoder {
         }
     }
 
-    pub fn framing(&self) -> &Framing {
-        &self.framing
-    }
-
     /// The next complete message in `buf`, removing it from `buf`.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         Ok(self.next_frame(buf)?.map(|frame| frame.take(buf)))
     }
 
     /// What is left in `buf` once the peer has closed its side: the last
     /// line or delimited message may lack its terminator, as with `nc`.
-    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    pub(crate) fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         Ok(self.last_frame(buf)?.map(|frame| frame.take(buf)))
     }
 
     /// Where the next complete message in `buf` lies, leaving `buf` as it
     /// is: a server hands the bytes to its hook straight from the buffer,
     /// then drops them with [`Frame::consume`].
-    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    pub(crate) fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         match &self.framing {
             Framing::Raw => {
                 if buf.is_empty() {
@@ -333,7 +325,7 @@ impl Decoder {
     }
 
     /// Like [`Decoder::next_frame`], once the peer has closed its side.
-    pub fn last_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    pub(crate) fn last_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         if let Some(frame) = self.next_frame(buf)? {
             return Ok(Some(frame));
         }
@@ -393,7 +385,11 @@ impl Decoder {
 }
 
 /// Appends `message`, framed, to `out`.
-pub fn encode(framing: &Framing, message: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub(crate) fn encode(
+    framing: &Framing,
+    message: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     match framing {
         Framing::Line => {
             out.extend_from_slice(message);
@@ -427,6 +423,8 @@ pub fn encode(framing: &Framing, message: &[u8], out: &mut Vec<u8>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 
     fn decode_all(framing: &str, input: &[u8]) -> Vec<Vec<u8>> {
         let mut decoder = Decoder::new(framing.parse().unwrap(), DEFAULT_MAX_FRAME);

@@ -20,18 +20,18 @@ use crate::report::diagnostic_of;
 use crate::transcript::{SHOWN_ON_FAILURE, Verbosity};
 
 #[derive(Debug, Clone)]
-pub struct LoadOptions {
-    pub client: ClientOptions,
+pub(crate) struct LoadOptions {
+    pub(crate) client: ClientOptions,
     /// Virtual users, each running conversations one after another.
-    pub concurrency: usize,
-    pub until: Until,
+    pub(crate) concurrency: usize,
+    pub(crate) until: Until,
     /// New conversations per second across all users; `None`: as fast as they go.
-    pub rate: Option<f64>,
-    pub json: bool,
+    pub(crate) rate: Option<f64>,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Until {
+pub(crate) enum Until {
     Elapsed(Duration),
     Iterations(u64),
 }
@@ -117,7 +117,7 @@ impl Pace {
     }
 }
 
-pub fn run(options: &LoadOptions) -> Result<(), Error> {
+pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     let client = ClientOptions {
         verbosity: Verbosity::Quiet,
         ..options.client.clone()
@@ -127,7 +127,7 @@ pub fn run(options: &LoadOptions) -> Result<(), Error> {
     for _ in 0..options.concurrency.max(1) {
         scripts.push(ClientScript::load(&client)?);
     }
-    crate::server::raise_open_file_limit();
+    crate::net::raise_open_file_limit();
     let pace = Arc::new(Pace {
         started: Instant::now(),
         until: options.until,

@@ -5,17 +5,17 @@
 //! (see `record`).
 
 use std::io::{self, BufRead, Write};
-use std::net::TcpListener;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::connection::{Connection, FrameReader, Received, RecvError, resolve};
+use crate::client::connection::{Connection, FrameReader, Received, RecvError};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
+use crate::net;
 use crate::record::{ClientRecorder, RecordOptions, ServerRecorder};
 use crate::transcript::Verbosity;
 
@@ -23,15 +23,15 @@ use crate::transcript::Verbosity;
 const EXIT_WORD: &str = "exit";
 
 #[derive(Debug, Clone)]
-pub struct ManualClientOptions {
-    pub connect: String,
-    pub timeout: Duration,
-    pub connect_retry: Option<Duration>,
-    pub framing: Framing,
-    pub max_frame: usize,
-    pub verbosity: Verbosity,
+pub(crate) struct ManualClientOptions {
+    pub(crate) connect: String,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_retry: Option<Duration>,
+    pub(crate) framing: Framing,
+    pub(crate) max_frame: usize,
+    pub(crate) verbosity: Verbosity,
     /// `--record FILE`: write the session down as a script.
-    pub record: Option<RecordOptions>,
+    pub(crate) record: Option<RecordOptions>,
 }
 
 /// While recording, how long the peer must stay quiet before what came back
@@ -132,7 +132,7 @@ impl Arrivals {
 /// (up to `--timeout`) before sending the next line, so piped input keeps
 /// the rhythm of a typed session even with `raw` framing. Messages that
 /// arrive at other times, such as a greeting, are printed as they come.
-pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
+pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
     let recorder = match &options.record {
         Some(record) => Some(ClientRecorder::start(
             record,
@@ -267,20 +267,20 @@ pub fn client(options: &ManualClientOptions) -> Result<(), Error> {
 }
 
 #[derive(Debug, Clone)]
-pub struct ManualServerOptions {
-    pub listen: String,
-    pub framing: Framing,
-    pub max_frame: usize,
-    pub verbosity: Verbosity,
+pub(crate) struct ManualServerOptions {
+    pub(crate) listen: String,
+    pub(crate) framing: Framing,
+    pub(crate) max_frame: usize,
+    pub(crate) verbosity: Verbosity,
     /// `--record FILE`: write the session down as a server script.
-    pub record: Option<RecordOptions>,
+    pub(crate) record: Option<RecordOptions>,
 }
 
 /// Serves one client after another, as the tutorial does. Each received
 /// message is printed with the peer's address and answered with the next
 /// line of stdin; answering `exit` closes that client, and the end of
 /// stdin ends the server.
-pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
+pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
     let mut recorder = match &options.record {
         Some(record) => Some(ServerRecorder::start(
             record,
@@ -289,17 +289,7 @@ pub fn server(options: &ManualServerOptions) -> Result<(), Error> {
         )?),
         None => None,
     };
-    let mut bound = Err(io::Error::other("no address"));
-    for addr in resolve(&options.listen)? {
-        bound = TcpListener::bind(addr);
-        if bound.is_ok() {
-            break;
-        }
-    }
-    let listener = bound.map_err(|source| Error::Bind {
-        addr: options.listen.clone(),
-        source,
-    })?;
+    let listener = net::bind_blocking(&options.listen)?;
     let local = listener.local_addr().map_err(|source| Error::Bind {
         addr: options.listen.clone(),
         source,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rhai::{Blob, Dynamic, ImmutableString};
 
 /// The value a script sees for `bytes`.
-pub fn to_dynamic(bytes: &[u8]) -> Dynamic {
+pub(crate) fn to_dynamic(bytes: &[u8]) -> Dynamic {
     match std::str::from_utf8(bytes) {
         // Straight into Rhai's string type: short messages stay inline,
         // with no intermediate `String`.
@@ -25,7 +25,7 @@ const KEEP_TEXT_CAPACITY: usize = 512;
 /// Like [`to_dynamic`], but writes a text message into `spare` when the
 /// script kept no reference to the previous one, so a connection's stream
 /// of messages reuses one allocation instead of making two per message.
-pub fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> Dynamic {
+pub(crate) fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> Dynamic {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Dynamic::from_blob(bytes.to_vec());
     };
@@ -47,31 +47,23 @@ pub fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> Dynamic 
 /// sending it copies the bytes once, straight into the connection's
 /// write buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     Text(ImmutableString),
     Bytes(Bytes),
 }
 
 impl Outgoing {
     /// Strings and blobs as they are; other values by their printed form.
-    pub fn from_value(value: Dynamic) -> Self {
+    pub(crate) fn from_value(value: Dynamic) -> Self {
         if value.is_string() {
             return Outgoing::Text(value.into_immutable_string().unwrap_or_default());
         }
         Outgoing::Bytes(to_bytes(value))
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             Outgoing::Text(text) => text.as_bytes(),
-            Outgoing::Bytes(bytes) => bytes,
-        }
-    }
-
-    /// A shareable copy, for a broadcast to many connections.
-    pub fn into_bytes(self) -> Bytes {
-        match self {
-            Outgoing::Text(text) => Bytes::from_owner(StringBytes(text)),
             Outgoing::Bytes(bytes) => bytes,
         }
     }
@@ -94,7 +86,7 @@ impl AsRef<[u8]> for StringBytes {
 
 /// The bytes to send for a script value: strings as UTF-8, blobs as they
 /// are, anything else (numbers, booleans) as its printed form.
-pub fn to_bytes(value: Dynamic) -> Bytes {
+pub(crate) fn to_bytes(value: Dynamic) -> Bytes {
     if value.is_string() {
         let text = value.into_immutable_string().unwrap_or_default();
         return Bytes::from_owner(StringBytes(text));
@@ -106,7 +98,7 @@ pub fn to_bytes(value: Dynamic) -> Bytes {
 }
 
 /// Lowercase hex digits, two per byte.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
@@ -117,7 +109,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Bytes from hex digits; whitespace between byte pairs is allowed.
-pub fn unhex(text: &str) -> Result<Blob, String> {
+pub(crate) fn unhex(text: &str) -> Result<Blob, String> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if !digits.len().is_multiple_of(2) {
         return Err(format!("unhex: odd number of hex digits in {text:?}"));
@@ -145,18 +137,18 @@ fn as_text(bytes: &[u8]) -> Option<&str> {
 }
 
 /// Whether a message reads as text (see [`display`]).
-pub fn is_text(bytes: &[u8]) -> bool {
+pub(crate) fn is_text(bytes: &[u8]) -> bool {
     as_text(bytes).is_some()
 }
 
 /// The hex view, whatever the bytes: used for both sides of a comparison
 /// as soon as either one is binary, so they line up.
-pub fn display_hex(bytes: &[u8]) -> String {
+pub(crate) fn display_hex(bytes: &[u8]) -> String {
     format!("<{}: {}>", byte_count(bytes.len()), spaced_hex(bytes))
 }
 
 /// How a message is shown to a person: text quoted with escapes, binary as hex.
-pub fn display(bytes: &[u8]) -> String {
+pub(crate) fn display(bytes: &[u8]) -> String {
     match as_text(bytes) {
         Some(text) => format!("{text:?}"),
         None => format!("<{}: {}>", byte_count(bytes.len()), spaced_hex(bytes)),
@@ -164,7 +156,7 @@ pub fn display(bytes: &[u8]) -> String {
 }
 
 /// How a script value is shown in an expected/actual comparison.
-pub fn display_value(value: &Dynamic) -> String {
+pub(crate) fn display_value(value: &Dynamic) -> String {
     if let Ok(text) = value.as_immutable_string_ref() {
         return display(text.as_bytes());
     }
@@ -178,7 +170,7 @@ pub fn display_value(value: &Dynamic) -> String {
 }
 
 /// The transcript form: text as it is (control characters escaped), binary as hex.
-pub fn display_line(bytes: &[u8]) -> String {
+pub(crate) fn display_line(bytes: &[u8]) -> String {
     match as_text(bytes) {
         Some(text) => text
             .chars()

@@ -22,10 +22,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-pub use client_script::ClientRecording;
-pub use generalise::{generalise, shape};
-pub use literal::{regex_literal, rhai_bytes, rhai_string};
-pub use server_script::ServerRecording;
+pub(crate) use client_script::ClientRecording;
+pub(crate) use literal::rhai_string;
+pub(crate) use server_script::ServerRecording;
 
 use crate::error::Error;
 use crate::framing::Framing;
@@ -33,10 +32,10 @@ use crate::transcript::Verbosity;
 
 /// `--record FILE` and `--record-exact`.
 #[derive(Debug, Clone)]
-pub struct RecordOptions {
-    pub path: PathBuf,
+pub(crate) struct RecordOptions {
+    pub(crate) path: PathBuf,
     /// Assert and match every value literally: no patterns.
-    pub exact: bool,
+    pub(crate) exact: bool,
 }
 
 /// The opening comment every recording has: what, when, where, and how to
@@ -155,13 +154,17 @@ impl Drop for RecordFile {
 
 /// Records a manual client session into its file.
 #[derive(Debug)]
-pub struct ClientRecorder {
+pub(crate) struct ClientRecorder {
     file: RecordFile,
     recording: ClientRecording,
 }
 
 impl ClientRecorder {
-    pub fn start(options: &RecordOptions, connect: &str, framing: &Framing) -> Result<Self, Error> {
+    pub(crate) fn start(
+        options: &RecordOptions,
+        connect: &str,
+        framing: &Framing,
+    ) -> Result<Self, Error> {
         Ok(ClientRecorder {
             file: RecordFile::create(&options.path)?,
             recording: ClientRecording::new(
@@ -174,36 +177,36 @@ impl ClientRecorder {
         })
     }
 
-    pub fn connected(&mut self, peer: SocketAddr) {
+    pub(crate) fn connected(&mut self, peer: SocketAddr) {
         self.recording.connected(peer.to_string());
         self.checkpoint();
     }
 
-    pub fn sent(&mut self, message: &[u8]) {
+    pub(crate) fn sent(&mut self, message: &[u8]) {
         self.recording.sent(message);
     }
 
-    pub fn received(&mut self, message: Bytes) {
+    pub(crate) fn received(&mut self, message: Bytes) {
         self.recording.received(message);
     }
 
-    pub fn input_ended(&mut self) {
+    pub(crate) fn input_ended(&mut self) {
         self.recording.input_ended();
     }
 
-    pub fn closed(&mut self) {
+    pub(crate) fn closed(&mut self) {
         self.recording.closed();
     }
 
-    pub fn failed(&mut self, error: &str) {
+    pub(crate) fn failed(&mut self, error: &str) {
         self.recording.failed(error.to_string());
     }
 
-    pub fn checkpoint(&mut self) {
+    pub(crate) fn checkpoint(&mut self) {
         self.file.checkpoint(&self.recording.script());
     }
 
-    pub fn finish(self, verbosity: Verbosity) -> Result<(), Error> {
+    pub(crate) fn finish(self, verbosity: Verbosity) -> Result<(), Error> {
         self.file.finish(
             &self.recording.script(),
             self.recording.exchanges(),
@@ -214,13 +217,17 @@ impl ClientRecorder {
 
 /// Records a manual server session into its file.
 #[derive(Debug)]
-pub struct ServerRecorder {
+pub(crate) struct ServerRecorder {
     file: RecordFile,
     recording: ServerRecording,
 }
 
 impl ServerRecorder {
-    pub fn start(options: &RecordOptions, listen: &str, framing: &Framing) -> Result<Self, Error> {
+    pub(crate) fn start(
+        options: &RecordOptions,
+        listen: &str,
+        framing: &Framing,
+    ) -> Result<Self, Error> {
         Ok(ServerRecorder {
             file: RecordFile::create(&options.path)?,
             recording: ServerRecording::new(
@@ -233,25 +240,25 @@ impl ServerRecorder {
         })
     }
 
-    pub fn listening(&mut self, local: SocketAddr) {
+    pub(crate) fn listening(&mut self, local: SocketAddr) {
         self.recording.listening(local.to_string());
         self.file.checkpoint(&self.recording.script());
     }
 
-    pub fn connected(&mut self, peer: SocketAddr) {
+    pub(crate) fn connected(&mut self, peer: SocketAddr) {
         self.recording.connected(peer.to_string());
     }
 
-    pub fn message(&mut self, message: &[u8]) {
+    pub(crate) fn message(&mut self, message: &[u8]) {
         self.recording.message(message);
     }
 
-    pub fn replied(&mut self, reply: &str) {
+    pub(crate) fn replied(&mut self, reply: &str) {
         self.recording.replied(reply);
         self.file.checkpoint(&self.recording.script());
     }
 
-    pub fn finish(self, verbosity: Verbosity) -> Result<(), Error> {
+    pub(crate) fn finish(self, verbosity: Verbosity) -> Result<(), Error> {
         self.file.finish(
             &self.recording.script(),
             self.recording.exchanges(),

@@ -11,9 +11,9 @@ use serde_json::json;
 
 use crate::client::{ClientOptions, ClientScript};
 use crate::error::{Error, exit};
-use crate::hooks::ServerScript;
 use crate::report::events::Events;
 use crate::report::{self, CaseResult, Outcome};
+use crate::server::hooks::ServerScript;
 use crate::server::{self, ServerOptions};
 use crate::transcript::Verbosity;
 
@@ -21,28 +21,28 @@ use crate::transcript::Verbosity;
 const KEPT_FOR_REPORTS: usize = 1000;
 
 #[derive(Debug, Clone)]
-pub struct TestOptions {
+pub(crate) struct TestOptions {
     /// Client scripts, or folders of them.
-    pub clients: Vec<PathBuf>,
+    pub(crate) clients: Vec<PathBuf>,
     /// How every case connects: `connect` is ignored when a server is given.
-    pub client: ClientOptions,
+    pub(crate) client: ClientOptions,
     /// A server script to start in-process, with its options.
-    pub server: Option<(PathBuf, ServerSettings)>,
-    pub jobs: usize,
-    pub junit: Option<PathBuf>,
-    pub tap: bool,
-    pub json: bool,
+    pub(crate) server: Option<(PathBuf, ServerSettings)>,
+    pub(crate) jobs: usize,
+    pub(crate) junit: Option<PathBuf>,
+    pub(crate) tap: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub limits: crate::engine::Limits,
-    pub hook_timeout: Duration,
-    pub idle_timeout: Option<Duration>,
+pub(crate) struct ServerSettings {
+    pub(crate) limits: crate::engine::Limits,
+    pub(crate) hook_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// Runs every case; `Ok` only when all passed.
-pub fn run(options: TestOptions) -> Result<(), Error> {
+pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
     let cases = collect(&options.clients)?;
     let started = Instant::now();
     let verbosity = options.client.verbosity;

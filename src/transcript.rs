@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 /// How much a command prints to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
+pub(crate) enum Verbosity {
     /// `-q`: errors only.
     Quiet,
     /// Errors, `log()` output and summaries.
@@ -19,7 +19,7 @@ pub enum Verbosity {
 }
 
 impl Verbosity {
-    pub fn from_flags(verbose: u8, quiet: bool) -> Self {
+    pub(crate) fn from_flags(verbose: u8, quiet: bool) -> Self {
         match (quiet, verbose) {
             (true, _) => Verbosity::Quiet,
             (false, 0) => Verbosity::Normal,
@@ -29,7 +29,7 @@ impl Verbosity {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     Sent,
     Received,
 }
@@ -44,7 +44,7 @@ impl Direction {
 }
 
 /// How many messages a failure report shows.
-pub const SHOWN_ON_FAILURE: usize = 8;
+pub(crate) const SHOWN_ON_FAILURE: usize = 8;
 
 /// Bytes of each message a server keeps for its error reports.
 const HEAD: usize = 48;
@@ -178,7 +178,7 @@ impl HeadRing {
 
 /// The recent messages of one conversation.
 #[derive(Debug)]
-pub struct Transcript {
+pub(crate) struct Transcript {
     start: Instant,
     verbosity: Verbosity,
     /// Shown before each live line, e.g. the peer's address on a server.
@@ -197,7 +197,7 @@ pub struct Transcript {
 impl Transcript {
     /// A server connection's transcript: the last few messages, each cut
     /// to its first bytes.
-    pub fn new(verbosity: Verbosity, prefix: String) -> Self {
+    pub(crate) fn new(verbosity: Verbosity, prefix: String) -> Self {
         Transcript {
             whole: false,
             ..Self::keeping(SHOWN_ON_FAILURE, verbosity, prefix)
@@ -205,7 +205,7 @@ impl Transcript {
     }
 
     /// A transcript that keeps the last `keep` messages.
-    pub fn keeping(keep: usize, verbosity: Verbosity, prefix: String) -> Self {
+    pub(crate) fn keeping(keep: usize, verbosity: Verbosity, prefix: String) -> Self {
         Transcript {
             start: Instant::now(),
             verbosity,
@@ -219,7 +219,7 @@ impl Transcript {
     }
 
     /// Records a message (servers: only its first bytes are kept).
-    pub fn record(&mut self, direction: Direction, bytes: &[u8]) {
+    pub(crate) fn record(&mut self, direction: Direction, bytes: &[u8]) {
         if !self.whole && self.verbosity != Verbosity::Verbose {
             let ring = self.ring.get_or_insert_with(|| Box::new(HeadRing::new()));
             if ring.record(direction, bytes) {
@@ -236,7 +236,12 @@ impl Transcript {
     }
 
     /// Records a message of the connection called `label`, sharing its bytes.
-    pub fn record_on(&mut self, label: Option<&Arc<str>>, direction: Direction, bytes: &Bytes) {
+    pub(crate) fn record_on(
+        &mut self,
+        label: Option<&Arc<str>>,
+        direction: Direction,
+        bytes: &Bytes,
+    ) {
         let kept = if self.whole {
             Kept::Whole(bytes.clone())
         } else {
@@ -264,28 +269,24 @@ impl Transcript {
     }
 
     /// A line of the script's own output (`log()`), with the same prefix.
-    pub fn log(&self, text: &str) {
+    pub(crate) fn log(&self, text: &str) {
         if self.verbosity >= Verbosity::Normal {
             anstream::eprintln!("{}{} {text}", self.prefix, self.offset());
         }
     }
 
     /// Time since the conversation began, as `+1.234s`.
-    pub fn offset(&self) -> String {
+    pub(crate) fn offset(&self) -> String {
         format!("+{:.3}s", self.start.elapsed().as_secs_f64())
     }
 
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
     /// The last messages, formatted as `-v` shows them.
-    pub fn recent(&self) -> Vec<String> {
+    pub(crate) fn recent(&self) -> Vec<String> {
         self.tail(SHOWN_ON_FAILURE)
     }
 
     /// The last `n` messages, formatted.
-    pub fn tail(&self, n: usize) -> Vec<String> {
+    pub(crate) fn tail(&self, n: usize) -> Vec<String> {
         if let Some(ring) = &self.ring {
             let skip = ring.filled.saturating_sub(n);
             return ring.entries().skip(skip).map(|e| e.format()).collect();
@@ -295,7 +296,7 @@ impl Transcript {
     }
 
     /// Every kept message, preceded by a note of those no longer kept.
-    pub fn all(&self) -> Vec<String> {
+    pub(crate) fn all(&self) -> Vec<String> {
         let mut lines = Vec::with_capacity(self.recent.len() + 1);
         if self.dropped > 0 {
             lines.push(format!("… {} earlier messages not kept", self.dropped));

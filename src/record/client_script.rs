@@ -22,7 +22,7 @@ enum Event {
 
 /// A manual client session as it happens.
 #[derive(Debug, Clone)]
-pub struct ClientRecording {
+pub(crate) struct ClientRecording {
     header: Header,
     /// `--connect` as the user wrote it, for the replay command.
     connect: String,
@@ -41,7 +41,7 @@ struct Block<'a> {
 }
 
 impl ClientRecording {
-    pub fn new(
+    pub(crate) fn new(
         file: String,
         started: SystemTime,
         connect: &str,
@@ -59,37 +59,37 @@ impl ClientRecording {
         }
     }
 
-    pub fn connected(&mut self, peer: String) {
+    pub(crate) fn connected(&mut self, peer: String) {
         self.peer = Some(peer);
     }
 
-    pub fn sent(&mut self, message: &[u8]) {
+    pub(crate) fn sent(&mut self, message: &[u8]) {
         self.events
             .push(Event::Sent(Bytes::copy_from_slice(message)));
     }
 
-    pub fn received(&mut self, message: Bytes) {
+    pub(crate) fn received(&mut self, message: Bytes) {
         self.events.push(Event::Received(message));
     }
 
-    pub fn input_ended(&mut self) {
+    pub(crate) fn input_ended(&mut self) {
         if !self.events.contains(&Event::InputEnded) {
             self.events.push(Event::InputEnded);
         }
     }
 
-    pub fn closed(&mut self) {
+    pub(crate) fn closed(&mut self) {
         if !self.events.contains(&Event::Closed) {
             self.events.push(Event::Closed);
         }
     }
 
-    pub fn failed(&mut self, error: String) {
+    pub(crate) fn failed(&mut self, error: String) {
         self.error.get_or_insert(error);
     }
 
     /// Messages sent so far.
-    pub fn exchanges(&self) -> usize {
+    pub(crate) fn exchanges(&self) -> usize {
         self.events
             .iter()
             .filter(|e| matches!(e, Event::Sent(_)))
@@ -98,7 +98,7 @@ impl ClientRecording {
 
     /// The script: a header, then one block per line sent with the
     /// assertions on what came back, then how the session ended.
-    pub fn script(&self) -> String {
+    pub(crate) fn script(&self) -> String {
         let mut out = String::new();
         let target = self.peer.as_deref().unwrap_or(&self.connect);
         self.header.push(

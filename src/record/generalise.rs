@@ -176,7 +176,7 @@ fn kept_ranges(text: &str, keep: Option<&str>) -> Vec<Range<usize>> {
 /// value replaced by a pattern for its kind, or `None` when nothing in
 /// `text` looks variable. `keep` is text to leave literal wherever it
 /// appears as whole words (what the client just sent).
-pub fn generalise(text: &str, keep: Option<&str>) -> Option<String> {
+pub(crate) fn generalise(text: &str, keep: Option<&str>) -> Option<String> {
     let kept = kept_ranges(text, keep);
     let mut pattern = String::from("^");
     let mut literal_from = 0;
@@ -220,7 +220,7 @@ pub fn generalise(text: &str, keep: Option<&str>) -> Option<String> {
 /// `text` with every run of ASCII digits written `#`. The recorded server
 /// script computes the same in Rhai (`shape(msg)`) to answer messages that
 /// differ only in their numbers.
-pub fn shape(text: &str) -> String {
+pub(crate) fn shape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_number = false;
     for c in text.chars() {

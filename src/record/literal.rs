@@ -8,7 +8,7 @@ use crate::message;
 /// `text` as a double-quoted Rhai string literal that evaluates to exactly
 /// `text`. Control and invisible characters are escaped so that the script
 /// shows them and stays one line per statement.
-pub fn rhai_string(text: &str) -> String {
+pub(crate) fn rhai_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {
@@ -51,7 +51,7 @@ fn invisible(c: char) -> bool {
 
 /// A Rhai expression for a message: a string literal when the bytes are
 /// UTF-8 (scripts receive those as strings), else an `unhex("…")` blob.
-pub fn rhai_bytes(bytes: &[u8]) -> String {
+pub(crate) fn rhai_bytes(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) => rhai_string(text),
         Err(_) => format!("unhex(\"{}\")", message::hex(bytes)),
@@ -61,7 +61,7 @@ pub fn rhai_bytes(bytes: &[u8]) -> String {
 /// `text` as a regex that matches exactly `text`. Unlike `regex::escape`,
 /// it leaves `#`, `-`, `&` and `~` alone (they are only special in verbose
 /// mode or inside a class), so recorded patterns stay readable.
-pub fn regex_literal(text: &str) -> String {
+pub(crate) fn regex_literal(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(

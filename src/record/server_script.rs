@@ -23,7 +23,7 @@ const EXIT_WORD: &str = "exit";
 
 /// A manual server session as it happens.
 #[derive(Debug, Clone)]
-pub struct ServerRecording {
+pub(crate) struct ServerRecording {
     header: Header,
     /// `--listen` as the user wrote it, for the replay command.
     listen: String,
@@ -59,7 +59,7 @@ struct Entry {
 }
 
 impl ServerRecording {
-    pub fn new(
+    pub(crate) fn new(
         file: String,
         started: SystemTime,
         listen: &str,
@@ -76,18 +76,18 @@ impl ServerRecording {
         }
     }
 
-    pub fn listening(&mut self, local: String) {
+    pub(crate) fn listening(&mut self, local: String) {
         self.local = Some(local);
     }
 
-    pub fn connected(&mut self, peer: String) {
+    pub(crate) fn connected(&mut self, peer: String) {
         self.connections.push(Connection {
             peer,
             exchanges: Vec::new(),
         });
     }
 
-    pub fn message(&mut self, message: &[u8]) {
+    pub(crate) fn message(&mut self, message: &[u8]) {
         if let Some(connection) = self.connections.last_mut() {
             connection
                 .exchanges
@@ -95,7 +95,7 @@ impl ServerRecording {
         }
     }
 
-    pub fn replied(&mut self, reply: &str) {
+    pub(crate) fn replied(&mut self, reply: &str) {
         if let Some((_, answer)) = self
             .connections
             .last_mut()
@@ -106,7 +106,7 @@ impl ServerRecording {
     }
 
     /// Messages answered so far.
-    pub fn exchanges(&self) -> usize {
+    pub(crate) fn exchanges(&self) -> usize {
         self.answered().count()
     }
 
@@ -184,7 +184,7 @@ impl ServerRecording {
         entries
     }
 
-    pub fn script(&self) -> String {
+    pub(crate) fn script(&self) -> String {
         let mut out = String::new();
         let local = self.local.as_deref().unwrap_or(&self.listen);
         let answered = self.exchanges();
@@ -408,7 +408,7 @@ fn shape(msg) {
 mod tests {
     use super::*;
     use crate::engine::Limits;
-    use crate::hooks::{Action, ServerScript};
+    use crate::server::hooks::{Action, ServerScript};
     use crate::transcript::Verbosity;
     use std::sync::Arc;
     use std::time::UNIX_EPOCH;

@@ -9,17 +9,17 @@ use serde_json::{Map, Value, json};
 
 /// Where events go, shared by every test of a run.
 #[derive(Clone)]
-pub struct Events {
+pub(crate) struct Events {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     start: Instant,
 }
 
 impl Events {
-    pub fn to_stdout() -> Self {
+    pub(crate) fn to_stdout() -> Self {
         Self::to_writer(Box::new(std::io::stdout()))
     }
 
-    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn to_writer(out: Box<dyn Write + Send>) -> Self {
         Events {
             out: Arc::new(Mutex::new(out)),
             start: Instant::now(),
@@ -27,7 +27,7 @@ impl Events {
     }
 
     /// The events of one test case.
-    pub fn for_test(&self, test: &str) -> TestEvents {
+    pub(crate) fn for_test(&self, test: &str) -> TestEvents {
         TestEvents {
             events: self.clone(),
             test: test.into(),
@@ -52,20 +52,20 @@ impl Events {
 
 /// Events tagged with one test's name.
 #[derive(Clone)]
-pub struct TestEvents {
+pub(crate) struct TestEvents {
     events: Events,
     test: Arc<str>,
 }
 
 impl TestEvents {
     /// Emits `event` with the given fields (a JSON object).
-    pub fn emit(&self, event: &str, fields: Value) {
+    pub(crate) fn emit(&self, event: &str, fields: Value) {
         self.events.emit(&self.test, event, fields);
     }
 }
 
 /// A message as JSON: `{"text": ...}` when it reads as text, else `{"hex": ...}`.
-pub fn message_fields(bytes: &[u8]) -> Map<String, Value> {
+pub(crate) fn message_fields(bytes: &[u8]) -> Map<String, Value> {
     let mut fields = Map::new();
     match std::str::from_utf8(bytes) {
         Ok(text) => fields.insert("text".into(), json!(text)),

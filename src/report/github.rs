@@ -8,7 +8,7 @@ use std::io::Write as _;
 use super::{CaseResult, diagnostic_of, millis, plain};
 use crate::error::Error;
 
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
 }
 
@@ -24,7 +24,7 @@ fn escape_property(text: &str) -> String {
 }
 
 /// `::error file=F,line=L,col=C,title=T::message`.
-pub fn annotation(error: &Error, test: Option<&str>) -> String {
+pub(crate) fn annotation(error: &Error, test: Option<&str>) -> String {
     let diagnostic = diagnostic_of(error);
     let mut properties = Vec::new();
     if let Some(location) = &diagnostic.location {
@@ -51,14 +51,14 @@ pub fn annotation(error: &Error, test: Option<&str>) -> String {
 }
 
 /// Prints the annotation for a failed command, when under GitHub Actions.
-pub fn annotate(error: &Error, test: Option<&str>) {
+pub(crate) fn annotate(error: &Error, test: Option<&str>) {
     if enabled() {
         println!("{}", annotation(error, test));
     }
 }
 
 /// The step summary: a table of every test, then each failure in full.
-pub fn summary(results: &[CaseResult]) -> String {
+pub(crate) fn summary(results: &[CaseResult]) -> String {
     let passed = results.iter().filter(|r| r.outcome.passed()).count();
     let failed = results.len() - passed;
     let mut out = format!("### tcpscript: {passed} passed, {failed} failed\n\n");
@@ -100,7 +100,7 @@ pub fn summary(results: &[CaseResult]) -> String {
 }
 
 /// Appends the summary to `$GITHUB_STEP_SUMMARY`, when it is set.
-pub fn write_summary(results: &[CaseResult]) -> std::io::Result<()> {
+pub(crate) fn write_summary(results: &[CaseResult]) -> std::io::Result<()> {
     let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
         return Ok(());
     };

@@ -10,7 +10,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use super::{CaseResult, Outcome, diagnostic_of, plain};
 use crate::error::Error;
 
-pub fn render(results: &[CaseResult], total: Duration) -> Result<String, Error> {
+pub(crate) fn render(results: &[CaseResult], total: Duration) -> Result<String, Error> {
     let mut suite = TestSuite::new("tcpscript");
     suite.set_time(total);
     for result in results {
@@ -59,7 +59,7 @@ fn kind_name(error: &Error) -> &'static str {
     }
 }
 
-pub fn write(path: &Path, results: &[CaseResult], total: Duration) -> Result<(), Error> {
+pub(crate) fn write(path: &Path, results: &[CaseResult], total: Duration) -> Result<(), Error> {
     let xml = render(results, total)?;
     std::fs::write(path, xml).map_err(|source| Error::ReadFile {
         path: path.display().to_string(),

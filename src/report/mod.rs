@@ -1,9 +1,9 @@
 //! Reports of test runs, for people and for machines.
 
-pub mod events; // --json: one event per line
-pub mod github; // GitHub Actions: ::error annotations and the step summary
-pub mod junit; // --junit FILE: JUnit XML
-pub mod tap; // --tap: TAP version 13
+pub(crate) mod events; // --json: one event per line
+pub(crate) mod github; // GitHub Actions: ::error annotations and the step summary
+pub(crate) mod junit; // --junit FILE: JUnit XML
+pub(crate) mod tap; // --tap: TAP version 13
 
 use std::time::Duration;
 
@@ -12,17 +12,17 @@ use crate::error::{Error, exit};
 
 /// One client script run as a test case.
 #[derive(Debug)]
-pub struct CaseResult {
+pub(crate) struct CaseResult {
     /// The script's path as given: what reports call the test.
-    pub name: String,
-    pub duration: Duration,
-    pub outcome: Outcome,
+    pub(crate) name: String,
+    pub(crate) duration: Duration,
+    pub(crate) outcome: Outcome,
     /// What was said, formatted, oldest first.
-    pub transcript: Vec<String>,
+    pub(crate) transcript: Vec<String>,
 }
 
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Passed,
     /// An expectation did not hold: a `<failure>` in JUnit.
     Failed(Error),
@@ -31,7 +31,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn from_result<T>(result: Result<T, Error>) -> Outcome {
+    pub(crate) fn from_result<T>(result: Result<T, Error>) -> Outcome {
         match result {
             Ok(_) => Outcome::Passed,
             Err(error) if error.exit_code() == exit::FAILED => Outcome::Failed(error),
@@ -39,20 +39,20 @@ impl Outcome {
         }
     }
 
-    pub fn error(&self) -> Option<&Error> {
+    pub(crate) fn error(&self) -> Option<&Error> {
         match self {
             Outcome::Passed => None,
             Outcome::Failed(error) | Outcome::Broken(error) => Some(error),
         }
     }
 
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         matches!(self, Outcome::Passed)
     }
 }
 
 /// The error's diagnostic, or a plain one made from its message.
-pub fn diagnostic_of(error: &Error) -> Diagnostic {
+pub(crate) fn diagnostic_of(error: &Error) -> Diagnostic {
     match error {
         Error::ScriptUsage(d) | Error::Script(d) | Error::Failed(d) | Error::Network(d) => {
             (**d).clone()
@@ -62,11 +62,11 @@ pub fn diagnostic_of(error: &Error) -> Diagnostic {
 }
 
 /// The report without ANSI styles, for files and machines.
-pub fn plain(error: &Error) -> String {
+pub(crate) fn plain(error: &Error) -> String {
     anstream::adapter::strip_str(&error.render()).to_string()
 }
 
 /// Milliseconds, for people.
-pub fn millis(duration: Duration) -> String {
+pub(crate) fn millis(duration: Duration) -> String {
     format!("{} ms", duration.as_millis())
 }

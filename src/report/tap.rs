@@ -10,7 +10,7 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
-pub fn render(results: &[CaseResult]) -> String {
+pub(crate) fn render(results: &[CaseResult]) -> String {
     let mut out = String::from("TAP version 13\n");
     let _ = writeln!(out, "1..{}", results.len());
     for (index, result) in results.iter().enumerate() {

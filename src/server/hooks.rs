@@ -18,23 +18,23 @@ use rhai::{ImmutableString, Scope};
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::message::{self, Outgoing};
-use crate::room::{Room, SharedStore};
+use crate::server::room::{Room, SharedStore};
 use crate::transcript::Verbosity;
 
 /// Defaults for the limits a single hook call runs under.
-pub const DEFAULT_MAX_OPERATIONS: u64 = 1_000_000;
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MAX_OPERATIONS: u64 = 1_000_000;
+pub(crate) const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a hook asked the connection to do, in order.
 #[derive(Debug, Default)]
-pub struct Reply {
-    pub actions: Vec<Action>,
+pub(crate) struct Reply {
+    pub(crate) actions: Vec<Action>,
     /// Close the connection once the actions are done.
-    pub close: bool,
+    pub(crate) close: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Send(Outgoing),
     Sleep(Duration),
     /// To every other connection of the server.
@@ -173,7 +173,7 @@ fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResu
 }
 
 /// A compiled server script whose top level has run.
-pub struct ServerScript {
+pub(crate) struct ServerScript {
     engine: Engine,
     script: Script,
     /// The scope the top level ran in: each connection starts from a copy.
@@ -187,7 +187,7 @@ pub struct ServerScript {
 
 impl ServerScript {
     /// Compiles `path` and runs its top level once.
-    pub fn load(
+    pub(crate) fn load(
         path: &Path,
         limits: &Limits,
         hook_timeout: Duration,
@@ -208,12 +208,12 @@ impl ServerScript {
     }
 
     /// The script behind `--echo`: every message comes straight back.
-    pub fn echo(limits: &Limits, verbosity: Verbosity) -> Result<Self, Error> {
+    pub(crate) fn echo(limits: &Limits, verbosity: Verbosity) -> Result<Self, Error> {
         Self::from_source("<echo>", "fn on_message(msg) { msg }", limits, verbosity)
     }
 
     /// Compiles a script given as text (tests, built-ins).
-    pub fn from_source(
+    pub(crate) fn from_source(
         name: &str,
         source: &str,
         limits: &Limits,
@@ -252,21 +252,17 @@ impl ServerScript {
     }
 
     /// The roster connections join, if the script needs one.
-    pub fn room(&self) -> Option<&Arc<Room>> {
+    pub(crate) fn room(&self) -> Option<&Arc<Room>> {
         self.room.as_ref()
     }
 
-    pub fn path(&self) -> &str {
-        &self.script.path
-    }
-
     /// The script's `const FRAMING`, if it declares one.
-    pub fn declared_framing(&self) -> Result<Option<crate::framing::Framing>, Error> {
+    pub(crate) fn declared_framing(&self) -> Result<Option<crate::framing::Framing>, Error> {
         self.script.declared_framing()
     }
 
     /// The hooks of one new connection, with its own copy of the variables.
-    pub fn connection(self: &Arc<Self>, peer: SocketAddr) -> ConnectionHooks {
+    pub(crate) fn connection(self: &Arc<Self>, peer: SocketAddr) -> ConnectionHooks {
         ConnectionHooks {
             script: self.clone(),
             scope: self.scope.clone(),
@@ -478,7 +474,7 @@ fn register_shared_store(engine: &mut Engine) {
 }
 
 /// One connection's view of the script.
-pub struct ConnectionHooks {
+pub(crate) struct ConnectionHooks {
     script: Arc<ServerScript>,
     scope: Scope<'static>,
     peer: Arc<str>,
@@ -491,26 +487,26 @@ pub struct ConnectionHooks {
 }
 
 impl ConnectionHooks {
-    pub fn peer(&self) -> &str {
+    pub(crate) fn peer(&self) -> &str {
         &self.peer
     }
 
     /// Hands back a carried-out reply so the next call can reuse its list.
-    pub fn recycle(&mut self, mut reply: Reply) {
+    pub(crate) fn recycle(&mut self, mut reply: Reply) {
         reply.actions.clear();
         if reply.actions.capacity() <= 16 {
             self.spare = reply.actions;
         }
     }
 
-    pub fn on_connect(&mut self) -> Result<Reply, Error> {
+    pub(crate) fn on_connect(&mut self) -> Result<Reply, Error> {
         if !self.script.has_connect {
             return Ok(Reply::default());
         }
         self.call("on_connect", &mut [])
     }
 
-    pub fn on_message(&mut self, message: &[u8]) -> Result<Reply, Error> {
+    pub(crate) fn on_message(&mut self, message: &[u8]) -> Result<Reply, Error> {
         if !self.script.has_message {
             return Ok(Reply::default());
         }
@@ -518,7 +514,7 @@ impl ConnectionHooks {
         self.call("on_message", &mut [&mut message])
     }
 
-    pub fn on_disconnect(&mut self) -> Result<Reply, Error> {
+    pub(crate) fn on_disconnect(&mut self) -> Result<Reply, Error> {
         if !self.script.has_disconnect {
             return Ok(Reply::default());
         }

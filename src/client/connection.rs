@@ -2,7 +2,7 @@
 //! talk through. Every read has a deadline; nothing here waits forever.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::error::Error;
 use crate::framing::{self, Decoder, FrameError, Framing};
+use crate::net::resolve;
 
 /// Bytes asked for per read. With `raw` framing this is the largest
 /// message one read can deliver (the tutorial reads 1024).
@@ -20,7 +21,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The outcome of waiting for one message.
 #[derive(Debug)]
-pub enum Received {
+pub(crate) enum Received {
     Message(Bytes),
     /// The peer closed its side and every message before that was read.
     Closed,
@@ -28,35 +29,16 @@ pub enum Received {
 }
 
 #[derive(Debug, Error)]
-pub enum RecvError {
+pub(crate) enum RecvError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
     Frame(#[from] FrameError),
 }
 
-/// Resolves `127.0.0.1:7777`, `localhost:7777`, or a bare port (loopback).
-pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Error> {
-    let candidate = if addr.parse::<u16>().is_ok() {
-        format!("127.0.0.1:{addr}")
-    } else {
-        addr.to_string()
-    };
-    let addrs: Vec<SocketAddr> = candidate
-        .to_socket_addrs()
-        .map_err(|e| Error::Usage(format!("bad address `{addr}`: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(Error::Usage(format!(
-            "address `{addr}` resolves to nothing"
-        )));
-    }
-    Ok(addrs)
-}
-
 /// Cuts messages out of what a stream delivers.
 #[derive(Debug)]
-pub struct FrameReader {
+pub(crate) struct FrameReader {
     decoder: Decoder,
     buf: BytesMut,
     scratch: Vec<u8>,
@@ -67,7 +49,7 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    pub fn new(framing: Framing, max_frame: usize) -> Self {
+    pub(crate) fn new(framing: Framing, max_frame: usize) -> Self {
         FrameReader {
             decoder: Decoder::new(framing, max_frame),
             buf: BytesMut::new(),
@@ -80,7 +62,7 @@ impl FrameReader {
 
     /// The next message, waiting at most `timeout` (`None`: wait for ever,
     /// used only where a person is at the other end).
-    pub fn next(
+    pub(crate) fn next(
         &mut self,
         mut stream: &TcpStream,
         timeout: Option<Duration>,
@@ -139,7 +121,7 @@ impl FrameReader {
 
 /// A connected, framed stream.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     stream: TcpStream,
     reader: FrameReader,
     framing: Framing,
@@ -150,7 +132,7 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `addr`; while `retry` lasts, a refused connect is tried again.
-    pub fn connect(
+    pub(crate) fn connect(
         addr: &str,
         framing: Framing,
         max_frame: usize,
@@ -182,7 +164,7 @@ impl Connection {
         }
     }
 
-    pub fn from_stream(
+    pub(crate) fn from_stream(
         stream: TcpStream,
         framing: Framing,
         max_frame: usize,
@@ -202,40 +184,36 @@ impl Connection {
         })
     }
 
-    pub fn peer(&self) -> SocketAddr {
+    pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.local_addr()
-    }
-
-    pub fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
     }
 
-    pub fn send(&mut self, message: &[u8]) -> Result<(), RecvError> {
+    pub(crate) fn send(&mut self, message: &[u8]) -> Result<(), RecvError> {
         self.out.clear();
         framing::encode(&self.framing, message, &mut self.out)?;
         self.stream.write_all(&self.out)?;
         Ok(())
     }
 
-    pub fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {
+    pub(crate) fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {
         self.reader.next(&self.stream, Some(timeout))
     }
 
     /// Waits with no deadline: only for a person at the other end.
-    pub fn recv_untimed(&mut self) -> Result<Received, RecvError> {
+    pub(crate) fn recv_untimed(&mut self) -> Result<Received, RecvError> {
         self.reader.next(&self.stream, None)
     }
 
     /// Ends our side (the peer reads end of stream) but keeps reading.
-    pub fn shutdown_write(&self) {
+    pub(crate) fn shutdown_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }

@@ -6,6 +6,8 @@
 //! (a chat between several clients), each a `Connection` value with the
 //! same functions as methods.
 
+pub(crate) mod connection; // blocking framed connection, also used by manual mode
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,56 +18,49 @@ use regex::bytes::Regex;
 use rhai::{Array, Blob, Dynamic, Engine, INT, NativeCallContext};
 use serde_json::{Value, json};
 
-use crate::connection::{Connection, Received, RecvError};
+use crate::client::connection::{Connection, Received, RecvError};
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
 use crate::report::events::{TestEvents, message_fields};
-use crate::transcript::{Direction, SHOWN_ON_FAILURE, Transcript, Verbosity};
+use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// Everything `tcpscript client SCRIPT` needs, parsed from the command line.
 #[derive(Debug, Clone)]
-pub struct ClientOptions {
-    pub script: PathBuf,
-    pub connect: String,
-    pub timeout: Duration,
-    pub connect_retry: Option<Duration>,
+pub(crate) struct ClientOptions {
+    pub(crate) script: PathBuf,
+    pub(crate) connect: String,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_retry: Option<Duration>,
     /// From `--framing`; `None` leaves it to the script, then `line`.
-    pub framing: Option<Framing>,
-    pub max_frame: usize,
-    pub params: Params,
-    pub verbosity: Verbosity,
-    pub limits: Limits,
+    pub(crate) framing: Option<Framing>,
+    pub(crate) max_frame: usize,
+    pub(crate) params: Params,
+    pub(crate) verbosity: Verbosity,
+    pub(crate) limits: Limits,
 }
 
 /// What a passing conversation did.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Summary {
-    pub sent: u64,
-    pub received: u64,
-    pub elapsed: Duration,
+pub(crate) struct Summary {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) elapsed: Duration,
 }
 
 /// One run of a conversation, passed or not, with what was said.
 #[derive(Debug)]
-pub struct Conversed {
-    pub result: Result<Summary, Error>,
+pub(crate) struct Conversed {
+    pub(crate) result: Result<Summary, Error>,
     /// The kept part of the transcript, formatted.
-    pub transcript: Vec<String>,
-    pub elapsed: Duration,
-}
-
-/// Compiles the script, connects, and runs the conversation once.
-pub fn run(options: &ClientOptions) -> Result<Summary, Error> {
-    ClientScript::load(options)?
-        .run(None, SHOWN_ON_FAILURE)
-        .result
+    pub(crate) transcript: Vec<String>,
+    pub(crate) elapsed: Duration,
 }
 
 /// A compiled client script and an engine to run it, as many times as
 /// wanted: each run is a fresh conversation on fresh connections.
-pub struct ClientScript {
+pub(crate) struct ClientScript {
     engine: Engine,
     script: Script,
     framing: Framing,
@@ -77,7 +72,7 @@ pub struct ClientScript {
 type Slot = Arc<Mutex<Option<Arc<Conversation>>>>;
 
 impl ClientScript {
-    pub fn load(options: &ClientOptions) -> Result<Self, Error> {
+    pub(crate) fn load(options: &ClientOptions) -> Result<Self, Error> {
         let script_dir = options.script.parent().map(|p| p.to_path_buf());
         let mut engine = engine::new_engine(
             &options.limits,
@@ -100,13 +95,9 @@ impl ClientScript {
         })
     }
 
-    pub fn path(&self) -> &str {
-        &self.script.path
-    }
-
     /// Connects and runs the conversation; `keep` is how many messages of
     /// the transcript to keep for the outcome.
-    pub fn run(&mut self, events: Option<TestEvents>, keep: usize) -> Conversed {
+    pub(crate) fn run(&mut self, events: Option<TestEvents>, keep: usize) -> Conversed {
         let started = Instant::now();
         let conversation = Arc::new(Conversation {
             addr: self.options.connect.clone(),
@@ -269,7 +260,7 @@ impl Conversation {
 
 /// One connection of a conversation, as scripts see it (`Connection`).
 #[derive(Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     conversation: Arc<Conversation>,
     state: Arc<Mutex<PeerState>>,
 }

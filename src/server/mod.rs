@@ -2,6 +2,9 @@
 //! concurrently with the script's hooks. A connection that misbehaves, or
 //! whose hook fails, ends alone; the listener and everyone else go on.
 
+pub(crate) mod hooks; // server scripts: per-connection state and hook calls
+pub(crate) mod room; // what connections share: the roster and the shared store
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
@@ -16,15 +19,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::resolve;
 use crate::error::Error;
 use crate::framing::{self, Decoder, Frame, FrameError, Framing};
-use crate::hooks::{Action, ConnectionHooks, Reply, ServerScript};
 use crate::message;
-use crate::room::{BROADCAST_BACKLOG, Room};
+use crate::net::{FEW_FILES, bind, raise_open_file_limit};
+use crate::server::hooks::{Action, ConnectionHooks, Reply, ServerScript};
+use crate::server::room::{BROADCAST_BACKLOG, Room};
 use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// Bytes asked for per read; also the largest `raw` message.
@@ -44,16 +47,16 @@ thread_local! {
 }
 
 #[derive(Debug, Clone)]
-pub struct ServerOptions {
-    pub listen: String,
-    pub framing: Framing,
-    pub max_frame: usize,
-    pub verbosity: Verbosity,
+pub(crate) struct ServerOptions {
+    pub(crate) listen: String,
+    pub(crate) framing: Framing,
+    pub(crate) max_frame: usize,
+    pub(crate) verbosity: Verbosity,
     /// Print each received message on stdout (manual `--echo`).
-    pub print_messages: bool,
+    pub(crate) print_messages: bool,
     /// Close a connection that sends nothing, or does not read its
     /// replies, for this long. Off by default: test peers may idle.
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// Counts for the summary printed at shutdown.
@@ -81,7 +84,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 /// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.
-pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
+pub(crate) fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let listener = bind(&options.listen).await?;
@@ -113,7 +116,7 @@ pub fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
 }
 
 /// A server running on a thread of its own, for `tcpscript test`.
-pub struct Background {
+pub(crate) struct Background {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -121,12 +124,12 @@ pub struct Background {
 
 impl Background {
     /// Where clients connect: bound before `spawn` returns.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Stops accepting, lets open connections finish, and waits for it.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shut_down();
     }
 
@@ -147,7 +150,7 @@ impl Drop for Background {
 }
 
 /// Binds and starts serving on another thread; returns once bound.
-pub fn spawn(script: ServerScript, options: ServerOptions) -> Result<Background, Error> {
+pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Background, Error> {
     let runtime = runtime()?;
     let listener = runtime.block_on(bind(&options.listen))?;
     let addr = listener.local_addr().map_err(|source| Error::Bind {
@@ -267,53 +270,6 @@ impl Stopping {
 impl Drop for StopSignal {
     fn drop(&mut self) {
         self.stopping.roster().remove(&self.id);
-    }
-}
-
-/// Connections a burst of clients may queue before we accept them; the
-/// usual 128 or 1024 makes a thousand simultaneous connects stall on SYN
-/// retries.
-const BACKLOG: u32 = 4096;
-
-async fn bind(listen: &str) -> Result<TcpListener, Error> {
-    let mut last_error = None;
-    for addr in resolve(listen)? {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        };
-        let bound = socket.and_then(|socket| {
-            socket.set_reuseaddr(true)?;
-            socket.bind(addr)?;
-            socket.listen(BACKLOG)
-        });
-        match bound {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(Error::Bind {
-        addr: listen.to_string(),
-        source: last_error.unwrap_or_else(|| io::Error::other("no address")),
-    })
-}
-
-/// Below this many open files, say that the server cannot take many clients.
-const FEW_FILES: u64 = 4096;
-
-/// Raises the soft open-file limit to the hard one (each connection is a
-/// file descriptor; the usual soft limit of 1024 caps a server at about a
-/// thousand clients). Returns the limit now in force.
-pub fn raise_open_file_limit() -> u64 {
-    #[cfg(unix)]
-    {
-        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
-        rlimit::increase_nofile_limit(hard).unwrap_or(soft)
-    }
-    #[cfg(not(unix))]
-    {
-        u64::MAX
     }
 }
 

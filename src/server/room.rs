@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 /// Broadcasts waiting for one connection. A member that falls this far
 /// behind loses broadcasts rather than making the server buffer without
 /// bound.
-pub const BROADCAST_BACKLOG: usize = 256;
+pub(crate) const BROADCAST_BACKLOG: usize = 256;
 
 /// One connected peer as the others see it.
 struct Member {
@@ -23,7 +23,7 @@ struct Member {
 
 /// The connections of a server whose script broadcasts.
 #[derive(Default)]
-pub struct Room {
+pub(crate) struct Room {
     next_id: AtomicU64,
     /// Ordered by id, so `peers()` lists connections in the order they came.
     members: Mutex<BTreeMap<u64, Member>>,
@@ -35,20 +35,20 @@ impl Room {
     }
 
     /// Adds a connection; returns its id and where its broadcasts arrive.
-    pub fn join(&self, peer: String) -> (u64, mpsc::Receiver<Bytes>) {
+    pub(crate) fn join(&self, peer: String) -> (u64, mpsc::Receiver<Bytes>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (inbox, receiver) = mpsc::channel(BROADCAST_BACKLOG);
         self.members().insert(id, Member { peer, inbox });
         (id, receiver)
     }
 
-    pub fn leave(&self, id: u64) {
+    pub(crate) fn leave(&self, id: u64) {
         self.members().remove(&id);
     }
 
     /// Sends `message` to every member but `from`; returns the peers that
     /// were too far behind to take it.
-    pub fn broadcast(&self, from: u64, message: &Bytes) -> Vec<String> {
+    pub(crate) fn broadcast(&self, from: u64, message: &Bytes) -> Vec<String> {
         let mut lagging = Vec::new();
         for (id, member) in self.members().iter() {
             if *id != from && member.inbox.try_send(message.clone()).is_err() {
@@ -59,7 +59,7 @@ impl Room {
     }
 
     /// Everyone connected, oldest first.
-    pub fn peers(&self) -> Vec<String> {
+    pub(crate) fn peers(&self) -> Vec<String> {
         self.members().values().map(|m| m.peer.clone()).collect()
     }
 }
@@ -67,28 +67,28 @@ impl Room {
 /// State shared by all connections: a map guarded by one lock. Each call
 /// is atomic; `shared_update` makes a read-modify-write atomic too.
 #[derive(Default)]
-pub struct SharedStore {
+pub(crate) struct SharedStore {
     values: Mutex<Map>,
 }
 
 impl SharedStore {
-    pub fn lock(&self) -> MutexGuard<'_, Map> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Map> {
         self.values.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, key: &str) -> Option<Dynamic> {
+    pub(crate) fn get(&self, key: &str) -> Option<Dynamic> {
         self.lock().get(key).cloned()
     }
 
-    pub fn set(&self, key: &str, value: Dynamic) {
+    pub(crate) fn set(&self, key: &str, value: Dynamic) {
         self.lock().insert(key.into(), value);
     }
 
-    pub fn remove(&self, key: &str) -> Option<Dynamic> {
+    pub(crate) fn remove(&self, key: &str) -> Option<Dynamic> {
         self.lock().remove(key)
     }
 
-    pub fn keys(&self) -> Vec<String> {
+    pub(crate) fn keys(&self) -> Vec<String> {
         self.lock().keys().map(|k| k.to_string()).collect()
     }
 }

@@ -1,0 +1,90 @@
+//! Addresses, listening sockets and the open-file limit: what every role
+//! needs from the network before it talks.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::error::Error;
+
+/// Resolves `127.0.0.1:7777`, `localhost:7777`, or a bare port (loopback).
+pub(crate) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Error> {
+    let candidate = if addr.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{addr}")
+    } else {
+        addr.to_string()
+    };
+    let addrs: Vec<SocketAddr> = candidate
+        .to_socket_addrs()
+        .map_err(|e| Error::Usage(format!("bad address `{addr}`: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Usage(format!(
+            "address `{addr}` resolves to nothing"
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Connections a burst of clients may queue before we accept them; the
+/// usual 128 or 1024 makes a thousand simultaneous connects stall on SYN
+/// retries.
+const BACKLOG: u32 = 4096;
+
+pub(crate) async fn bind(listen: &str) -> Result<TcpListener, Error> {
+    let mut last_error = None;
+    for addr in resolve(listen)? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)
+        });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::Bind {
+        addr: listen.to_string(),
+        source: last_error.unwrap_or_else(|| io::Error::other("no address")),
+    })
+}
+
+/// A blocking listener, for manual mode's one-client-at-a-time server.
+pub(crate) fn bind_blocking(listen: &str) -> Result<std::net::TcpListener, Error> {
+    let mut last_error = None;
+    for addr in resolve(listen)? {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::Bind {
+        addr: listen.to_string(),
+        source: last_error.unwrap_or_else(|| io::Error::other("no address")),
+    })
+}
+
+/// Below this many open files, say that the server cannot take many clients.
+pub(crate) const FEW_FILES: u64 = 4096;
+
+/// Raises the soft open-file limit to the hard one (each connection is a
+/// file descriptor; the usual soft limit of 1024 caps a server at about a
+/// thousand clients). Returns the limit now in force.
+pub(crate) fn raise_open_file_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+        rlimit::increase_nofile_limit(hard).unwrap_or(soft)
+    }
+    #[cfg(not(unix))]
+    {
+        u64::MAX
+    }
+}
