@@ -4,6 +4,8 @@
 //! A message that is valid UTF-8 reaches a script as a string; any other
 //! message arrives as a `Blob`, so binary data is never replaced by U+FFFD.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use rhai::{Blob, Dynamic, ImmutableString};
 
@@ -172,18 +174,27 @@ pub(crate) fn display_value(value: &Dynamic) -> String {
 /// The transcript form: text as it is (control characters escaped), binary as hex.
 pub(crate) fn display_line(bytes: &[u8]) -> String {
     match as_text(bytes) {
-        Some(text) => text
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_debug().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
+        Some(text) => escape_controls(text).into_owned(),
         None => format!("<{}: {}>", byte_count(bytes.len()), spaced_hex(bytes)),
     }
+}
+
+/// `text` safe for a terminal or a one-line report: control characters
+/// (ESC, BEL, NUL, CR, LF, C1 codes...) written as Rust escapes, so a
+/// peer's bytes can neither drive the terminal nor forge a line.
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn byte_count(n: usize) -> String {
@@ -232,6 +243,15 @@ mod tests {
         let third = to_dynamic_reusing(b"third", &mut spare);
         assert_eq!(third.to_string(), "third");
         assert!(to_dynamic_reusing(b"\xff", &mut spare).is_blob());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain"), "plain");
+        assert_eq!(
+            escape_controls("\u{1b}]0;TITLE\u{7}\u{1b}[2J\r\n\0\u{9b}"),
+            "\\u{1b}]0;TITLE\\u{7}\\u{1b}[2J\\r\\n\\0\\u{9b}"
+        );
     }
 
     #[test]
