@@ -42,7 +42,7 @@ const DEFAULT_ADDR: &str = "127.0.0.1:7777";
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,8 +233,24 @@ pub struct CheckArgs {
     pub(crate) quiet: bool,
 }
 
+impl Cli {
+    /// Runs the command and reports how it ended; returns the exit code.
+    pub fn run(self) -> u8 {
+        let code = match self.command.run() {
+            Ok(()) => crate::error::exit::OK,
+            Err(error) => {
+                error.eprint();
+                error.exit_code()
+            }
+        };
+        // Output is queued so that it never blocks; write it all out.
+        crate::console::flush(Duration::from_secs(5));
+        code
+    }
+}
+
 impl Command {
-    pub fn run(self) -> Result<(), Error> {
+    fn run(self) -> Result<(), Error> {
         match self {
             Command::Server(args) => run_server(args),
             Command::Client(args) => run_client(args),
@@ -278,7 +294,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             idle_timeout: args.limits.idle_timeout,
             max_frame: args.common.max_frame,
             verbosity,
-            print_messages: args.echo && verbosity >= Verbosity::Normal,
+            hook_timeout: args.limits.hook_timeout,
         },
     )
 }

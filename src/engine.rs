@@ -89,6 +89,24 @@ impl Script {
             .any(|f| f.name == name && f.params.len() == arity)
     }
 
+    /// A script error placed at the definition of function `name` (for
+    /// what goes wrong with a hook's result, after the hook has returned).
+    pub(crate) fn error_at_fn(&self, name: &str, message: String, note: String) -> Error {
+        let mut diagnostic = Diagnostic::new(message).with_note(note);
+        let definition = format!("fn {name}");
+        diagnostic.location = self.source.lines().enumerate().find_map(|(index, line)| {
+            let column = line.find(&definition)?;
+            let after = line[column + definition.len()..].trim_start();
+            after.starts_with('(').then(|| Location {
+                file: self.path.clone(),
+                line: index + 1,
+                column: column + 1,
+                source_line: Some(line.to_string()),
+            })
+        });
+        Error::Script(Box::new(diagnostic))
+    }
+
     fn location(&self, file: &str, position: Position) -> Option<Location> {
         let line = position.line()?;
         let column = position.position().unwrap_or(1);
@@ -177,6 +195,34 @@ impl From<Failure> for Box<EvalAltResult> {
 
 pub(crate) type NativeResult<T> = Result<T, Box<EvalAltResult>>;
 
+thread_local! {
+    /// A failure noticed where no error can be returned (Rhai's `print`
+    /// hook returns nothing), raised at the script's next operation.
+    static PENDING: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn fail_at_next_operation(message: String) {
+    PENDING.with(|pending| *pending.borrow_mut() = Some(message));
+}
+
+/// For `on_progress` callbacks: the failure to raise now, if any.
+pub(crate) fn take_pending_failure() -> Option<Dynamic> {
+    PENDING
+        .with(|pending| pending.borrow_mut().take())
+        .map(Dynamic::from)
+}
+
+/// `print(x)`: a line on stdout, through the console queue so that a
+/// stdout nobody reads never blocks the script's thread. Control
+/// characters are escaped (lines are kept): printed peer bytes must not
+/// drive the terminal.
+fn print_line(text: &str) {
+    let escaped: Vec<_> = text.split('\n').map(message::escape_controls).collect();
+    if let Err(closed) = crate::console::out(&escaped.join("\n")) {
+        fail_at_next_operation(format!("print(): {closed}"));
+    }
+}
+
 /// An engine with limits set, `eval` refused, and the functions that every
 /// script has whatever its role.
 pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Path>) -> Engine {
@@ -203,6 +249,14 @@ pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Pa
             engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         }
     }
+    engine.on_print(print_line);
+    engine.on_debug(|text, source, position| {
+        let place = match (source, position.line()) {
+            (Some(source), Some(line)) => format!("{source}:{line}: "),
+            _ => String::new(),
+        };
+        crate::console::err(&format!("[debug] {place}{}", message::escape_controls(text)));
+    });
     register_common(&mut engine, params);
     engine
 }

@@ -31,6 +31,13 @@ pub enum Error {
     Bind { addr: String, source: io::Error },
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
+    /// The system refused something tcpscript needs to run: a thread, the
+    /// async runtime, a signal handler.
+    #[error("cannot {action}: {source}")]
+    System {
+        action: &'static str,
+        source: io::Error,
+    },
     /// A usage problem found while a script ran (a missing `--set` parameter).
     #[error("{0}")]
     ScriptUsage(Box<Diagnostic>),
@@ -59,7 +66,9 @@ impl Error {
             Error::Usage(_) | Error::ReadFile { .. } | Error::ScriptUsage(_) => exit::USAGE,
             Error::Script(_) => exit::SCRIPT,
             Error::Failed(_) => exit::FAILED,
-            Error::Bind { .. } | Error::Connect { .. } | Error::Network(_) => exit::NETWORK,
+            Error::Bind { .. } | Error::Connect { .. } | Error::Network(_) | Error::System { .. } => {
+                exit::NETWORK
+            }
             Error::TestsFailed { code, .. } => *code,
         }
     }
@@ -87,12 +96,12 @@ impl Error {
     }
 
     /// Writes the report to stderr in one piece, so reports from
-    /// concurrent connections never interleave.
+    /// concurrent connections never interleave, and in order with the
+    /// transcript lines before it.
     pub fn eprint(&self) {
-        use std::io::Write;
         let text = self.render();
-        let mut stderr = anstream::stderr().lock();
-        let _ = stderr.write_all(text.as_bytes());
-        let _ = stderr.flush();
+        if !text.is_empty() {
+            crate::console::err(text.trim_end_matches('\n'));
+        }
     }
 }

@@ -40,7 +40,16 @@ impl LenWidth {
         }
     }
 
-    fn max_len(self) -> u64 {
+    /// How the framing is named on the command line.
+    pub(crate) fn framing_name(self) -> &'static str {
+        match self {
+            LenWidth::U8 => "len:u8",
+            LenWidth::U16 => "len:u16",
+            LenWidth::U32 => "len:u32",
+        }
+    }
+
+    pub(crate) fn max_len(self) -> u64 {
         match self {
             LenWidth::U8 => u8::MAX as u64,
             LenWidth::U16 => u16::MAX as u64,

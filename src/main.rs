@@ -4,14 +4,7 @@ use clap::Parser;
 use tcpscript::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            error.eprint();
-            ExitCode::from(error.exit_code())
-        }
-    }
+    ExitCode::from(Cli::parse().run())
 }
 
 // Every message costs a few small allocations (Rhai strings, script

@@ -70,7 +70,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     framing,
                     max_frame: client.max_frame,
                     verbosity: quieter(verbosity),
-                    print_messages: false,
+                    hook_timeout: settings.hook_timeout,
                     idle_timeout: settings.idle_timeout,
                 },
             )?;

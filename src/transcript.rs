@@ -259,7 +259,7 @@ impl Transcript {
             kept,
         };
         if self.verbosity == Verbosity::Verbose {
-            anstream::eprintln!("{}{}", self.prefix, entry.format());
+            crate::console::err(&format!("{}{}", self.prefix, entry.format()));
         }
         if self.recent.len() == self.keep {
             self.recent.pop_front();
@@ -271,7 +271,7 @@ impl Transcript {
     /// A line of the script's own output (`log()`), with the same prefix.
     pub(crate) fn log(&self, text: &str) {
         if self.verbosity >= Verbosity::Normal {
-            anstream::eprintln!("{}{} {text}", self.prefix, self.offset());
+            crate::console::err(&format!("{}{} {text}", self.prefix, self.offset()));
         }
     }
 

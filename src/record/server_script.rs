@@ -446,7 +446,7 @@ mod tests {
             ServerScript::from_source("mock.rhai", script, &Limits::default(), Verbosity::Quiet)
                 .unwrap_or_else(|e| panic!("{}\n{script}", e.render())),
         );
-        let mut hooks = script.connection("127.0.0.1:1".parse().unwrap());
+        let mut hooks = script.connection("127.0.0.1:1".parse().unwrap(), None);
         messages
             .iter()
             .map(|m| {

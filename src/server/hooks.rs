@@ -18,7 +18,8 @@ use rhai::{ImmutableString, Scope};
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::message::{self, Outgoing};
-use crate::server::room::{Room, SharedStore};
+use crate::console;
+use crate::server::room::{Room, SharedStore, StoreError};
 use crate::transcript::Verbosity;
 
 /// Defaults for the limits a single hook call runs under.
@@ -41,23 +42,28 @@ pub(crate) enum Action {
     Broadcast(Bytes),
 }
 
-impl Reply {
-    /// The hook's return value: a string or blob is one message, an array
-    /// several, `()` none; other values are sent as their printed form.
-    fn push_value(&mut self, value: Dynamic) {
-        if value.is_unit() {
-            return;
-        }
-        if value.is_array() {
-            for item in value.into_array().unwrap_or_default() {
-                if !item.is_unit() {
-                    self.actions.push(Action::Send(Outgoing::from_value(item)));
-                }
-            }
-            return;
-        }
-        self.actions.push(Action::Send(Outgoing::from_value(value)));
-    }
+/// Bytes one hook call may queue for sending (its `send`s, return value and
+/// broadcasts). A hook runs to completion before anything is written, so
+/// this is what bounds the write side of a connection whose peer reads
+/// nothing.
+pub(crate) const MAX_HOOK_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// What a queued `sleep` counts against [`MAX_HOOK_OUTPUT`]: a hook that
+/// sleeps a million times must not queue a million actions for free.
+const ACTION_COST: usize = 64;
+
+/// How long a hook may hold its worker thread before the worker's other
+/// connections are handed to another thread (see [`hand_off_worker`]).
+const INLINE_BUDGET: Duration = Duration::from_millis(2);
+/// How often a slow hook tries that again if a handoff did not take.
+const HANDOFF_RETRY: Duration = Duration::from_millis(50);
+
+/// The largest message the connection's framing can carry, for checking
+/// sends when a hook makes them rather than when they are written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageLimit {
+    pub(crate) max: usize,
+    pub(crate) framing: &'static str,
 }
 
 /// The hook call running on this thread. Hooks run to completion without
@@ -65,9 +71,72 @@ impl Reply {
 struct HookCall {
     peer: Arc<str>,
     reply: Reply,
-    /// When the wall-clock limit runs out, set at the first clock check:
-    /// most hooks finish long before it and never read the clock at all.
-    deadline: Option<Instant>,
+    /// Bytes queued so far, against [`MAX_HOOK_OUTPUT`].
+    output: usize,
+    limit: Option<MessageLimit>,
+    /// The first clock check: most hooks finish long before it and never
+    /// read the clock at all.
+    started: Option<Instant>,
+    /// When to try handing the worker's other connections off again.
+    next_handoff: Option<Instant>,
+}
+
+impl HookCall {
+    /// Queues a message, refusing what the framing cannot carry or what
+    /// would take the hook past its output budget.
+    fn send(&mut self, message: Outgoing) -> Result<(), String> {
+        let size = message.as_bytes().len();
+        self.fits(size)?;
+        self.charge(size)?;
+        self.reply.actions.push(Action::Send(message));
+        Ok(())
+    }
+
+    fn broadcast(&mut self, message: bytes::Bytes) -> Result<(), String> {
+        self.fits(message.len())?;
+        self.charge(message.len())?;
+        self.reply.actions.push(Action::Broadcast(message));
+        Ok(())
+    }
+
+    fn fits(&self, size: usize) -> Result<(), String> {
+        match self.limit {
+            Some(limit) if size > limit.max => Err(format!(
+                "a message of {size} bytes does not fit the framing {} (at most {} bytes)",
+                limit.framing, limit.max
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn charge(&mut self, size: usize) -> Result<(), String> {
+        self.output = self.output.saturating_add(size.max(ACTION_COST));
+        if self.output > MAX_HOOK_OUTPUT {
+            return Err(format!(
+                "this hook call queued more than {} MiB to send (send, broadcast, sleep and its return value): \
+                 send less per message",
+                MAX_HOOK_OUTPUT / (1024 * 1024)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The hook's return value: a string or blob is one message, an array
+    /// several, `()` none; other values are sent as their printed form.
+    fn push_value(&mut self, value: Dynamic) -> Result<(), String> {
+        if value.is_unit() {
+            return Ok(());
+        }
+        if value.is_array() {
+            for item in value.into_array().unwrap_or_default() {
+                if !item.is_unit() {
+                    self.send(Outgoing::from_value(item))?;
+                }
+            }
+            return Ok(());
+        }
+        self.send(Outgoing::from_value(value))
+    }
 }
 
 thread_local! {
@@ -194,7 +263,7 @@ impl ServerScript {
         params: Params,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let room = Arc::new(Room::default());
+        let room = Arc::new(Room::new(verbosity));
         let engine = server_engine(
             limits,
             hook_timeout,
@@ -219,7 +288,7 @@ impl ServerScript {
         limits: &Limits,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let room = Arc::new(Room::default());
+        let room = Arc::new(Room::new(verbosity));
         let engine = server_engine(
             limits,
             DEFAULT_HOOK_TIMEOUT,
@@ -262,8 +331,13 @@ impl ServerScript {
     }
 
     /// The hooks of one new connection, with its own copy of the variables.
-    pub(crate) fn connection(self: &Arc<Self>, peer: SocketAddr) -> ConnectionHooks {
+    pub(crate) fn connection(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        limit: Option<MessageLimit>,
+    ) -> ConnectionHooks {
         ConnectionHooks {
+            limit,
             script: self.clone(),
             scope: self.scope.clone(),
             peer: peer.to_string().into(),
@@ -325,46 +399,58 @@ fn server_engine(
 ) -> Engine {
     let mut engine = engine::new_engine(limits, params, script_dir);
     engine.on_progress(move |operations| {
+        if let Some(failure) = engine::take_pending_failure() {
+            return Some(failure);
+        }
         // Reading the clock costs more than an operation: look every 1024
         // operations, starting the limit at the first look (the operations
         // before it take microseconds).
         if operations % 1024 != 0 {
             return None;
         }
-        CURRENT.with(|current| {
+        let (over, hand_off) = CURRENT.with(|current| {
             let mut current = current.borrow_mut();
-            let call = current.as_mut()?;
+            let Some(call) = current.as_mut() else {
+                return (false, false);
+            };
             let now = Instant::now();
-            let deadline = *call.deadline.get_or_insert(now + hook_timeout);
-            (now > deadline).then(|| {
-                Dynamic::from(format!(
-                    "hook ran longer than its wall-clock limit of {} (see --hook-timeout)",
-                    humantime::format_duration(hook_timeout)
-                ))
-            })
+            let started = *call.started.get_or_insert(now);
+            let next = *call.next_handoff.get_or_insert(started + INLINE_BUDGET);
+            let hand_off = now >= next;
+            if hand_off {
+                call.next_handoff = Some(now + HANDOFF_RETRY);
+            }
+            (now.duration_since(started) > hook_timeout, hand_off)
+        });
+        if hand_off {
+            hand_off_worker();
+        }
+        over.then(|| {
+            Dynamic::from(format!(
+                "hook ran longer than its wall-clock limit of {} (see --hook-timeout)",
+                humantime::format_duration(hook_timeout)
+            ))
         })
     });
-    engine.register_fn("send", |value: Dynamic| {
-        with_current("send()", |call| {
-            call.reply
-                .actions
-                .push(Action::Send(Outgoing::from_value(value)));
-        })
+    engine.register_fn("send", |value: Dynamic| -> NativeResult<()> {
+        with_current("send()", |call| call.send(Outgoing::from_value(value)))?
+            .map_err(|e| Failure::script(format!("send(): {e}")).into())
     });
-    engine.register_fn("sleep", |ms: INT| {
+    engine.register_fn("sleep", |ms: INT| -> NativeResult<()> {
         with_current("sleep()", |call| {
+            call.charge(0)?;
             let pause = Duration::from_millis(ms.max(0) as u64);
             call.reply.actions.push(Action::Sleep(pause));
-        })
+            Ok(())
+        })?
+        .map_err(|e: String| Failure::script(format!("sleep(): {e}")).into())
     });
     engine.register_fn("close", || {
         with_current("close()", |call| call.reply.close = true)
     });
-    engine.register_fn("broadcast", |value: Dynamic| {
-        with_current("broadcast()", |call| {
-            let message = message::to_bytes(value);
-            call.reply.actions.push(Action::Broadcast(message));
-        })
+    engine.register_fn("broadcast", |value: Dynamic| -> NativeResult<()> {
+        with_current("broadcast()", |call| call.broadcast(message::to_bytes(value)))?
+        .map_err(|e: String| Failure::script(format!("broadcast(): {e}")).into())
     });
     let roster = room.clone();
     engine.register_fn("peers", move || -> rhai::Array {
@@ -377,72 +463,56 @@ fn server_engine(
     engine.register_fn("log", move |value: Dynamic| {
         if verbosity >= Verbosity::Normal {
             let who = CURRENT
-                .with(|c| c.borrow().as_ref().map(|call| call.peer.to_string()))
+                .with(|c| c.borrow().as_ref().map(|call| call.peer.clone()))
                 .unwrap_or_else(|| "script".into());
-            anstream::eprintln!("[{who}] {value}");
+            console::err(&format!(
+                "[{who}] {}",
+                message::escape_controls(&value.to_string())
+            ));
         }
     });
     engine
 }
 
-thread_local! {
-    /// Set while a `shared_update` closure runs: the store's lock is held,
-    /// and taking it again from the same thread would deadlock.
-    static UPDATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn store_free() -> NativeResult<()> {
-    if UPDATING.with(|u| u.get()) {
-        return Err(Failure::script(
-            "the shared store cannot be used inside a shared_update() function: use its argument",
-        )
-        .into());
+/// Called when a hook has held its thread for [`INLINE_BUDGET`]: the
+/// tokio worker it runs on hands its queue of other connections to a new
+/// thread, and this one goes on with the hook alone. A fast hook (nearly
+/// all of them) never gets here and costs nothing; a hook that spins until
+/// its wall-clock limit delays the connections that shared its worker by
+/// a couple of milliseconds, not by the whole limit.
+fn hand_off_worker() {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let on_worker = Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if on_worker {
+        // The new thread must take the worker's queue before this call
+        // returns, or the queue comes back here: a pause lets it start.
+        tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(1)));
     }
-    Ok(())
 }
 
 /// `shared_*`: state every connection of this server sees.
 fn register_shared_store(engine: &mut Engine) {
     let store = Arc::new(SharedStore::default());
     let s = store.clone();
-    engine.register_fn("shared_get", move |key: &str| -> NativeResult<Dynamic> {
-        store_free()?;
-        Ok(s.get(key).unwrap_or(Dynamic::UNIT))
+    engine.register_fn("shared_get", move |key: &str| -> Dynamic {
+        s.get(key).unwrap_or(Dynamic::UNIT)
+    });
+    let s = store.clone();
+    engine.register_fn("shared_get", move |key: &str, default: Dynamic| -> Dynamic {
+        s.get(key).unwrap_or(default)
     });
     let s = store.clone();
     engine.register_fn(
-        "shared_get",
-        move |key: &str, default: Dynamic| -> NativeResult<Dynamic> {
-            store_free()?;
-            Ok(s.get(key).unwrap_or(default))
+        "shared_set",
+        move |key: &str, value: Dynamic| -> NativeResult<()> {
+            Ok(s.set(key, value.flatten())?)
         },
     );
     let s = store.clone();
-    engine.register_fn("shared_set", move |key: &str, value: Dynamic| {
-        store_free()?;
-        s.set(key, value.flatten());
-        Ok::<_, Box<rhai::EvalAltResult>>(())
-    });
-    let s = store.clone();
     engine.register_fn(
         "shared_add",
-        move |key: &str, by: INT| -> NativeResult<INT> {
-            store_free()?;
-            let mut values = s.lock();
-            let current = match values.get(key) {
-                None => 0,
-                Some(value) => value.as_int().map_err(|kind| {
-                    Failure::script(format!(
-                        "shared_add: `{key}` holds a {kind}, not an integer"
-                    ))
-                })?,
-            };
-            let sum = current
-                .checked_add(by)
-                .ok_or_else(|| Failure::script("shared_add overflowed"))?;
-            values.insert(key.into(), Dynamic::from(sum));
-            Ok(sum)
-        },
+        move |key: &str, by: INT| -> NativeResult<INT> { Ok(s.add(key, by)?) },
     );
     let s = store.clone();
     engine.register_fn(
@@ -451,26 +521,24 @@ fn register_shared_store(engine: &mut Engine) {
               key: &str,
               update: rhai::FnPtr|
               -> NativeResult<Dynamic> {
-            store_free()?;
-            let mut values = s.lock();
-            let current = values.get(key).cloned().unwrap_or(Dynamic::UNIT);
-            UPDATING.with(|u| u.set(true));
-            let updated = update.call_within_context::<Dynamic>(&ctx, (current,));
-            UPDATING.with(|u| u.set(false));
-            let updated = updated?.flatten();
-            values.insert(key.into(), updated.clone());
-            Ok(updated)
+            s.update(key, |current| {
+                update.call_within_context::<Dynamic>(&ctx, (current,))
+            })
         },
     );
     let s = store.clone();
-    engine.register_fn("shared_remove", move |key: &str| -> NativeResult<Dynamic> {
-        store_free()?;
-        Ok(s.remove(key).unwrap_or(Dynamic::UNIT))
+    engine.register_fn("shared_remove", move |key: &str| -> Dynamic {
+        s.remove(key).unwrap_or(Dynamic::UNIT)
     });
-    engine.register_fn("shared_keys", move || -> NativeResult<rhai::Array> {
-        store_free()?;
-        Ok(store.keys().into_iter().map(Dynamic::from).collect())
+    engine.register_fn("shared_keys", move || -> rhai::Array {
+        store.keys().into_iter().map(Dynamic::from).collect()
     });
+}
+
+impl From<StoreError> for Box<EvalAltResult> {
+    fn from(error: StoreError) -> Self {
+        Failure::script(error.to_string()).into()
+    }
 }
 
 /// One connection's view of the script.
@@ -484,13 +552,10 @@ pub(crate) struct ConnectionHooks {
     /// The last message's string, rewritten in place for the next message
     /// when the script kept no reference to it.
     spare_text: ImmutableString,
+    limit: Option<MessageLimit>,
 }
 
 impl ConnectionHooks {
-    pub(crate) fn peer(&self) -> &str {
-        &self.peer
-    }
-
     /// Hands back a carried-out reply so the next call can reuse its list.
     pub(crate) fn recycle(&mut self, mut reply: Reply) {
         reply.actions.clear();
@@ -529,21 +594,26 @@ impl ConnectionHooks {
                     actions: std::mem::take(&mut self.spare),
                     close: false,
                 },
-                deadline: None,
+                output: 0,
+                limit: self.limit,
+                started: None,
+                next_handoff: None,
             });
         });
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
         let call = CURRENT.with(|current| current.borrow_mut().take());
-        let mut reply = call.map(|c| c.reply).unwrap_or_default();
-        match result {
-            Ok(value) => {
-                reply.push_value(value);
-                Ok(reply)
-            }
-            Err(err) => {
-                let context = format!("in hook `{hook}` for {}", self.peer);
-                Err(engine::diagnose(&err, &self.script.script, Some(&context)))
-            }
+        let context = || format!("in hook `{hook}` for {}", self.peer);
+        match (result, call) {
+            (Ok(value), Some(mut call)) => match call.push_value(value) {
+                Ok(()) => Ok(call.reply),
+                Err(e) => Err(self.script.script.error_at_fn(
+                    hook,
+                    format!("the value returned by `{hook}` cannot be sent: {e}"),
+                    context(),
+                )),
+            },
+            (Ok(_), None) => Ok(Reply::default()),
+            (Err(err), _) => Err(engine::diagnose(&err, &self.script.script, Some(&context()))),
         }
     }
 }
@@ -581,8 +651,8 @@ mod tests {
     #[test]
     fn each_connection_has_its_own_variables() {
         let script = script("let n = 0; fn on_message(m) { n += 1; `${n} ${m}` }");
-        let mut a = script.connection("127.0.0.1:1".parse().unwrap());
-        let mut b = script.connection("127.0.0.1:2".parse().unwrap());
+        let mut a = script.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut b = script.connection("127.0.0.1:2".parse().unwrap(), None);
         assert_eq!(sends(&a.on_message(b"x").unwrap()), vec![b"1 x"]);
         assert_eq!(sends(&a.on_message(b"y").unwrap()), vec![b"2 y"]);
         assert_eq!(sends(&b.on_message(b"z").unwrap()), vec![b"1 z"]);
@@ -593,7 +663,7 @@ mod tests {
         // Message strings are reused between calls: never one a script holds.
         let script =
             script(r#"let last = ""; fn on_message(m) { let prev = last; last = m; prev }"#);
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
         let first: &[u8] = b"the first message, long enough to live on the heap";
         c.on_message(first).unwrap();
         let reply = c
@@ -606,7 +676,7 @@ mod tests {
     fn sends_sleeps_and_return_value_keep_their_order() {
         let script = script(r#"fn on_message(m) { send("a"); sleep(5); close(); ["b", (), "c"] }"#);
         let reply = script
-            .connection("127.0.0.1:1".parse().unwrap())
+            .connection("127.0.0.1:1".parse().unwrap(), None)
             .on_message(b"x")
             .unwrap();
         assert_eq!(
@@ -625,7 +695,7 @@ mod tests {
     fn a_runaway_hook_is_stopped_with_its_name() {
         let script = script_with_max_ops("fn on_message(m) { loop {} }", 10_000);
         let err = script
-            .connection("127.0.0.1:1".parse().unwrap())
+            .connection("127.0.0.1:1".parse().unwrap(), None)
             .on_message(b"x")
             .unwrap_err();
         let text = err.render();
@@ -639,7 +709,7 @@ mod tests {
             "fn on_message(m) { let n = 0; for i in 0..300 { n += i } n }",
             2_000,
         );
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
         for _ in 0..20 {
             assert_eq!(sends(&c.on_message(b"x").unwrap()), vec![b"44850"]);
         }
@@ -649,8 +719,8 @@ mod tests {
     fn scripts_on_one_thread_keep_to_their_own_functions() {
         let a = script(r#"fn on_message(m) { helper() } fn helper() { "a" }"#);
         let b = script(r#"fn on_message(m) { helper() } fn helper() { "b" }"#);
-        let mut ca = a.connection("127.0.0.1:1".parse().unwrap());
-        let mut cb = b.connection("127.0.0.1:2".parse().unwrap());
+        let mut ca = a.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut cb = b.connection("127.0.0.1:2".parse().unwrap(), None);
         for _ in 0..3 {
             assert_eq!(sends(&ca.on_message(b"x").unwrap()), vec![b"a"]);
             assert_eq!(sends(&cb.on_message(b"x").unwrap()), vec![b"b"]);
@@ -662,7 +732,7 @@ mod tests {
         let script = script(
             r#"let n = 0; fn on_message(m) { n += 1; if m == "bad" { throw "no" } `${n}` }"#,
         );
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
         assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"1"]);
         let text = c.on_message(b"bad").unwrap_err().render();
         assert!(text.contains("t.rhai:1:"), "{text}");
@@ -673,7 +743,7 @@ mod tests {
     fn functions_called_by_names_from_peers_do_not_grow_the_cache_without_end() {
         let script =
             script(r#"fn on_message(m) { let r = "none"; try { r = call(Fn(m)); } catch {} r }"#);
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap());
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
         for i in 0..3 * MAX_CACHED_RESOLUTIONS {
             let name = format!("f{i}");
             assert_eq!(

@@ -78,14 +78,28 @@ fn server_serves_the_next_client_after_one_closes_without_spinning() {
 }
 
 #[test]
-fn echo_replies_with_the_message_and_prints_it_with_the_peer() {
-    let server = Running::server(&["--echo"]);
+fn echo_replies_with_the_message_and_prints_nothing_per_message() {
+    let mut server = Running::server(&["--echo"]);
     let mut a = LineClient::connect(server.port);
     let mut b = LineClient::connect(server.port);
     assert_eq!(a.exchange("ping a"), "ping a");
     assert_eq!(b.exchange("ping b"), "ping b");
+    drop((a, b));
+    // A load test against it must not turn into a line per message.
+    server.send_signal("TERM");
+    server.wait_exit();
+    assert_eq!(server.stdout(), "");
+    assert!(!server.stderr().contains("ping"), "{}", server.stderr());
+}
+
+#[test]
+fn echo_with_v_shows_each_message_with_the_peer() {
+    let server = Running::server(&["--echo", "-v"]);
+    let mut a = LineClient::connect(server.port);
+    assert_eq!(a.exchange("ping a"), "ping a");
     let me = a.stream().local_addr().unwrap().to_string();
-    server.wait_stdout(&format!("[{me}] ping a"));
+    let log = server.wait_stderr(" < ping a");
+    assert!(log.contains(&format!("{me} +")), "{log}");
 }
 
 #[test]

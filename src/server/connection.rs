@@ -1,0 +1,274 @@
+//! The socket of one server connection: messages cut out of what arrives,
+//! replies framed and written with backpressure, and a close that does not
+//! destroy replies still in flight. Every wait here gives way to the
+//! server's hard stop.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::ServerOptions;
+use super::room::Inbox;
+use super::shutdown::StopSignal;
+use crate::error::Error;
+use crate::framing::{self, Decoder, Frame, FrameError, Framing};
+use crate::transcript::{Direction, Transcript};
+
+/// Bytes asked for per read; also the largest `raw` message.
+const READ_SIZE: usize = 64 * 1024;
+/// How long a closing connection keeps draining what the peer still sends,
+/// so that closing with unread input does not reset our last replies.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// A write buffer grown past this by one big reply is given back.
+const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    /// One read buffer per worker thread rather than per connection: an
+    /// idle connection then costs only the bytes it has not finished.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnError {
+    #[error(transparent)]
+    Hook(Error),
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad framing from peer: {0}")]
+    Frame(#[from] FrameError),
+    #[error(
+        "the peer read none of its replies for {}; closing (--idle-timeout)",
+        humantime::format_duration(*.0)
+    )]
+    NotReading(Duration),
+    /// The grace period of a shutdown ended while this connection waited.
+    #[error("closed: the server stopped before this connection finished")]
+    Stopped,
+}
+
+/// What woke a connection up.
+pub(super) enum Event {
+    Message(Option<Frame>),
+    Broadcast(bytes::Bytes),
+    Shutdown,
+    Idle,
+}
+
+pub(super) struct ServerConnection {
+    stream: TcpStream,
+    decoder: Decoder,
+    framing: Framing,
+    /// Received bytes not yet cut into a message.
+    buf: BytesMut,
+    /// Framed replies waiting to be written, reused between replies.
+    out: Vec<u8>,
+    eof: bool,
+    /// Largest single read: a `raw` message never exceeds `--max-frame`.
+    read_size: usize,
+    /// How long a write may make no progress on a peer that does not read.
+    write_timeout: Option<Duration>,
+    pub(super) stop: StopSignal,
+    pub(super) transcript: Transcript,
+    pub(super) messages_in: u64,
+    pub(super) messages_out: u64,
+}
+
+impl ServerConnection {
+    pub(super) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        options: &ServerOptions,
+        stop: StopSignal,
+    ) -> Self {
+        let _ = stream.set_nodelay(true);
+        ServerConnection {
+            stream,
+            decoder: Decoder::new(options.framing.clone(), options.max_frame),
+            framing: options.framing.clone(),
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            eof: false,
+            read_size: options.max_frame.min(READ_SIZE),
+            write_timeout: options.idle_timeout,
+            stop,
+            transcript: Transcript::new(options.verbosity, format!("{peer} ")),
+            messages_in: 0,
+            messages_out: 0,
+        }
+    }
+
+    /// What to do next: a message (or the peer's end), a broadcast, the
+    /// server stopping, or the idle limit. Input comes first, as the peer
+    /// is the one waiting. One plain function rather than a `select!` over
+    /// four futures made anew per message: the code a message runs through
+    /// stays small enough to stay in the CPU's instruction cache.
+    pub(super) fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        inbox: Option<&mut Inbox>,
+        idle: Option<Pin<&mut tokio::time::Sleep>>,
+    ) -> Poll<Result<Event, ConnError>> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame(&mut self.buf)? {
+                return Poll::Ready(Ok(Event::Message(Some(frame))));
+            }
+            if self.eof {
+                let last = self.decoder.last_frame(&mut self.buf)?;
+                return Poll::Ready(Ok(Event::Message(last)));
+            }
+            match self.poll_read_some(cx) {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => break,
+            }
+        }
+        // A closed inbox (the room gone) just never delivers again.
+        if let Some(Poll::Ready(Some(message))) = inbox.map(|i| i.poll_recv(cx)) {
+            return Poll::Ready(Ok(Event::Broadcast(message)));
+        }
+        if self.stop.poll_stopping(cx).is_ready() {
+            return Poll::Ready(Ok(Event::Shutdown));
+        }
+        if idle.is_some_and(|idle| idle.poll(cx).is_ready()) {
+            return Poll::Ready(Ok(Event::Idle));
+        }
+        Poll::Pending
+    }
+
+    /// Hands a received message to `hook` straight from the read buffer,
+    /// then drops it from there.
+    pub(super) fn handle<T>(&mut self, frame: Frame, hook: impl FnOnce(&[u8]) -> T) -> T {
+        let message = frame.message(&self.buf);
+        self.messages_in += 1;
+        self.transcript.record(Direction::Received, message);
+        let result = hook(message);
+        frame.consume(&mut self.buf);
+        result
+    }
+
+    /// One read into the worker's scratch buffer, appended to `buf`.
+    /// `poll_read` rather than `readable()` + `try_read`: after a short
+    /// read it clears the socket's readiness, where `try_read` would leave
+    /// it set and cost an extra, empty `recv` per message.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut read = ReadBuf::new(&mut scratch[..self.read_size]);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    self.buf.extend_from_slice(filled);
+                    Poll::Ready(Ok(filled.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+
+    /// Frames a message into the write buffer. Hooks have checked that
+    /// the framing can carry what they send.
+    pub(super) fn queue(&mut self, message: &[u8]) -> Result<(), ConnError> {
+        framing::encode(&self.framing, message, &mut self.out)?;
+        self.messages_out += 1;
+        self.transcript.record(Direction::Sent, message);
+        Ok(())
+    }
+
+    /// A pause asked for by `sleep()`, cut short by the hard stop.
+    pub(super) async fn pause(&mut self, pause: Duration) {
+        if self.stop.is_hard() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.stop.hard() => {}
+        }
+    }
+
+    /// Writes the pending replies. Memory stays bounded when the peer does
+    /// not read: this waits, and the connection reads nothing more until
+    /// the kernel's buffers drain. `--idle-timeout` gives up on a peer that
+    /// takes none of the bytes for that long (a slow but steady reader is
+    /// making progress and is not cut off), and the hard stop of a
+    /// shutdown gives up at once, as does any write after it.
+    pub(super) async fn flush(&mut self) -> Result<(), ConnError> {
+        let mut written = 0;
+        while written < self.out.len() {
+            match self.stream.try_write(&self.out[written..]) {
+                Ok(n) => {
+                    written += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.stop.is_hard() {
+                self.out.clear();
+                return Err(ConnError::Stopped);
+            }
+            let stalled = tokio::select! {
+                ready = self.stream.writable() => {
+                    ready?;
+                    false
+                }
+                _ = self.stop.hard() => {
+                    self.out.clear();
+                    return Err(ConnError::Stopped);
+                }
+                _ = stall(self.write_timeout) => true,
+            };
+            if stalled {
+                return Err(ConnError::NotReading(self.write_timeout.unwrap_or_default()));
+            }
+        }
+        self.out.clear();
+        if self.out.capacity() > KEEP_WRITE_CAPACITY {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Sends our FIN, then drains briefly so unread input does not turn
+    /// the close into a reset that could destroy replies still in flight.
+    pub(super) async fn close(&mut self) {
+        let _ = self.stream.shutdown().await;
+        if self.eof || self.stop.is_hard() {
+            return;
+        }
+        let stream = &self.stream;
+        let drain = async {
+            loop {
+                if stream.readable().await.is_err() {
+                    return;
+                }
+                let read = SCRATCH.with(|scratch| stream.try_read(&mut scratch.borrow_mut()));
+                match read {
+                    Ok(0) => return,
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(CLOSE_LINGER, drain) => {}
+            _ = self.stop.hard() => {}
+        }
+    }
+}
+
+/// Completes after `limit` (never, without one).
+async fn stall(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}

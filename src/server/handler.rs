@@ -1,0 +1,229 @@
+//! One connection from accept to close: `on_connect`, then each message to
+//! `on_message` and its reply carried out, then `on_disconnect`, whatever
+//! ended the connection, and its counts added to the server's summary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::connection::{ConnError, Event, ServerConnection};
+use super::hooks::{Action, ConnectionHooks, MessageLimit, Reply};
+use super::room::{Inbox, Room};
+use super::shutdown::StopSignal;
+use crate::console;
+use crate::framing::Framing;
+use crate::transcript::Verbosity;
+
+/// Why a connection ended.
+enum End {
+    PeerClosed,
+    ScriptClosed,
+    Shutdown,
+    Idle(Duration),
+}
+
+pub(super) async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    stop: StopSignal,
+) {
+    let options = &shared.options;
+    let mut connection = ServerConnection::new(stream, peer, options, stop);
+    let mut hooks = shared
+        .script
+        .connection(peer, message_limit(&options.framing));
+    if options.verbosity == Verbosity::Verbose {
+        console::err(&format!("{peer} connected"));
+    }
+    let mut member = shared.script.room().map(|room| Member::join(room, peer));
+    let result = converse(&mut connection, &mut hooks, &mut member, shared).await;
+    // on_disconnect's replies go out when the connection can still carry
+    // them: the script closed it, or the server is shutting down.
+    let farewell = matches!(
+        result,
+        Ok(End::ScriptClosed | End::Shutdown) | Err(ConnError::Stopped)
+    );
+    let mut errors = 0;
+    let reason = match result {
+        Ok(End::PeerClosed) => "closed by peer".to_string(),
+        Ok(End::ScriptClosed) => "closed by script".to_string(),
+        Ok(End::Shutdown) => "closed: server shutting down".to_string(),
+        Ok(End::Idle(idle)) => {
+            let reason = format!(
+                "closed: idle for {} (--idle-timeout)",
+                humantime::format_duration(idle)
+            );
+            if options.verbosity == Verbosity::Normal {
+                console::err(&format!("{peer} {reason}"));
+            }
+            reason
+        }
+        Err(ConnError::Stopped) => "closed: the server stopped before it finished".to_string(),
+        Err(ConnError::Hook(mut error)) => {
+            errors += 1;
+            if let Some(diagnostic) = error.diagnostic_mut() {
+                diagnostic.transcript = connection.transcript.recent();
+            }
+            report(&error);
+            "closed after a script error".to_string()
+        }
+        Err(other) => {
+            errors += 1;
+            console::err(&format!("{peer} {other}"));
+            "closed after an error".to_string()
+        }
+    };
+    match hooks.on_disconnect() {
+        Ok(mut reply) if farewell => {
+            let _ = perform(&mut connection, member.as_ref(), &mut reply).await;
+        }
+        // The peer cannot hear it, but the others can.
+        Ok(reply) => broadcast_only(member.as_ref(), reply),
+        Err(error) => {
+            errors += 1;
+            report(&error);
+        }
+    }
+    drop(member.take());
+    connection.close().await;
+    if options.verbosity == Verbosity::Verbose {
+        console::err(&format!("{peer} {reason}"));
+    }
+    let counts = &shared.counts;
+    counts.connections.fetch_add(1, Ordering::Relaxed);
+    counts
+        .messages_in
+        .fetch_add(connection.messages_in, Ordering::Relaxed);
+    counts
+        .messages_out
+        .fetch_add(connection.messages_out, Ordering::Relaxed);
+    counts.errors.fetch_add(errors, Ordering::Relaxed);
+}
+
+/// A script error, as one block on stderr.
+fn report(error: &crate::error::Error) {
+    console::err(error.render().trim_end_matches('\n'));
+}
+
+/// The largest message the framing can carry, when it has a limit.
+fn message_limit(framing: &Framing) -> Option<MessageLimit> {
+    let (max, name) = match framing {
+        Framing::Len { width, .. } => (width.max_len(), width.framing_name()),
+        _ => return None,
+    };
+    Some(MessageLimit {
+        max: usize::try_from(max).unwrap_or(usize::MAX),
+        framing: name,
+    })
+}
+
+async fn converse(
+    connection: &mut ServerConnection,
+    hooks: &mut ConnectionHooks,
+    member: &mut Option<Member>,
+    shared: &Shared,
+) -> Result<End, ConnError> {
+    let idle_timeout = shared.options.idle_timeout;
+    let mut greeting = hooks.on_connect().map_err(ConnError::Hook)?;
+    let closed = perform(connection, member.as_ref(), &mut greeting).await?;
+    hooks.recycle(greeting);
+    if closed {
+        return Ok(End::ScriptClosed);
+    }
+    // One timer for the whole connection, restarted at every wait: the
+    // peer's idle time counts from when we are ready for it again.
+    let mut idle = idle_timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    loop {
+        if let Some((limit, timer)) = idle.as_mut() {
+            timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+        }
+        let event = std::future::poll_fn(|cx| {
+            let timer = idle.as_mut().map(|(_, timer)| timer.as_mut());
+            let inbox = member.as_mut().map(|m| &mut m.inbox);
+            connection.poll_event(cx, inbox, timer)
+        })
+        .await?;
+        let frame = match event {
+            Event::Message(Some(frame)) => frame,
+            Event::Message(None) => return Ok(End::PeerClosed),
+            Event::Broadcast(message) => {
+                connection.queue(&message)?;
+                connection.flush().await?;
+                continue;
+            }
+            Event::Shutdown => return Ok(End::Shutdown),
+            Event::Idle => return Ok(End::Idle(idle_timeout.unwrap_or_default())),
+        };
+        let mut reply = connection
+            .handle(frame, |message| hooks.on_message(message))
+            .map_err(ConnError::Hook)?;
+        let closed = perform(connection, member.as_ref(), &mut reply).await?;
+        hooks.recycle(reply);
+        if closed {
+            return Ok(End::ScriptClosed);
+        }
+    }
+}
+
+/// Carries out a hook's reply; true when the script asked to close.
+async fn perform(
+    connection: &mut ServerConnection,
+    member: Option<&Member>,
+    reply: &mut Reply,
+) -> Result<bool, ConnError> {
+    for action in reply.actions.drain(..) {
+        match action {
+            Action::Send(message) => connection.queue(message.as_bytes())?,
+            Action::Sleep(pause) => {
+                connection.flush().await?;
+                connection.pause(pause).await;
+            }
+            Action::Broadcast(message) => {
+                if let Some(member) = member {
+                    member.room.broadcast(member.id, message);
+                }
+            }
+        }
+    }
+    connection.flush().await?;
+    Ok(reply.close)
+}
+
+/// The broadcasts of a reply that can no longer be sent to its peer.
+fn broadcast_only(member: Option<&Member>, reply: Reply) {
+    let Some(member) = member else { return };
+    for action in reply.actions {
+        if let Action::Broadcast(message) = action {
+            member.room.broadcast(member.id, message);
+        }
+    }
+}
+
+/// This connection's place in the room; it leaves when dropped.
+struct Member {
+    room: Arc<Room>,
+    id: u64,
+    inbox: Inbox,
+}
+
+impl Member {
+    fn join(room: &Arc<Room>, peer: SocketAddr) -> Self {
+        let (id, inbox) = room.join(peer.to_string());
+        Member {
+            room: room.clone(),
+            id,
+            inbox,
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.room.leave(self.id);
+    }
+}
