@@ -148,10 +148,7 @@ impl Stream {
                 while state.lines.is_empty() {
                     state.busy = false;
                     self.changed.notify_all();
-                    state = self
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(|e| e.into_inner());
+                    state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
                 let line = state.lines.pop_front().unwrap_or_default();
                 state.bytes -= line.len();

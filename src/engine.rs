@@ -255,7 +255,10 @@ pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Pa
             (Some(source), Some(line)) => format!("{source}:{line}: "),
             _ => String::new(),
         };
-        crate::console::err(&format!("[debug] {place}{}", message::escape_controls(text)));
+        crate::console::err(&format!(
+            "[debug] {place}{}",
+            message::escape_controls(text)
+        ));
     });
     register_common(&mut engine, params);
     engine

@@ -66,9 +66,10 @@ impl Error {
             Error::Usage(_) | Error::ReadFile { .. } | Error::ScriptUsage(_) => exit::USAGE,
             Error::Script(_) => exit::SCRIPT,
             Error::Failed(_) => exit::FAILED,
-            Error::Bind { .. } | Error::Connect { .. } | Error::Network(_) | Error::System { .. } => {
-                exit::NETWORK
-            }
+            Error::Bind { .. }
+            | Error::Connect { .. }
+            | Error::Network(_)
+            | Error::System { .. } => exit::NETWORK,
             Error::TestsFailed { code, .. } => *code,
         }
     }

@@ -274,7 +274,9 @@ impl Decoder {
                 Ok(Some(Frame::whole(buf.len())))
             }
             Framing::Line => {
-                let Some(end) = self.find(buf, b"\n")? else {
+                // A `\r` before the `\n` is framing, not message: a line of
+                // exactly --max-frame bytes may end in `\r\n`.
+                let Some(end) = find(&mut self.scanned, self.max_frame, buf, b"\n", 1)? else {
                     return Ok(None);
                 };
                 let text_end = if end > 0 && buf[end - 1] == b'\r' {
@@ -282,6 +284,7 @@ impl Decoder {
                 } else {
                     end
                 };
+                check_size(text_end, self.max_frame)?;
                 Ok(Some(Frame {
                     start: 0,
                     end: text_end,
@@ -289,10 +292,12 @@ impl Decoder {
                 }))
             }
             Framing::Delim(delimiter) => {
-                let delimiter = delimiter.clone();
-                let Some(end) = self.find(buf, &delimiter)? else {
+                let slack = delimiter.len() - 1;
+                let Some(end) = find(&mut self.scanned, self.max_frame, buf, delimiter, slack)?
+                else {
                     return Ok(None);
                 };
+                check_size(end, self.max_frame)?;
                 Ok(Some(Frame {
                     start: 0,
                     end,
@@ -319,9 +324,9 @@ impl Decoder {
                         max: self.max_frame,
                     });
                 }
+                // Nothing is reserved for what the prefix promises: memory
+                // follows the bytes that actually arrive.
                 if buf.len() < prefix + len {
-                    // Reserve once so a large frame is not copied at every read.
-                    buf.reserve(prefix + len - buf.len());
                     return Ok(None);
                 }
                 Ok(Some(Frame {
@@ -358,39 +363,46 @@ impl Decoder {
             }
         }
     }
+}
 
-    /// Position of `delimiter` in `buf`, searching only bytes not seen before.
-    fn find(&mut self, buf: &BytesMut, delimiter: &[u8]) -> Result<Option<usize>, FrameError> {
-        let start = self.scanned.saturating_sub(delimiter.len() - 1);
-        let found = if delimiter.len() == 1 {
-            memchr::memchr(delimiter[0], &buf[start..])
-        } else {
-            memchr::memmem::find(&buf[start..], delimiter)
-        };
-        match found {
-            Some(offset) => {
-                self.scanned = 0;
-                let end = start + offset;
-                if end > self.max_frame {
-                    return Err(FrameError::TooLarge {
-                        size: end,
-                        max: self.max_frame,
-                    });
-                }
-                Ok(Some(end))
-            }
-            None => {
-                self.scanned = buf.len();
-                if buf.len() > self.max_frame {
-                    return Err(FrameError::TooLarge {
-                        size: buf.len(),
-                        max: self.max_frame,
-                    });
-                }
-                Ok(None)
-            }
+/// Position of `delimiter` in `buf`, searching only bytes not `scanned`
+/// before. Without one, `buf` is too large once even its last `slack` bytes
+/// being framing (the start of a delimiter, a `\r`) would leave a message
+/// over `max_frame`.
+fn find(
+    scanned: &mut usize,
+    max_frame: usize,
+    buf: &BytesMut,
+    delimiter: &[u8],
+    slack: usize,
+) -> Result<Option<usize>, FrameError> {
+    let start = scanned.saturating_sub(delimiter.len() - 1);
+    let found = if delimiter.len() == 1 {
+        memchr::memchr(delimiter[0], &buf[start..])
+    } else {
+        memchr::memmem::find(&buf[start..], delimiter)
+    };
+    match found {
+        Some(offset) => {
+            *scanned = 0;
+            Ok(Some(start + offset))
+        }
+        None => {
+            *scanned = buf.len();
+            check_size(buf.len().saturating_sub(slack), max_frame)?;
+            Ok(None)
         }
     }
+}
+
+fn check_size(size: usize, max_frame: usize) -> Result<(), FrameError> {
+    if size > max_frame {
+        return Err(FrameError::TooLarge {
+            size,
+            max: max_frame,
+        });
+    }
+    Ok(())
 }
 
 /// Appends `message`, framed, to `out`.
@@ -515,6 +527,39 @@ mod tests {
             decoder.decode(&mut buf),
             Err(FrameError::TooLarge { size: 4096, .. })
         ));
+    }
+
+    #[test]
+    fn a_line_of_exactly_max_frame_bytes_may_end_in_crlf() {
+        let mut decoder = Decoder::new(Framing::Line, 4);
+        let mut buf = BytesMut::from(&b"abcd\r"[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(b"\n");
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"abcd"[..])
+        );
+        let mut buf = BytesMut::from(&b"abcde\r\n"[..]);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(FrameError::TooLarge { size: 5, .. })
+        ));
+        let mut decoder = Decoder::new(Framing::Delim(b"\r\n\r\n".to_vec()), 4);
+        let mut buf = BytesMut::from(&b"abcd\r\n\r"[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(b"\n");
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"abcd"[..])
+        );
+    }
+
+    #[test]
+    fn a_promised_length_reserves_nothing() {
+        let mut decoder = Decoder::new("len:u32".parse().unwrap(), 1 << 20);
+        let mut buf = BytesMut::from(&b"\x00\x10\x00\x00ab"[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() < 1024, "reserved {}", buf.capacity());
     }
 
     #[test]

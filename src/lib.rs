@@ -2,8 +2,8 @@
 
 mod check; // `tcpscript check`: compile scripts, run nothing
 pub mod cli; // command-line flags and their translation into options
-mod console; // stdout and stderr lines through bounded queues: output never blocks a worker
 mod client; // scripted client: a conversation run top to bottom, over blocking connections
+mod console; // stdout and stderr lines through bounded queues: output never blocks a worker
 mod diagnostic; // rustc-like error reports pointing into scripts
 mod engine; // Rhai engine set-up, compilation, common functions, error mapping
 pub mod error; // error kinds and the exit-code table
@@ -17,4 +17,3 @@ mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 mod runner; // `tcpscript test`: client scripts as test cases, with reports
 mod server; // scripted server: listener, connections, hooks, shared room and store
 mod transcript; // the `> sent` / `< received` record of a conversation
-

@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use super::ServerOptions;
 use super::room::Inbox;
 use super::shutdown::StopSignal;
-use crate::error::Error;
 use crate::framing::{self, Decoder, Frame, FrameError, Framing};
+use crate::net;
 use crate::transcript::{Direction, Transcript};
 
 /// Bytes asked for per read; also the largest `raw` message.
@@ -37,8 +37,9 @@ thread_local! {
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnError {
-    #[error(transparent)]
-    Hook(Error),
+    /// A hook failed; its error has been reported.
+    #[error("closed after a script error")]
+    HookFailed,
     #[error("connection error: {0}")]
     Io(#[from] io::Error),
     #[error("bad framing from peer: {0}")]
@@ -224,10 +225,12 @@ impl ServerConnection {
                     self.out.clear();
                     return Err(ConnError::Stopped);
                 }
-                _ = stall(self.write_timeout) => true,
+                stalled = stall(&self.stream, self.write_timeout) => stalled,
             };
             if stalled {
-                return Err(ConnError::NotReading(self.write_timeout.unwrap_or_default()));
+                return Err(ConnError::NotReading(
+                    self.write_timeout.unwrap_or_default(),
+                ));
             }
         }
         self.out.clear();
@@ -265,10 +268,26 @@ impl ServerConnection {
     }
 }
 
-/// Completes after `limit` (never, without one).
-async fn stall(limit: Option<Duration>) {
-    match limit {
-        Some(limit) => tokio::time::sleep(limit).await,
-        None => std::future::pending().await,
+/// Completes once the peer has taken none of our bytes for `limit` (never,
+/// without one). The kernel's count of unacknowledged bytes shows progress
+/// that writes cannot: a socket becomes writable again only once a third of
+/// its buffer is free, which takes a slow reader seconds.
+async fn stall(stream: &TcpStream, limit: Option<Duration>) -> bool {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let look_every = (limit / 4).max(Duration::from_millis(10));
+    let mut queued = net::unacknowledged_bytes(stream);
+    let mut progress = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(look_every).await;
+        let now_queued = net::unacknowledged_bytes(stream);
+        if now_queued < queued {
+            progress = tokio::time::Instant::now();
+        }
+        queued = now_queued;
+        if progress.elapsed() >= limit {
+            return true;
+        }
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connection::{ConnError, Event, ServerConnection};
-use super::hooks::{Action, ConnectionHooks, MessageLimit, Reply};
+use super::hooks::{Action, ConnectionHooks, HookFailure, MessageLimit, Reply};
 use super::room::{Inbox, Room};
 use super::shutdown::StopSignal;
 use crate::console;
@@ -64,12 +64,8 @@ pub(super) async fn serve_connection(
             reason
         }
         Err(ConnError::Stopped) => "closed: the server stopped before it finished".to_string(),
-        Err(ConnError::Hook(mut error)) => {
+        Err(ConnError::HookFailed) => {
             errors += 1;
-            if let Some(diagnostic) = error.diagnostic_mut() {
-                diagnostic.transcript = connection.transcript.recent();
-            }
-            report(&error);
             "closed after a script error".to_string()
         }
         Err(other) => {
@@ -78,16 +74,19 @@ pub(super) async fn serve_connection(
             "closed after an error".to_string()
         }
     };
-    match hooks.on_disconnect() {
-        Ok(mut reply) if farewell => {
-            let _ = perform(&mut connection, member.as_ref(), &mut reply).await;
-        }
-        // The peer cannot hear it, but the others can.
-        Ok(reply) => broadcast_only(member.as_ref(), reply),
-        Err(error) => {
+    let mut farewell_reply = match hooks.on_disconnect() {
+        Ok(reply) => reply,
+        Err(failure) => {
             errors += 1;
-            report(&error);
+            report(&failure.error);
+            failure.before
         }
+    };
+    if farewell {
+        let _ = perform(&mut connection, member.as_ref(), &mut farewell_reply).await;
+    } else {
+        // The peer cannot hear it, but the others can.
+        broadcast_only(member.as_ref(), farewell_reply);
     }
     drop(member.take());
     connection.close().await;
@@ -129,7 +128,10 @@ async fn converse(
     shared: &Shared,
 ) -> Result<End, ConnError> {
     let idle_timeout = shared.options.idle_timeout;
-    let mut greeting = hooks.on_connect().map_err(ConnError::Hook)?;
+    let mut greeting = match hooks.on_connect() {
+        Ok(reply) => reply,
+        Err(failure) => return Err(failed(connection, member.as_ref(), failure).await),
+    };
     let closed = perform(connection, member.as_ref(), &mut greeting).await?;
     hooks.recycle(greeting);
     if closed {
@@ -159,15 +161,31 @@ async fn converse(
             Event::Shutdown => return Ok(End::Shutdown),
             Event::Idle => return Ok(End::Idle(idle_timeout.unwrap_or_default())),
         };
-        let mut reply = connection
-            .handle(frame, |message| hooks.on_message(message))
-            .map_err(ConnError::Hook)?;
+        let mut reply = match connection.handle(frame, |message| hooks.on_message(message)) {
+            Ok(reply) => reply,
+            Err(failure) => return Err(failed(connection, member.as_ref(), failure).await),
+        };
         let closed = perform(connection, member.as_ref(), &mut reply).await?;
         hooks.recycle(reply);
         if closed {
             return Ok(End::ScriptClosed);
         }
     }
+}
+
+/// A hook failed: its error is reported at once, then what it had sent
+/// before failing still goes out, and the connection ends.
+async fn failed(
+    connection: &mut ServerConnection,
+    member: Option<&Member>,
+    mut failure: HookFailure,
+) -> ConnError {
+    if let Some(diagnostic) = failure.error.diagnostic_mut() {
+        diagnostic.transcript = connection.transcript.recent();
+    }
+    report(&failure.error);
+    let _ = perform(connection, member, &mut failure.before).await;
+    ConnError::HookFailed
 }
 
 /// Carries out a hook's reply; true when the script asked to close.

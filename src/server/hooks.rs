@@ -15,10 +15,10 @@ use bytes::Bytes;
 use rhai::{Caches, Dynamic, Engine, EvalAltResult, EvalContext, GlobalRuntimeState, INT};
 use rhai::{ImmutableString, Scope};
 
+use crate::console;
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::message::{self, Outgoing};
-use crate::console;
 use crate::server::room::{Room, SharedStore, StoreError};
 use crate::transcript::Verbosity;
 
@@ -449,7 +449,9 @@ fn server_engine(
         with_current("close()", |call| call.reply.close = true)
     });
     engine.register_fn("broadcast", |value: Dynamic| -> NativeResult<()> {
-        with_current("broadcast()", |call| call.broadcast(message::to_bytes(value)))?
+        with_current("broadcast()", |call| {
+            call.broadcast(message::to_bytes(value))
+        })?
         .map_err(|e: String| Failure::script(format!("broadcast(): {e}")).into())
     });
     let roster = room.clone();
@@ -499,15 +501,14 @@ fn register_shared_store(engine: &mut Engine) {
         s.get(key).unwrap_or(Dynamic::UNIT)
     });
     let s = store.clone();
-    engine.register_fn("shared_get", move |key: &str, default: Dynamic| -> Dynamic {
-        s.get(key).unwrap_or(default)
-    });
+    engine.register_fn(
+        "shared_get",
+        move |key: &str, default: Dynamic| -> Dynamic { s.get(key).unwrap_or(default) },
+    );
     let s = store.clone();
     engine.register_fn(
         "shared_set",
-        move |key: &str, value: Dynamic| -> NativeResult<()> {
-            Ok(s.set(key, value.flatten())?)
-        },
+        move |key: &str, value: Dynamic| -> NativeResult<()> { Ok(s.set(key, value.flatten())?) },
     );
     let s = store.clone();
     engine.register_fn(
@@ -564,14 +565,14 @@ impl ConnectionHooks {
         }
     }
 
-    pub(crate) fn on_connect(&mut self) -> Result<Reply, Error> {
+    pub(crate) fn on_connect(&mut self) -> Result<Reply, HookFailure> {
         if !self.script.has_connect {
             return Ok(Reply::default());
         }
         self.call("on_connect", &mut [])
     }
 
-    pub(crate) fn on_message(&mut self, message: &[u8]) -> Result<Reply, Error> {
+    pub(crate) fn on_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
         if !self.script.has_message {
             return Ok(Reply::default());
         }
@@ -579,14 +580,14 @@ impl ConnectionHooks {
         self.call("on_message", &mut [&mut message])
     }
 
-    pub(crate) fn on_disconnect(&mut self) -> Result<Reply, Error> {
+    pub(crate) fn on_disconnect(&mut self) -> Result<Reply, HookFailure> {
         if !self.script.has_disconnect {
             return Ok(Reply::default());
         }
         self.call("on_disconnect", &mut [])
     }
 
-    fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, Error> {
+    fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
         CURRENT.with(|current| {
             *current.borrow_mut() = Some(HookCall {
                 peer: self.peer.clone(),
@@ -603,19 +604,35 @@ impl ConnectionHooks {
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
         let call = CURRENT.with(|current| current.borrow_mut().take());
         let context = || format!("in hook `{hook}` for {}", self.peer);
-        match (result, call) {
-            (Ok(value), Some(mut call)) => match call.push_value(value) {
-                Ok(()) => Ok(call.reply),
-                Err(e) => Err(self.script.script.error_at_fn(
+        let Some(mut call) = call else {
+            return Ok(Reply::default());
+        };
+        let error = match result {
+            Ok(value) => match call.push_value(value) {
+                Ok(()) => return Ok(call.reply),
+                Err(e) => self.script.script.error_at_fn(
                     hook,
                     format!("the value returned by `{hook}` cannot be sent: {e}"),
                     context(),
-                )),
+                ),
             },
-            (Ok(_), None) => Ok(Reply::default()),
-            (Err(err), _) => Err(engine::diagnose(&err, &self.script.script, Some(&context()))),
-        }
+            Err(err) => engine::diagnose(&err, &self.script.script, Some(&context())),
+        };
+        call.reply.close = true;
+        Err(HookFailure {
+            error,
+            before: call.reply,
+        })
     }
+}
+
+/// A hook that failed, with what it had asked for before it failed: those
+/// messages are still sent, as a program's are when it crashes after
+/// writing them.
+#[derive(Debug)]
+pub(crate) struct HookFailure {
+    pub(crate) error: Error,
+    pub(crate) before: Reply,
 }
 
 #[cfg(test)]
@@ -697,7 +714,8 @@ mod tests {
         let err = script
             .connection("127.0.0.1:1".parse().unwrap(), None)
             .on_message(b"x")
-            .unwrap_err();
+            .unwrap_err()
+            .error;
         let text = err.render();
         assert!(text.contains("operation limit"), "{text}");
         assert!(text.contains("`on_message`"), "{text}");
@@ -734,7 +752,7 @@ mod tests {
         );
         let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
         assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"1"]);
-        let text = c.on_message(b"bad").unwrap_err().render();
+        let text = c.on_message(b"bad").unwrap_err().error.render();
         assert!(text.contains("t.rhai:1:"), "{text}");
         assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"3"]);
     }

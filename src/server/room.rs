@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rhai::{Dynamic, INT};
@@ -196,7 +196,9 @@ pub(crate) enum StoreError {
         STORE_MAX_BYTES / (1024 * 1024)
     )]
     TooManyBytes { key: String, size: usize },
-    #[error("shared_update(`{0}`): other connections changed the value {UPDATE_ATTEMPTS} times while the function ran")]
+    #[error(
+        "shared_update(`{0}`): other connections changed the value {UPDATE_ATTEMPTS} times while the function ran"
+    )]
     Contended(String),
     #[error("shared_add: `{key}` holds a {kind}, not an integer")]
     NotAnInteger { key: String, kind: &'static str },
@@ -294,7 +296,9 @@ impl SharedStore {
         {
             return Ok(Written::Stale);
         }
-        store.install_measured(key, value, bytes).map(Written::Replaced)
+        store
+            .install_measured(key, value, bytes)
+            .map(Written::Replaced)
     }
 }
 
@@ -332,7 +336,10 @@ impl Store {
             version: self.writes,
         };
         self.bytes = self.bytes - replaced + bytes;
-        Ok(self.slots.insert(key.to_string(), slot).map(|old| old.value))
+        Ok(self
+            .slots
+            .insert(key.to_string(), slot)
+            .map(|old| old.value))
     }
 }
 

@@ -112,6 +112,25 @@ impl Captured {
     }
 }
 
+/// Resident memory of a process, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub rss: u64,
+    pub peak: u64,
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// Raises this test process's open-file limit for tests that open
+/// thousands of connections; panics if it cannot reach `wanted`.
+pub fn allow_open_files(wanted: u64) {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    assert!(
+        limit >= wanted,
+        "the open-file limit here is {limit}: {wanted} files cannot be opened (raise `ulimit -n`)"
+    );
+}
+
 /// A background process (a server, usually); killed when dropped.
 pub struct Running {
     child: Child,
@@ -152,16 +171,20 @@ impl Running {
     /// Starts it and waits for `listening on 127.0.0.1:PORT`.
     pub fn listening(command: Command, input: Option<&str>) -> Running {
         let mut running = Running::start(command, input);
+        running.port = running.wait_listening();
+        running
+    }
+
+    fn wait_listening(&self) -> u16 {
         let complete_line = |text: &str| {
             text.split_once("listening on ")
                 .is_some_and(|(_, rest)| rest.contains('\n'))
         };
-        let text = running
+        let text = self
             .stderr
             .wait_until(complete_line, "the server never printed `listening on`");
         let line = text.lines().find(|l| l.contains("listening on ")).unwrap();
-        running.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        running
+        line.rsplit(':').next().unwrap().trim().parse().unwrap()
     }
 
     /// `tcpscript server ARGS --listen 127.0.0.1:0`, once it is listening.
@@ -182,6 +205,62 @@ impl Running {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory now (`VmRSS`) and at its peak
+    /// (`VmHWM`), in bytes, from `/proc`.
+    pub fn memory(&self) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the process is running");
+        let field = |name: &str| -> u64 {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in /proc status"));
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap();
+            kib * 1024
+        };
+        Memory {
+            rss: field("VmRSS:"),
+            peak: field("VmHWM:"),
+        }
+    }
+
+    /// A server whose stdout pipe nobody reads: the pipe is handed to the
+    /// caller, who may leave it full or drop it (closing it).
+    pub fn server_with_unread_stdout(args: &[&str]) -> (Running, std::process::ChildStdout) {
+        let mut command = Command::new(BIN);
+        command
+            .arg("server")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("GITHUB_ACTIONS");
+        let mut child = command.spawn().expect("spawn");
+        let pipe = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let stderr = Captured::default();
+        stderr.clone().follow(child.stderr.take().unwrap());
+        let mut running = Running {
+            child,
+            stdin,
+            stdout: Captured::default(),
+            stderr,
+            port: 0,
+        };
+        running.port = running.wait_listening();
+        (running, pipe)
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.text()
     }
@@ -192,6 +271,14 @@ impl Running {
 
     pub fn wait_stderr(&self, needle: &str) -> String {
         self.stderr.wait_for(needle, "stderr")
+    }
+
+    /// Waits until stderr shows `needle` at least `count` times.
+    pub fn wait_stderr_count(&self, needle: &str, count: usize) -> String {
+        self.stderr.wait_until(
+            |text| text.matches(needle).count() >= count,
+            &format!("stderr never showed {needle:?} {count} times"),
+        )
     }
 
     pub fn wait_stdout(&self, needle: &str) -> String {

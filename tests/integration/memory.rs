@@ -1,0 +1,166 @@
+//! Memory counted in bytes: what a peer promises, what a hook queues for a
+//! peer that never reads, what waits for a slow member of a chat, and what
+//! the shared store keeps. Each case reads the server's resident memory
+//! from `/proc` and requires it to stay within 256 MiB of its idle size,
+//! with a bystander still served.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use crate::support::{LineClient, MIB, Running, allow_open_files, script};
+
+/// How far above its idle size the server may grow in any of these cases.
+const HEADROOM: u64 = 256 * MIB;
+
+fn assert_within_headroom(server: &Running, idle: u64) {
+    let memory = server.memory();
+    eprintln!(
+        "server memory: idle {} MiB, peak {} MiB, now {} MiB",
+        idle / MIB,
+        memory.peak / MIB,
+        memory.rss / MIB
+    );
+    assert!(
+        memory.peak < idle + HEADROOM,
+        "the server grew from {} MiB to {} MiB",
+        idle / MIB,
+        memory.peak / MIB
+    );
+}
+
+fn still_serving(server: &Running) {
+    let mut c = LineClient::connect(server.port);
+    assert_eq!(c.exchange("still there?"), "still there?");
+}
+
+#[test]
+fn length_prefixes_promising_a_megabyte_each_reserve_nothing() {
+    let connections: usize = 2000;
+    allow_open_files(connections as u64 + 64);
+    let s = script("fn on_message(m) { m }\n");
+    let server = Running::server(&[s.path(), "--framing", "len:u32", "-q"]);
+    let idle = server.memory().rss;
+    let mut peers: Vec<TcpStream> = (0..connections)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    for peer in &mut peers {
+        // One mebibyte promised, four bytes sent.
+        peer.write_all(&[0, 0x10, 0, 0]).unwrap();
+    }
+    // Each close cut a promised message short: one error line per peer
+    // proves the server read every header before we measure.
+    drop(peers);
+    let log = server.wait_stderr_count("connection closed in the middle of a message", connections);
+    assert!(log.contains("(4 bytes pending)"), "{log}");
+    assert_within_headroom(&server, idle);
+    let mut good = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    good.write_all(b"\x00\x00\x00\x02hi").unwrap();
+    let mut reply = [0u8; 6];
+    std::io::Read::read_exact(&mut good, &mut reply).unwrap();
+    assert_eq!(&reply, b"\x00\x00\x00\x02hi");
+}
+
+#[test]
+fn a_hook_sending_forever_to_a_peer_that_never_reads_is_stopped_in_bytes() {
+    let s = script(
+        "fn on_message(m) {\n    if m != \"flood\" { return m; }\n    let big = \"\";\n    big.pad(1048576, \"x\");\n    loop { send(big + \"\"); }\n}\n",
+    );
+    let server = Running::server(&[s.path(), "--max-ops", "0", "--hook-timeout", "10s"]);
+    let idle = server.memory().rss;
+    let mut flooder = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    flooder.write_all(b"flood\n").unwrap();
+    let log = server.wait_stderr("queued more than 16 MiB to send");
+    assert!(log.contains("in hook `on_message`"), "{log}");
+    assert!(log.contains("test.rhai:5:"), "{log}");
+    assert_within_headroom(&server, idle);
+    still_serving(&server);
+}
+
+#[test]
+fn broadcasts_waiting_for_a_member_that_never_reads_are_bounded_in_bytes() {
+    let s = script(
+        "let big = \"\";\nbig.pad(8000000, \"x\");\nfn on_message(m) {\n    if m == \"big\" { broadcast(big + m.len()); return \"sent\"; }\n    m\n}\n",
+    );
+    let server = Running::server(&[s.path(), "-q"]);
+    let idle = server.memory().rss;
+    // Joins the room and reads nothing, ever.
+    let _deaf = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut talker = LineClient::connect(server.port);
+    for _ in 0..300 {
+        assert_eq!(talker.exchange("big"), "sent");
+    }
+    assert_within_headroom(&server, idle);
+    still_serving(&server);
+}
+
+#[test]
+fn dropped_broadcasts_are_reported_once_a_second_not_once_each() {
+    let s = script(
+        "let chunk = \"\";\nchunk.pad(65536, \"x\");\nfn on_message(m) {\n    if m == \"flood\" { for i in 0..200 { broadcast(chunk); } return \"done\"; }\n    m\n}\n",
+    );
+    let mut server = Running::server(&[s.path()]);
+    let _deaf = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut talker = LineClient::connect(server.port);
+    // Thirteen megabytes for a member whose buffers hold a few.
+    for _ in 0..3 {
+        assert_eq!(talker.exchange("flood"), "done");
+    }
+    server.wait_stderr("broadcasts dropped: their receivers read too slowly");
+    server.send_signal("TERM");
+    server.wait_exit();
+    let log = server.stderr();
+    let notes = log.matches("broadcasts dropped:").count();
+    assert!(notes <= 3, "{notes} notes:\n{log}");
+    assert!(log.contains(" broadcasts dropped\n"), "{log}");
+}
+
+#[test]
+fn quiet_servers_print_no_line_for_dropped_broadcasts() {
+    let s = script(
+        "let chunk = \"\";\nchunk.pad(65536, \"x\");\nfn on_message(m) {\n    if m == \"flood\" { for i in 0..200 { broadcast(chunk); } return \"done\"; }\n    m\n}\n",
+    );
+    let mut server = Running::server(&[s.path(), "-q"]);
+    let _deaf = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut talker = LineClient::connect(server.port);
+    assert_eq!(talker.exchange("flood"), "done");
+    assert_eq!(talker.exchange("flood"), "done");
+    server.send_signal("TERM");
+    server.wait_exit();
+    assert!(
+        !server.stderr().contains("broadcasts dropped:"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn the_shared_store_refuses_keys_past_its_limit_and_stays_usable() {
+    let s = script(
+        "fn on_message(m) {\n    if m == \"fill\" {\n        for i in 0..20000 { shared_set(`k${i}`, i); }\n    }\n    `${shared_keys().len()}`\n}\n",
+    );
+    let server = Running::server(&[s.path(), "--max-ops", "0"]);
+    let mut filler = LineClient::connect(server.port);
+    filler.send("fill");
+    filler.expect_closed();
+    let log = server.wait_stderr("the shared store is full: it holds 10000 keys");
+    assert!(log.contains("test.rhai:3:"), "{log}");
+    let mut reader = LineClient::connect(server.port);
+    assert_eq!(reader.exchange("count"), "10000");
+}
+
+#[test]
+fn the_shared_store_refuses_bytes_past_its_limit() {
+    let idle_script = script(
+        "let mib = \"\";\nmib.pad(1048576, \"x\");\nfn on_message(m) {\n    if m == \"fill\" {\n        for i in 0..200 { shared_set(`k${i}`, mib + i); }\n    }\n    `${shared_keys().len()}`\n}\n",
+    );
+    let server = Running::server(&[idle_script.path(), "--max-ops", "0"]);
+    let idle = server.memory().rss;
+    let mut filler = LineClient::connect(server.port);
+    filler.send("fill");
+    filler.expect_closed();
+    server.wait_stderr("would take it past its limit of 64 MiB");
+    assert_within_headroom(&server, idle);
+    let mut reader = LineClient::connect(server.port);
+    let kept: usize = reader.exchange("count").parse().unwrap();
+    assert!((60..64).contains(&kept), "{kept} keys kept");
+}
