@@ -192,12 +192,18 @@ pub struct ServerLimitArgs {
     /// Close a connection that sends nothing, or reads none of its replies, this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) idle_timeout: Option<Duration>,
+    /// Memory all connections' scripts may hold in all (variables, map keys,
+    /// what a hook call builds); a connection past it, or past its share
+    /// when all together are, ends with an error
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "128MiB")]
+    pub(crate) max_memory: usize,
 }
 
 impl ServerLimitArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_operations: self.max_ops,
+            max_memory: self.max_memory,
             ..Limits::default()
         }
     }

@@ -28,6 +28,9 @@ pub(crate) struct Limits {
     pub(crate) max_array_size: usize,
     pub(crate) max_map_size: usize,
     pub(crate) max_call_depth: usize,
+    /// Bytes all of a server's connections may hold in script state (see
+    /// `memory::Budget`); servers only.
+    pub(crate) max_memory: usize,
 }
 
 impl Default for Limits {
@@ -40,9 +43,14 @@ impl Default for Limits {
             max_array_size: 100_000,
             max_map_size: 100_000,
             max_call_depth: 64,
+            max_memory: DEFAULT_MAX_MEMORY,
         }
     }
 }
+
+/// Default for `--max-memory`: far more than any mock server needs, and
+/// well inside what a CI machine can spare.
+pub(crate) const DEFAULT_MAX_MEMORY: usize = 128 * 1024 * 1024;
 
 /// `--set NAME=VALUE` parameters, read by `param()`.
 pub(crate) type Params = Arc<HashMap<String, String>>;

@@ -10,6 +10,7 @@ pub mod error; // error kinds and the exit-code table
 mod framing; // what one message is: line, raw, delim, len
 mod load; // load mode: many virtual users running a conversation in a loop
 mod manual; // manual mode: the tutorial's programs on stdin
+mod memory; // memory in bytes: the counting allocator, footprints, the server's budget
 mod message; // bytes <-> script values, and how messages are displayed
 mod net; // addresses, listening sockets, the open-file limit
 mod record; // --record: a manual session written down as a script that replays it

@@ -5,7 +5,7 @@
 //! what to do; the connection's task carries it out afterwards, so a
 //! `sleep(1000)` delays that connection's replies and nobody else's.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use rhai::{ImmutableString, Scope};
 use crate::console;
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
+use crate::memory::{self, Budget};
 use crate::message::{self, Outgoing};
 use crate::server::room::{Room, SharedStore, StoreError};
 use crate::transcript::Verbosity;
@@ -79,6 +80,10 @@ struct HookCall {
     started: Option<Instant>,
     /// When to try handing the worker's other connections off again.
     next_handoff: Option<Instant>,
+    /// The allocator's count for this thread when the call began.
+    memory_start: isize,
+    /// What the connection's variables held before the call.
+    kept: usize,
 }
 
 impl HookCall {
@@ -141,6 +146,9 @@ impl HookCall {
 
 thread_local! {
     static CURRENT: RefCell<Option<HookCall>> = const { RefCell::new(None) };
+    /// The allocator count past which the running call's memory is checked
+    /// against the budget: one comparison per operation until then.
+    static MEMORY_CEILING: Cell<isize> = const { Cell::new(isize::MAX) };
     /// Rhai's runtime state for the hooks run on this thread, kept from one
     /// call to the next: `Engine::call_fn` builds it afresh for every call
     /// and resolves every function the hook calls all over again.
@@ -252,6 +260,7 @@ pub(crate) struct ServerScript {
     has_disconnect: bool,
     /// Who is connected, when the script broadcasts or lists peers.
     room: Option<Arc<Room>>,
+    budget: Arc<Budget>,
 }
 
 impl ServerScript {
@@ -264,16 +273,17 @@ impl ServerScript {
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
         let room = Arc::new(Room::new(verbosity));
+        let budget = Arc::new(Budget::new(limits.max_memory));
         let engine = server_engine(
             limits,
             hook_timeout,
             params,
             verbosity,
             path.parent(),
-            &room,
+            (&room, &budget),
         );
         let script = engine::compile(&engine, path)?;
-        Self::start(engine, script, room)
+        Self::start(engine, script, room, budget)
     }
 
     /// The script behind `--echo`: every message comes straight back.
@@ -289,19 +299,25 @@ impl ServerScript {
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
         let room = Arc::new(Room::new(verbosity));
+        let budget = Arc::new(Budget::new(limits.max_memory));
         let engine = server_engine(
             limits,
             DEFAULT_HOOK_TIMEOUT,
             Params::default(),
             verbosity,
             None,
-            &room,
+            (&room, &budget),
         );
         let script = engine::compile_source(&engine, name.into(), source.into())?;
-        Self::start(engine, script, room)
+        Self::start(engine, script, room, budget)
     }
 
-    fn start(mut engine: Engine, script: Script, room: Arc<Room>) -> Result<Self, Error> {
+    fn start(
+        mut engine: Engine,
+        script: Script,
+        room: Arc<Room>,
+        budget: Arc<Budget>,
+    ) -> Result<Self, Error> {
         share_top_level_imports(&mut engine, &script)?;
         // Keeping a roster costs every connection a channel: only when used.
         let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
@@ -317,6 +333,7 @@ impl ServerScript {
             script,
             scope,
             room,
+            budget,
         })
     }
 
@@ -336,8 +353,11 @@ impl ServerScript {
         peer: SocketAddr,
         limit: Option<MessageLimit>,
     ) -> ConnectionHooks {
+        self.budget.join();
         ConnectionHooks {
             limit,
+            kept: 0,
+            unmeasured: 0,
             script: self.clone(),
             scope: self.scope.clone(),
             peer: peer.to_string().into(),
@@ -395,12 +415,18 @@ fn server_engine(
     params: Params,
     verbosity: Verbosity,
     script_dir: Option<&Path>,
-    room: &Arc<Room>,
+    (room, budget): (&Arc<Room>, &Arc<Budget>),
 ) -> Engine {
     let mut engine = engine::new_engine(limits, params, script_dir);
+    let budget = budget.clone();
     engine.on_progress(move |operations| {
         if let Some(failure) = engine::take_pending_failure() {
             return Some(failure);
+        }
+        if memory::thread_net() > MEMORY_CEILING.get()
+            && let Err(over) = check_memory(&budget)
+        {
+            return Some(Dynamic::from(over));
         }
         // Reading the clock costs more than an operation: look every 1024
         // operations, starting the limit at the first look (the operations
@@ -474,6 +500,25 @@ fn server_engine(
         }
     });
     engine
+}
+
+/// How much a call may grow between two checks of the budget.
+const MEMORY_STEP: isize = 64 * 1024;
+
+/// The running call's memory against the budget; on success, the next
+/// check waits for another [`MEMORY_STEP`] of growth.
+fn check_memory(budget: &Budget) -> Result<(), String> {
+    let now = memory::thread_net();
+    let (start, kept) = CURRENT
+        .with(|current| {
+            let current = current.borrow();
+            current.as_ref().map(|call| (call.memory_start, call.kept))
+        })
+        .unwrap_or((now, 0));
+    let grown = usize::try_from(now.wrapping_sub(start)).unwrap_or(0);
+    budget.check(kept + grown, kept)?;
+    MEMORY_CEILING.set(now.saturating_add(MEMORY_STEP));
+    Ok(())
 }
 
 /// Called when a hook has held its thread for [`INLINE_BUDGET`]: the
@@ -554,6 +599,16 @@ pub(crate) struct ConnectionHooks {
     /// when the script kept no reference to it.
     spare_text: ImmutableString,
     limit: Option<MessageLimit>,
+    /// Bytes this connection's variables held when last measured, and
+    /// what its calls have grown (or shrunk) by since.
+    kept: usize,
+    unmeasured: isize,
+}
+
+impl Drop for ConnectionHooks {
+    fn drop(&mut self) {
+        self.script.budget.leave(self.kept);
+    }
 }
 
 impl ConnectionHooks {
@@ -599,10 +654,16 @@ impl ConnectionHooks {
                 limit: self.limit,
                 started: None,
                 next_handoff: None,
+                memory_start: memory::thread_net(),
+                kept: self.kept,
             });
         });
+        let start = memory::thread_net();
+        MEMORY_CEILING.set(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(self.kept)));
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
+        MEMORY_CEILING.set(isize::MAX);
         let call = CURRENT.with(|current| current.borrow_mut().take());
+        self.account_memory(memory::thread_net().wrapping_sub(start));
         let context = || format!("in hook `{hook}` for {}", self.peer);
         let Some(mut call) = call else {
             return Ok(Reply::default());
@@ -623,6 +684,24 @@ impl ConnectionHooks {
             error,
             before: call.reply,
         })
+    }
+}
+
+impl ConnectionHooks {
+    /// Measures the connection's variables again when its calls have
+    /// changed them by more than a little (half of what they held): the
+    /// measure costs a walk over them, so it is made rarely, and what the
+    /// allocator counted between measures is only an estimate (a reply
+    /// allocated in a call is freed after it, elsewhere).
+    fn account_memory(&mut self, grown: isize) {
+        self.unmeasured = self.unmeasured.saturating_add(grown);
+        let threshold = (self.kept / 2).max(memory::FLOOR);
+        if self.unmeasured.unsigned_abs() > threshold {
+            let now = memory::scope_footprint(&self.scope);
+            self.script.budget.kept(self.kept, now);
+            self.kept = now;
+            self.unmeasured = 0;
+        }
     }
 }
 

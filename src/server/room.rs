@@ -13,6 +13,7 @@ use rhai::{Dynamic, INT};
 use tokio::sync::mpsc;
 
 use crate::console;
+use crate::memory::full_footprint;
 use crate::transcript::Verbosity;
 
 /// Bytes of broadcasts waiting for one connection. A member that falls
@@ -289,7 +290,7 @@ impl SharedStore {
         value: Dynamic,
         expected: Option<Option<u64>>,
     ) -> Result<Written, StoreError> {
-        let bytes = footprint(&value) + key.len();
+        let bytes = full_footprint(&value) + key.len();
         let mut store = self.lock();
         if let Some(expected) = expected
             && store.slots.get(key).map(|slot| slot.version) != expected
@@ -309,7 +310,7 @@ enum Written {
 
 impl Store {
     fn install(&mut self, key: &str, value: Dynamic) -> Result<Option<Arc<Dynamic>>, StoreError> {
-        let bytes = footprint(&value) + key.len();
+        let bytes = full_footprint(&value) + key.len();
         self.install_measured(key, value, bytes)
     }
 
@@ -341,35 +342,4 @@ impl Store {
             .insert(key.to_string(), slot)
             .map(|old| old.value))
     }
-}
-
-/// Roughly how many bytes `value` holds: its strings and blobs, plus a
-/// word or two per item and per map key. Takes a copy apart piece by piece
-/// rather than recursing, so that no nesting depth can exhaust the stack.
-pub(crate) fn footprint(value: &Dynamic) -> usize {
-    const ITEM: usize = 16;
-    let mut total = 0;
-    let mut pending = vec![value.clone().flatten()];
-    while let Some(value) = pending.pop() {
-        total += ITEM;
-        if value.is_string() {
-            total += value.into_immutable_string().map_or(0, |s| s.len());
-        } else if value.is_blob() {
-            total += value.into_blob().map_or(0, |b| b.len());
-        } else if value.is_array() {
-            pending.extend(
-                value
-                    .into_array()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Dynamic::flatten),
-            );
-        } else if let Some(map) = value.try_cast::<rhai::Map>() {
-            for (key, item) in map {
-                total += key.len() + ITEM;
-                pending.push(item.flatten());
-            }
-        }
-    }
-    total
 }
