@@ -199,6 +199,11 @@ impl Connection {
         Ok(())
     }
 
+    /// Bytes received that do not make a whole message yet.
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.reader.buf
+    }
+
     pub(crate) fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {
         self.reader.next(&self.stream, Some(timeout))
     }
