@@ -208,6 +208,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bound_cuts_every_field_to_a_head_with_its_length() {
+        let big = "y".repeat(1_000_000);
+        let mut diagnostic = Diagnostic {
+            message: big.clone(),
+            notes: vec![big.clone()],
+            expected: Some(big.clone()),
+            actual: Some(big.clone()),
+            diff: vec![big.clone(); 500],
+            ..Diagnostic::default()
+        };
+        diagnostic.bound();
+        let head = format!("{}… (1000000 bytes in all)", "y".repeat(FIELD_HEAD));
+        assert_eq!(diagnostic.message, head);
+        assert_eq!(diagnostic.notes.len(), 1);
+        assert_eq!(diagnostic.notes[0], head);
+        assert_eq!(diagnostic.expected.as_deref(), Some(head.as_str()));
+        assert_eq!(diagnostic.actual.as_deref(), Some(head.as_str()));
+        assert_eq!(diagnostic.diff.len(), DIFF_LINES + 1);
+        assert_eq!(diagnostic.diff[DIFF_LINES], " … 400 more lines");
+        assert!(diagnostic.diff[0].len() < DIFF_LINE_HEAD + 40);
+    }
+
+    #[test]
+    fn shorten_cuts_on_a_character_boundary() {
+        assert_eq!(shorten("你好", 4), "你… (6 bytes in all)");
+        assert_eq!(shorten("short", 10), "short");
+    }
+
+    #[test]
+    fn rendering_escapes_every_field() {
+        let attack = "\u{1b}]0;T\u{7}\0";
+        let diagnostic = Diagnostic {
+            message: attack.into(),
+            location: Some(Location {
+                file: format!("{attack}.rhai"),
+                line: 1,
+                column: 1,
+                source_line: Some(attack.into()),
+            }),
+            notes: vec![attack.into()],
+            expected: Some(attack.into()),
+            actual: Some(attack.into()),
+            diff: vec![format!("-{attack}")],
+            transcript: vec![attack.into()],
+        };
+        let plain = anstream::adapter::strip_str(&diagnostic.render()).to_string();
+        assert!(!plain.contains(['\u{1b}', '\u{7}', '\0']), "{plain:?}");
+        assert_eq!(plain.matches("\\u{1b}]0;T\\u{7}\\0").count(), 8, "{plain}");
+    }
+
+    #[test]
     fn renders_like_rustc() {
         let diagnostic = Diagnostic {
             message: "expected a message matching /^hi$/".into(),

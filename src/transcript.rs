@@ -365,3 +365,75 @@ impl Entry {
         format!("{at}{label}{} {shown}", self.direction.arrow())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Transcript {
+        Transcript::keeping(1000, Verbosity::Quiet, String::new())
+    }
+
+    #[test]
+    fn a_client_keeps_the_head_of_a_big_message_and_its_length() {
+        let mut transcript = client();
+        transcript.record(Direction::Received, &vec![b'x'; 1_000_000]);
+        let lines = transcript.all();
+        assert_eq!(lines.len(), 1);
+        let shown = format!("< {}… (1000000 bytes)", "x".repeat(REPORT_HEAD));
+        assert!(lines[0].ends_with(&shown), "{}", lines[0]);
+    }
+
+    #[test]
+    fn a_client_transcript_drops_the_oldest_past_its_byte_bound() {
+        let mut transcript = client();
+        for _ in 0..300 {
+            transcript.record(Direction::Received, &vec![b'x'; 1 << 20]);
+        }
+        let kept = KEPT_BYTES / REPORT_HEAD;
+        let lines = transcript.all();
+        assert_eq!(lines.len(), kept + 1);
+        assert_eq!(
+            lines[0],
+            format!("… {} earlier messages not kept", 300 - kept)
+        );
+    }
+
+    #[test]
+    fn small_messages_are_bounded_by_count() {
+        let mut transcript = Transcript::keeping(3, Verbosity::Quiet, String::new());
+        for message in ["one", "two", "three", "four"] {
+            transcript.record(Direction::Sent, message.as_bytes());
+        }
+        let lines = transcript.all();
+        assert_eq!(lines[0], "… 1 earlier messages not kept");
+        assert!(lines[1].ends_with("> two") && lines[3].ends_with("> four"));
+    }
+
+    #[test]
+    fn a_head_cut_inside_a_character_drops_its_start() {
+        let mut message = "a".repeat(REPORT_HEAD - 1).into_bytes();
+        message.extend_from_slice("你好".as_bytes());
+        let mut transcript = client();
+        transcript.record(Direction::Received, &message);
+        let line = &transcript.all()[0];
+        let shown = format!(
+            "< {}… ({} bytes)",
+            "a".repeat(REPORT_HEAD - 1),
+            message.len()
+        );
+        assert!(line.ends_with(&shown), "{line}");
+    }
+
+    #[test]
+    fn a_server_ring_keeps_the_last_few_heads() {
+        let mut transcript = Transcript::new(Verbosity::Quiet, String::new());
+        for i in 0..SHOWN_ON_FAILURE + 2 {
+            transcript.record(Direction::Received, format!("m{i}").as_bytes());
+        }
+        let lines = transcript.all();
+        assert_eq!(lines[0], "… 2 earlier messages not kept");
+        assert_eq!(lines[1], "< m2");
+        assert_eq!(lines.len(), SHOWN_ON_FAILURE + 1);
+    }
+}

@@ -17,7 +17,7 @@ use crate::net::resolve;
 const READ_SIZE: usize = 64 * 1024;
 
 /// Pause between attempts while `--connect-retry` waits for a server.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The outcome of waiting for one message.
 #[derive(Debug)]

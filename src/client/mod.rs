@@ -18,7 +18,7 @@ use regex::bytes::Regex;
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FLOAT, INT, NativeCallContext, Position};
 use serde_json::{Value, json};
 
-use crate::client::connection::{Connection, Received, RecvError};
+use crate::client::connection::{Connection, RETRY_PAUSE, Received, RecvError};
 use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
@@ -286,9 +286,10 @@ impl Conversation {
         }
     }
 
-    /// The time limit's error once it has passed.
+    /// The deadline, when a failed connect ran into it: its retries give
+    /// up a pause short of the time left.
     fn over_time(&self) -> Option<Deadline> {
-        self.deadline.filter(|d| d.remaining().is_zero())
+        self.deadline.filter(|d| d.remaining() <= RETRY_PAUSE)
     }
 
     fn open_default(self: &Arc<Self>) -> Result<(), Error> {

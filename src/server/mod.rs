@@ -581,7 +581,14 @@ impl ServerConnection {
     async fn perform(&mut self, reply: &mut Reply) -> Result<bool, ConnError> {
         for action in reply.actions.drain(..) {
             match action {
-                Action::Send(message) => self.queue(message.as_bytes())?,
+                Action::Send(message) => {
+                    self.queue(message.as_bytes())?;
+                    // A hook's many big replies go out as they are framed,
+                    // not all held in the write buffer first.
+                    if self.out.len() > KEEP_WRITE_CAPACITY {
+                        self.flush().await?;
+                    }
+                }
                 Action::Sleep(pause) => {
                     self.flush().await?;
                     tokio::time::sleep(pause).await;
