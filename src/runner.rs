@@ -15,7 +15,8 @@ use crate::server::hooks::ServerScript;
 use crate::server::{self, ServerOptions};
 use crate::transcript::Verbosity;
 
-/// Messages of each test kept for the reports (JUnit's `<system-out>`).
+/// Messages of each test kept for the reports (JUnit's `<system-out>`),
+/// each by its head; the transcript also bounds the bytes they hold.
 const KEPT_FOR_REPORTS: usize = 1000;
 
 #[derive(Debug, Clone)]

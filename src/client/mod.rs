@@ -252,6 +252,9 @@ fn millis(ms: INT) -> Duration {
     Duration::from_millis(ms.max(0) as u64)
 }
 
+/// Compiled `expect` patterns kept per run.
+const PATTERNS_KEPT: usize = 256;
+
 /// Bytes of a partly received message shown when a receive times out.
 const PENDING_SHOWN: usize = 64;
 
@@ -485,7 +488,7 @@ impl Peer {
         }
         let missing = match &self.conversation.framing {
             Framing::Line => "without a line end".to_string(),
-            Framing::Delim(_) => format!("without the delimiter of {}", self.conversation.framing),
+            Framing::Delim(_) => format!("without its delimiter ({})", self.conversation.framing),
             Framing::Len { .. } => "of a length-prefixed frame not yet complete".to_string(),
             Framing::Raw => "not yet delivered".to_string(),
         };
@@ -534,6 +537,11 @@ impl Peer {
                 None => {
                     let regex = Regex::new(pattern)
                         .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
+                    // A script that builds patterns from what it receives
+                    // must not grow this for the whole run.
+                    if patterns.len() >= PATTERNS_KEPT {
+                        patterns.clear();
+                    }
                     patterns.insert(pattern.to_string(), regex.clone());
                     regex
                 }
