@@ -16,17 +16,21 @@ use crate::framing::Framing;
 use crate::load::{self, LoadOptions, Until};
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
 use crate::record::RecordOptions;
-use crate::report::{self, events::Events};
+use crate::report::{self, events::Events, events::result_event};
 use crate::runner::{self, ServerSettings, TestOptions};
 use crate::server::hooks::DEFAULT_MAX_OPERATIONS;
 use crate::server::hooks::ServerScript;
 use crate::server::{self, ServerOptions};
 use crate::transcript::SHOWN_ON_FAILURE;
 use crate::transcript::Verbosity;
-use serde_json::json;
 
 /// The tutorial's port, on loopback unless asked otherwise.
 const DEFAULT_ADDR: &str = "127.0.0.1:7777";
+
+/// A load-mode conversation's time limit unless `--case-timeout` says: a
+/// stuck conversation ends as an error instead of holding its user, and
+/// the whole run, for ever.
+const LOAD_CASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -122,6 +126,9 @@ pub struct ClientArgs {
     /// Operations the script may run in all (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) max_ops: u64,
+    /// Longest a run may take in all [default: none; 60s per conversation in load mode]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) case_timeout: Option<Duration>,
     /// Write one JSON event per line on stdout (connect, sent, received, assertion, result)
     #[arg(long)]
     pub(crate) json: bool,
@@ -172,6 +179,9 @@ pub struct TestArgs {
     /// Keep retrying a refused connect for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) connect_retry: Option<Duration>,
+    /// Longest one case may take in all; a case over it is an error and the run goes on
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub(crate) case_timeout: Duration,
     /// For the server script given with --server
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
@@ -331,6 +341,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             max_operations: args.max_ops,
             ..Limits::default()
         },
+        case_timeout: args.case_timeout,
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -347,7 +358,10 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             return Err(Error::Usage("--rate must be a positive number".into()));
         }
         return load::run(&LoadOptions {
-            client: options,
+            client: ClientOptions {
+                case_timeout: options.case_timeout.or(Some(LOAD_CASE_TIMEOUT)),
+                ..options
+            },
             concurrency: args.concurrency.unwrap_or(1).max(1),
             until,
             rate: args.rate,
@@ -357,21 +371,20 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     let events = args
         .json
         .then(|| Events::to_stdout().for_test(&options.script.display().to_string()));
+    let started = std::time::Instant::now();
     let conversed = match ClientScript::load(&options) {
         Ok(mut script) => script.run(events.clone(), SHOWN_ON_FAILURE),
         Err(error) => {
+            if let Some(events) = &events {
+                events.emit("result", result_event(Some(&error), started.elapsed()));
+            }
             report::github::annotate(&error, None);
             return Err(error);
         }
     };
     if let Some(events) = &events {
-        let status = match &conversed.result {
-            Ok(_) => json!({ "status": "passed" }),
-            Err(error) => {
-                json!({ "status": "failed", "exit_code": error.exit_code(), "message": error.to_string() })
-            }
-        };
-        events.emit("result", status);
+        let error = conversed.result.as_ref().err();
+        events.emit("result", result_event(error, conversed.elapsed));
     }
     let summary = conversed
         .result
@@ -403,6 +416,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             params: args.common.params(),
             verbosity,
             limits: Limits::default(),
+            case_timeout: Some(args.case_timeout),
         },
         server: args.server.map(|path| {
             (

@@ -298,6 +298,6 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     );
     eprintln!("{} passed, {} failed", tally.passed, tally.failed);
     for (message, count) in failures {
-        eprintln!("  {count} × {message}");
+        eprintln!("  {count} × {}", crate::message::escape_controls(message));
     }
 }

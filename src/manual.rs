@@ -5,6 +5,7 @@
 //! (see `record`).
 
 use std::io::{self, BufRead, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::client::connection::{Connection, FrameReader, Received, RecvError};
+use crate::diagnostic::Diagnostic;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
@@ -40,26 +42,50 @@ pub(crate) struct ManualClientOptions {
 /// ends with `expect_close()`); a replay waits on messages, never on this.
 const RECORD_QUIET: Duration = Duration::from_millis(200);
 
-/// Prints a received message on stdout, one per line.
+/// Prints a received message on stdout: a text message line by line, a
+/// binary one (or one with terminal controls in it) as hex, as the manual
+/// server shows them. A peer's bytes never reach the terminal raw.
 fn print_message(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
-    out.write_all(bytes)?;
-    if !bytes.ends_with(b"\n") {
-        out.write_all(b"\n")?;
+    match std::str::from_utf8(bytes) {
+        Ok(text) if message::is_text(bytes) => {
+            let text = text.strip_suffix('\n').unwrap_or(text);
+            for line in text.split('\n') {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                writeln!(out, "{}", message::escape_controls(line))?;
+            }
+        }
+        _ => writeln!(out, "{}", message::display_line(bytes))?,
     }
     out.flush()
+}
+
+/// Why a manual client's session ended early, as an error with the exit
+/// code of the same event in a scripted client: a peer that breaks the
+/// framing sent something wrong (1, like a wrong reply); a connection that
+/// fails is a network error (4).
+fn session_error(addr: &str, error: RecvError) -> Error {
+    match error {
+        RecvError::Frame(e) => Error::Failed(Box::new(Diagnostic::new(format!(
+            "the peer {addr} broke the framing: {e}"
+        )))),
+        RecvError::Io(e) => Error::Network(Box::new(Diagnostic::new(format!(
+            "the connection to {addr} failed: {e}"
+        )))),
+    }
 }
 
 /// What the reader thread reports, as the main thread takes it in: the
 /// order it is taken in is the order the recording keeps.
 struct Arrivals {
-    arrived: mpsc::Receiver<Result<Bytes, String>>,
+    arrived: mpsc::Receiver<Result<Bytes, RecvError>>,
     recorder: Option<ClientRecorder>,
-    failure: Option<String>,
+    addr: String,
+    failure: Option<Error>,
     peer_closed: bool,
 }
 
 impl Arrivals {
-    fn take(&mut self, result: Result<Bytes, String>) {
+    fn take(&mut self, result: Result<Bytes, RecvError>) {
         match result {
             Ok(message) => {
                 if let Some(recorder) = &mut self.recorder {
@@ -67,7 +93,8 @@ impl Arrivals {
                 }
             }
             Err(e) => {
-                self.failure.get_or_insert(e);
+                let error = session_error(&self.addr, e);
+                self.failure.get_or_insert(error);
             }
         }
     }
@@ -160,7 +187,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("cannot share the socket: {e}")))?;
     let framing = options.framing.clone();
     let max_frame = options.max_frame;
-    let (arrived_tx, arrived) = mpsc::channel::<Result<Bytes, String>>();
+    let (arrived_tx, arrived) = mpsc::channel::<Result<Bytes, RecvError>>();
     let reader = thread::spawn(move || {
         let mut frames = FrameReader::new(framing, max_frame);
         let stdout = io::stdout();
@@ -175,7 +202,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
                 Ok(Received::Closed) => return,
                 Ok(Received::TimedOut) => {}
                 Err(e) => {
-                    let _ = arrived_tx.send(Err(e.to_string()));
+                    let _ = arrived_tx.send(Err(e));
                     return;
                 }
             }
@@ -187,6 +214,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
     let mut session = Arrivals {
         arrived,
         recorder,
+        addr: connection.peer().to_string(),
         failure: None,
         peer_closed: false,
     };
@@ -197,10 +225,12 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         session.wait(RECORD_QUIET, quiet);
     }
     let mut input_error = None;
-    for line in io::stdin().lock().lines() {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => {
+    let mut input = InputLines::new(io::stdin().lock(), options.max_frame);
+    loop {
+        let line = match input.next() {
+            Input::Line(line) => line,
+            Input::End => break,
+            Input::Failed(e) => {
                 input_error = Some(Error::Usage(format!("cannot read stdin: {e}")));
                 break;
             }
@@ -210,9 +240,17 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         if session.stopped() {
             break;
         }
-        if let Err(e) = connection.send(line.as_bytes()) {
-            session.failure = Some(e.to_string());
-            break;
+        match connection.send(line.as_bytes()) {
+            Ok(()) => {}
+            // Our own line cannot be framed (too long for a length prefix).
+            Err(RecvError::Frame(e)) => {
+                input_error = Some(Error::Usage(format!("cannot send that line: {e}")));
+                break;
+            }
+            Err(e) => {
+                session.failure = Some(session_error(&session.addr, e));
+                break;
+            }
         }
         if let Some(recorder) = &mut session.recorder {
             recorder.sent(line.as_bytes());
@@ -248,7 +286,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
     let saved = match session.recorder.take() {
         Some(mut recorder) => {
             if let Some(e) = &session.failure {
-                recorder.failed(e);
+                recorder.failed(&e.to_string());
             }
             recorder.finish(options.verbosity)
         }
@@ -258,11 +296,80 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         return Err(e);
     }
     match session.failure {
-        Some(e) => Err(Error::Connect {
-            addr: options.connect.clone(),
-            source: io::Error::other(e),
-        }),
+        Some(e) => Err(e),
         None => saved,
+    }
+}
+
+/// One line of input, as typed.
+enum Input {
+    Line(String),
+    End,
+    Failed(io::Error),
+}
+
+/// Lines of input, each cut at `max` bytes (`--max-frame`): what is past
+/// the cut is read and dropped, so a gigabyte without a newline is never
+/// held whole. A cut is said on stderr.
+struct InputLines<R> {
+    input: R,
+    max: usize,
+}
+
+impl<R: BufRead> InputLines<R> {
+    fn new(input: R, max: usize) -> Self {
+        InputLines { input, max }
+    }
+
+    fn next(&mut self) -> Input {
+        let mut line = Vec::new();
+        let mut total = 0usize;
+        loop {
+            let chunk = match self.input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Input::Failed(e),
+            };
+            if chunk.is_empty() {
+                // A last line without a newline is still a line.
+                if total == 0 {
+                    return Input::End;
+                }
+                break;
+            }
+            let (len, newline) = match memchr::memchr(b'\n', chunk) {
+                Some(at) => (at, true),
+                None => (chunk.len(), false),
+            };
+            let room = self.max.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..len.min(room)]);
+            total += len;
+            self.input.consume(len + usize::from(newline));
+            if newline {
+                break;
+            }
+        }
+        if total > self.max {
+            eprintln!(
+                "a line of input of {total} bytes is longer than --max-frame: only its first {} bytes are used",
+                self.max
+            );
+            // Cut where a character ends, so the rest is still text.
+            if let Err(e) = std::str::from_utf8(&line)
+                && e.error_len().is_none()
+            {
+                line.truncate(e.valid_up_to());
+            }
+        } else if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        match String::from_utf8(line) {
+            Ok(line) => Input::Line(line),
+            Err(_) => Input::Failed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )),
+        }
     }
 }
 
@@ -278,8 +385,9 @@ pub(crate) struct ManualServerOptions {
 
 /// Serves one client after another, as the tutorial does. Each received
 /// message is printed with the peer's address and answered with the next
-/// line of stdin; answering `exit` closes that client, and the end of
-/// stdin ends the server.
+/// line of stdin; answering `exit` closes that client. The end of stdin,
+/// once no typed reply is left, stops the server: at once when no client
+/// is connected, else when the client's next message needs a reply.
 pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
     let mut recorder = match &options.record {
         Some(record) => Some(ServerRecorder::start(
@@ -303,15 +411,16 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
             eprintln!("recording to {}", record.path.display());
         }
     }
-    let mut replies = io::stdin().lock().lines();
+    let (idle_tx, idle) = mpsc::sync_channel::<Idle>(0);
+    let mut replies = Replies::from_stdin(options.max_frame, idle_tx.clone());
+    accept_in_background(listener, idle_tx);
     loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(50));
-                continue;
+        let Some((stream, peer)) = next_client(&idle, &mut replies) else {
+            let ended = replies.next();
+            if matches!(ended, Input::End) {
+                eprintln!("end of input, stopping");
             }
+            return stop(recorder, ended, options.verbosity);
         };
         eprintln!("client {peer} connected");
         if let Some(recorder) = &mut recorder {
@@ -338,17 +447,13 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
                 recorder.message(&message);
             }
             let reply = match replies.next() {
-                Some(Ok(reply)) => reply,
-                end => {
+                Input::Line(reply) => reply,
+                ended => {
                     connection.close();
-                    if !matches!(end, Some(Err(_))) {
+                    if matches!(ended, Input::End) {
                         eprintln!("client {peer}: end of input, stopping");
                     }
-                    let saved = recorder.map_or(Ok(()), |r| r.finish(options.verbosity));
-                    if let Some(Err(e)) = end {
-                        return Err(Error::Usage(format!("cannot read stdin: {e}")));
-                    }
-                    return saved;
+                    return stop(recorder, ended, options.verbosity);
                 }
             };
             // Saved before it is sent: whatever a client saw is in the file,
@@ -365,5 +470,116 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
         };
         connection.close();
         eprintln!("client {peer} {outcome}");
+    }
+}
+
+/// Ends the manual server once its input has: the recording is saved,
+/// and a read error is the command's error.
+fn stop(recorder: Option<ServerRecorder>, ended: Input, verbosity: Verbosity) -> Result<(), Error> {
+    let saved = recorder.map_or(Ok(()), |r| r.finish(verbosity));
+    if let Input::Failed(e) = ended {
+        return Err(Error::Usage(format!("cannot read stdin: {e}")));
+    }
+    saved
+}
+
+/// What the manual server waits for between clients.
+enum Idle {
+    Client(TcpStream, SocketAddr),
+    /// Stdin has ended (its lines may still be queued).
+    InputEnded,
+}
+
+/// The next client, or `None` once stdin has ended with no reply left.
+fn next_client(
+    idle: &mpsc::Receiver<Idle>,
+    replies: &mut Replies,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        // The input thread queues its end before it says so here, so an
+        // end is never missed between this look and the wait below.
+        if replies.exhausted() {
+            return None;
+        }
+        match idle.recv() {
+            Ok(Idle::Client(stream, peer)) => return Some((stream, peer)),
+            Ok(Idle::InputEnded) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Accepts clients on a thread, handing over one at a time: the next one
+/// waits, connected, until the current session ends, as in the tutorial.
+fn accept_in_background(listener: TcpListener, idle: mpsc::SyncSender<Idle>) {
+    thread::spawn(move || {
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if idle.send(Idle::Client(stream, peer)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    });
+}
+
+/// Typed replies queued ahead of the session: enough to paste a few.
+const REPLY_QUEUE: usize = 16;
+
+/// Stdin, read on its own thread into a short queue, so the server sees
+/// its end while it waits for a client.
+struct Replies {
+    lines: mpsc::Receiver<Input>,
+    /// Taken from the queue to look at, not used yet.
+    peeked: Option<Input>,
+}
+
+impl Replies {
+    fn from_stdin(max_frame: usize, idle: mpsc::SyncSender<Idle>) -> Self {
+        let (lines_tx, lines) = mpsc::sync_channel(REPLY_QUEUE);
+        thread::spawn(move || {
+            let mut input = InputLines::new(io::stdin().lock(), max_frame);
+            loop {
+                let line = input.next();
+                let last = !matches!(line, Input::Line(_));
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+                if last {
+                    let _ = idle.send(Idle::InputEnded);
+                    return;
+                }
+            }
+        });
+        Replies {
+            lines,
+            peeked: None,
+        }
+    }
+
+    /// The next line, waiting for it.
+    fn next(&mut self) -> Input {
+        match self.peeked.take() {
+            Some(input) => input,
+            None => self.lines.recv().unwrap_or(Input::End),
+        }
+    }
+
+    /// Whether input has ended with no reply left, without waiting.
+    fn exhausted(&mut self) -> bool {
+        if self.peeked.is_none() {
+            match self.lines.try_recv() {
+                Ok(input) => self.peeked = Some(input),
+                Err(mpsc::TryRecvError::Empty) => return false,
+                Err(mpsc::TryRecvError::Disconnected) => self.peeked = Some(Input::End),
+            }
+        }
+        !matches!(self.peeked, Some(Input::Line(_)))
     }
 }

@@ -179,6 +179,19 @@ pub(crate) fn display_line(bytes: &[u8]) -> String {
     }
 }
 
+/// The first `max` bytes of a message, backing off to the start of a
+/// character cut in half, so a text message still reads as text.
+pub(crate) fn head(bytes: &[u8], max: usize) -> &[u8] {
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let head = &bytes[..max];
+    match std::str::from_utf8(head) {
+        Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
+        _ => head,
+    }
+}
+
 /// `text` safe for a terminal or a one-line report: control characters
 /// (ESC, BEL, NUL, CR, LF, C1 codes...) written as Rust escapes, so a
 /// peer's bytes can neither drive the terminal nor forge a line.
@@ -197,7 +210,8 @@ pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-fn byte_count(n: usize) -> String {
+/// `1 byte`, `12 bytes`.
+pub(crate) fn byte_count(n: usize) -> String {
     if n == 1 {
         "1 byte".into()
     } else {

@@ -7,17 +7,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::client::{ClientOptions, ClientScript};
 use crate::error::{Error, exit};
-use crate::report::events::Events;
+use crate::report::events::{Events, result_event};
 use crate::report::{self, CaseResult, Outcome};
 use crate::server::hooks::ServerScript;
 use crate::server::{self, ServerOptions};
 use crate::transcript::Verbosity;
 
-/// Messages of each test kept for the reports (JUnit's `<system-out>`).
+/// Messages of each test kept for the reports (JUnit's `<system-out>`),
+/// each by its head; the transcript also bounds the bytes they hold.
 const KEPT_FOR_REPORTS: usize = 1000;
 
 #[derive(Debug, Clone)]
@@ -226,29 +225,7 @@ fn run_case(path: &Path, client: &ClientOptions, events: Option<&Events>) -> Cas
     let duration = started.elapsed();
     let outcome = Outcome::from_result(result);
     if let Some(events) = &test_events {
-        let mut fields = json!({
-            "status": match &outcome {
-                Outcome::Passed => "passed",
-                Outcome::Failed(_) => "failed",
-                Outcome::Broken(_) => "error",
-            },
-            "duration": duration.as_secs_f64(),
-        });
-        if let Some(error) = outcome.error() {
-            let diagnostic = report::diagnostic_of(error);
-            fields["exit_code"] = json!(error.exit_code());
-            fields["message"] = json!(diagnostic.message);
-            if let Some(location) = &diagnostic.location {
-                fields["file"] = json!(location.file);
-                fields["line"] = json!(location.line);
-                fields["column"] = json!(location.column);
-            }
-            if let (Some(expected), Some(actual)) = (&diagnostic.expected, &diagnostic.actual) {
-                fields["expected"] = json!(expected);
-                fields["actual"] = json!(actual);
-            }
-        }
-        events.emit("result", fields);
+        events.emit("result", result_event(outcome.error(), duration));
     }
     CaseResult {
         name,

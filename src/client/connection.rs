@@ -17,7 +17,7 @@ use crate::net::resolve;
 const READ_SIZE: usize = 64 * 1024;
 
 /// Pause between attempts while `--connect-retry` waits for a server.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The outcome of waiting for one message.
 #[derive(Debug)]
@@ -197,6 +197,11 @@ impl Connection {
         framing::encode(&self.framing, message, &mut self.out)?;
         self.stream.write_all(&self.out)?;
         Ok(())
+    }
+
+    /// Bytes received that do not make a whole message yet.
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.reader.buf
     }
 
     pub(crate) fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use regex::bytes::Regex;
-use rhai::{Array, Blob, Dynamic, Engine, INT, NativeCallContext};
+use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FLOAT, INT, NativeCallContext, Position};
 use serde_json::{Value, json};
 
-use crate::client::connection::{Connection, Received, RecvError};
+use crate::client::connection::{Connection, RETRY_PAUSE, Received, RecvError};
+use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::framing::Framing;
@@ -39,6 +40,8 @@ pub(crate) struct ClientOptions {
     pub(crate) params: Params,
     pub(crate) verbosity: Verbosity,
     pub(crate) limits: Limits,
+    /// `--case-timeout`: how long one run may take in all; `None`: no limit.
+    pub(crate) case_timeout: Option<Duration>,
 }
 
 /// What a passing conversation did.
@@ -85,6 +88,8 @@ impl ClientScript {
             None => script.declared_framing()?.unwrap_or(Framing::Line),
         };
         let current = Slot::default();
+        let slot = current.clone();
+        engine.on_progress(move |operations| past_deadline(&slot, operations));
         register(&mut engine, &current);
         Ok(ClientScript {
             engine,
@@ -100,6 +105,10 @@ impl ClientScript {
     pub(crate) fn run(&mut self, events: Option<TestEvents>, keep: usize) -> Conversed {
         let started = Instant::now();
         let conversation = Arc::new(Conversation {
+            deadline: self
+                .options
+                .case_timeout
+                .and_then(|limit| Deadline::after(started, limit)),
             addr: self.options.connect.clone(),
             timeout: self.options.timeout,
             connect_retry: self.options.connect_retry,
@@ -145,6 +154,8 @@ impl ClientScript {
         outcome.map_err(|err| {
             let mut error = engine::diagnose(&err, &self.script, None);
             if let Some(diagnostic) = error.diagnostic_mut() {
+                // Reports of every case are kept until the run ends.
+                diagnostic.bound();
                 diagnostic.transcript = lock(&conversation.log).transcript.recent();
             }
             error
@@ -152,8 +163,63 @@ impl ClientScript {
     }
 }
 
+/// When a run must end (`--case-timeout`).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// `None` when the limit is beyond the clock's reach (`100y`): no limit.
+    fn after(start: Instant, limit: Duration) -> Option<Self> {
+        Some(Deadline {
+            at: start.checked_add(limit)?,
+            limit,
+        })
+    }
+
+    fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "the conversation ran longer than its time limit of {} (see --case-timeout)",
+            humantime::format_duration(self.limit)
+        )
+    }
+
+    /// Ends the script wherever it is: a termination, unlike a runtime
+    /// error, cannot be caught by `try`, and Rhai gives it the position
+    /// of the call that was waiting.
+    fn terminate(&self) -> Box<EvalAltResult> {
+        Box::new(EvalAltResult::ErrorTerminated(
+            Dynamic::from(self.message()),
+            Position::NONE,
+        ))
+    }
+}
+
+/// The time limit of a run, checked from Rhai's progress callback: a
+/// script that loops without waiting is stopped here, and every wait is
+/// cut to the time left by the function that waits.
+fn past_deadline(slot: &Slot, operations: u64) -> Option<Dynamic> {
+    // Reading the clock costs more than an operation: look every 1024
+    // operations, as the server's hooks do.
+    if !operations.is_multiple_of(1024) {
+        return None;
+    }
+    let deadline = lock(slot).as_ref()?.deadline?;
+    deadline
+        .remaining()
+        .is_zero()
+        .then(|| Dynamic::from(deadline.message()))
+}
+
 /// What the connections of one run share.
 struct Conversation {
+    deadline: Option<Deadline>,
     addr: String,
     timeout: Duration,
     connect_retry: Option<Duration>,
@@ -186,6 +252,25 @@ fn millis(ms: INT) -> Duration {
     Duration::from_millis(ms.max(0) as u64)
 }
 
+/// Compiled `expect` patterns kept per run.
+const PATTERNS_KEPT: usize = 256;
+
+/// Bytes of a partly received message shown when a receive times out.
+const PENDING_SHOWN: usize = 64;
+
+/// `sleep(ms)`, no longer than the run's time left.
+fn pause(slot: &Slot, wanted: Duration) -> NativeResult<()> {
+    let (wait, cut) = match lock(slot).as_ref() {
+        Some(conversation) => conversation.clamp(wanted),
+        None => (wanted, None),
+    };
+    std::thread::sleep(wait);
+    match cut {
+        Some(deadline) => Err(deadline.terminate()),
+        None => Ok(()),
+    }
+}
+
 impl Conversation {
     fn emit(&self, event: &str, fields: Value) {
         if let Some(events) = &self.events {
@@ -193,20 +278,48 @@ impl Conversation {
         }
     }
 
+    /// `wait` cut to the time left, and the deadline when that cut it.
+    fn clamp(&self, wait: Duration) -> (Duration, Option<Deadline>) {
+        match self.deadline {
+            Some(deadline) => {
+                let remaining = deadline.remaining();
+                (wait.min(remaining), (remaining < wait).then_some(deadline))
+            }
+            None => (wait, None),
+        }
+    }
+
+    /// The deadline, when a failed connect ran into it: its retries give
+    /// up a pause short of the time left.
+    fn over_time(&self) -> Option<Deadline> {
+        self.deadline.filter(|d| d.remaining() <= RETRY_PAUSE)
+    }
+
     fn open_default(self: &Arc<Self>) -> Result<(), Error> {
-        let state = self.open(&self.addr)?;
+        let state = self
+            .open(&self.addr)
+            .map_err(|error| match self.over_time() {
+                Some(deadline) => Error::Script(Box::new(
+                    Diagnostic::new(deadline.message())
+                        .with_note(format!("while connecting to {}", self.addr)),
+                )),
+                None => error,
+            })?;
         *lock(&self.default) = state;
         Ok(())
     }
 
-    /// A new connection, numbered; the default one is unlabelled.
+    /// A new connection, numbered; the default one is unlabelled. The
+    /// connect and its retries wait no longer than the time left.
     fn open(&self, addr: &str) -> Result<PeerState, Error> {
+        // A zero wait is refused by `connect_timeout`.
+        let (timeout, _) = self.clamp(self.timeout);
         let connection = Connection::connect(
             addr,
             self.framing.clone(),
             self.max_frame,
-            self.timeout,
-            self.connect_retry,
+            timeout.max(Duration::from_millis(1)),
+            self.connect_retry.map(|retry| self.clamp(retry).0),
         )?;
         let number = {
             let mut log = lock(&self.log);
@@ -306,13 +419,18 @@ impl Peer {
     }
 
     fn receive(&mut self, timeout: Duration, what: &str) -> NativeResult<Received> {
+        let (wait, cut) = self.conversation.clamp(timeout);
         let mut state = lock(&self.state);
-        let received = state.connection()?.recv(timeout);
+        let received = state.connection()?.recv(wait);
         match received {
             Ok(Received::Message(m)) => {
                 self.conversation.record(&state, Direction::Received, &m);
                 Ok(Received::Message(m))
             }
+            Ok(Received::TimedOut) => match cut {
+                Some(deadline) => Err(deadline.terminate()),
+                None => Ok(Received::TimedOut),
+            },
             Ok(other) => Ok(other),
             Err(RecvError::Io(e)) => Err(Failure::new(
                 FailureKind::Network,
@@ -343,13 +461,48 @@ impl Peer {
             ))
             .with_values(what.to_string(), "the connection closed".into())
             .into()),
-            Received::TimedOut => Err(Failure::expectation(format!(
-                "timed out after {} waiting for {what}",
-                humantime::format_duration(timeout)
-            ))
-            .with_values(what.to_string(), "nothing arrived".into())
-            .into()),
+            Received::TimedOut => {
+                let waited = humantime::format_duration(timeout);
+                Err(match self.pending() {
+                    Some(pending) => Failure::expectation(format!(
+                        "timed out after {waited} waiting for {what}: only part of one arrived"
+                    ))
+                    .with_values(what.to_string(), pending),
+                    None => {
+                        Failure::expectation(format!("timed out after {waited} waiting for {what}"))
+                            .with_values(what.to_string(), "nothing arrived".into())
+                    }
+                }
+                .into())
+            }
         }
+    }
+
+    /// Bytes received that do not make a message yet, described for a
+    /// report: `12 bytes without a line end: "HTTP/1.1 200"`.
+    fn pending(&self) -> Option<String> {
+        let state = lock(&self.state);
+        let pending = state.connection.as_ref()?.pending();
+        if pending.is_empty() {
+            return None;
+        }
+        let missing = match &self.conversation.framing {
+            Framing::Line => "without a line end".to_string(),
+            Framing::Delim(_) => format!("without its delimiter ({})", self.conversation.framing),
+            Framing::Len { .. } => "of a length-prefixed frame not yet complete".to_string(),
+            Framing::Raw => "not yet delivered".to_string(),
+        };
+        let head = message::head(pending, PENDING_SHOWN);
+        let cut = if head.len() < pending.len() {
+            "…"
+        } else {
+            ""
+        };
+        Some(format!(
+            "{} {missing}: {}{cut}",
+            message::byte_count(pending.len()),
+            message::display(head)
+        ))
     }
 
     fn recv(&mut self, timeout: Option<Duration>) -> NativeResult<Dynamic> {
@@ -384,6 +537,11 @@ impl Peer {
                 None => {
                     let regex = Regex::new(pattern)
                         .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
+                    // A script that builds patterns from what it receives
+                    // must not grow this for the whole run.
+                    if patterns.len() >= PATTERNS_KEPT {
+                        patterns.clear();
+                    }
                     patterns.insert(pattern.to_string(), regex.clone());
                     regex
                 }
@@ -421,7 +579,13 @@ impl Peer {
                 "expected the peer to close the connection, but it stayed open for {}",
                 humantime::format_duration(timeout)
             ))
-            .with_values("the connection closed".into(), "still open".into())),
+            .with_values(
+                "the connection closed".into(),
+                match self.pending() {
+                    Some(pending) => format!("still open, with {pending}"),
+                    None => "still open".into(),
+                },
+            )),
         };
         engine::note_assertion(ctx, "expect_close", outcome.is_ok());
         outcome.map_err(Into::into)
@@ -532,7 +696,10 @@ fn register(engine: &mut Engine, current: &Slot) {
         let addr = addr.unwrap_or(&conversation.addr).to_string();
         let state = conversation
             .open(&addr)
-            .map_err(|e| Failure::new(FailureKind::Network, e.to_string()))?;
+            .map_err(|e| match conversation.over_time() {
+                Some(deadline) => deadline.terminate(),
+                None => Failure::new(FailureKind::Network, e.to_string()).into(),
+            })?;
         Ok(Peer {
             conversation,
             state: Arc::new(Mutex::new(state)),
@@ -542,7 +709,19 @@ fn register(engine: &mut Engine, current: &Slot) {
     engine.register_fn("connect", move || o(None));
     engine.register_fn("connect", move |addr: &str| open(Some(addr)));
 
-    engine.register_fn("sleep", |ms: INT| std::thread::sleep(millis(ms)));
+    // Rhai's own `sleep` takes seconds and knows no time limit; a float
+    // is milliseconds here too.
+    let slot = current.clone();
+    engine.register_fn("sleep", move |ms: INT| pause(&slot, millis(ms)));
+    let slot = current.clone();
+    engine.register_fn("sleep", move |ms: FLOAT| {
+        let pause_for = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(if ms > 0.0 {
+            Duration::MAX
+        } else {
+            Duration::ZERO
+        });
+        pause(&slot, pause_for)
+    });
     let slot = current.clone();
     engine.register_fn("log", move |value: Dynamic| {
         if let Some(conversation) = lock(&slot).as_ref() {

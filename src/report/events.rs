@@ -3,9 +3,17 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
+
+use super::diagnostic_of;
+use crate::error::{Error, exit};
+
+/// Bytes of a message that its `sent` or `received` event carries as
+/// `text` or `hex`; `len` is always the whole length. An event stream
+/// is for following a conversation, not a copy of every byte.
+pub(crate) const EVENT_HEAD: usize = 4096;
 
 /// Where events go, shared by every test of a run.
 #[derive(Clone)]
@@ -64,12 +72,56 @@ impl TestEvents {
     }
 }
 
-/// A message as JSON: `{"text": ...}` when it reads as text, else `{"hex": ...}`.
+/// A message as JSON: `{"text": ...}` when it reads as text, else
+/// `{"hex": ...}`, each of at most [`EVENT_HEAD`] bytes of it, and its
+/// whole length as `len`.
 pub(crate) fn message_fields(bytes: &[u8]) -> Map<String, Value> {
     let mut fields = Map::new();
     match std::str::from_utf8(bytes) {
-        Ok(text) => fields.insert("text".into(), json!(text)),
-        Err(_) => fields.insert("hex".into(), json!(crate::message::hex(bytes))),
+        Ok(text) => {
+            let head = crate::message::head(text.as_bytes(), EVENT_HEAD);
+            // A head cut on a character boundary of valid UTF-8 is valid.
+            let head = std::str::from_utf8(head).unwrap_or_default();
+            fields.insert("text".into(), json!(head))
+        }
+        Err(_) => fields.insert(
+            "hex".into(),
+            json!(crate::message::hex(&bytes[..bytes.len().min(EVENT_HEAD)])),
+        ),
     };
+    fields.insert("len".into(), json!(bytes.len()));
+    fields
+}
+
+/// The fields of the `result` event that ends a conversation, the same
+/// for `client --json` and `test --json`: `status`, `duration`, and for
+/// a failure `exit_code`, `message` and, when known, `file`, `line`,
+/// `column`, `expected`, `actual`.
+pub(crate) fn result_event(error: Option<&Error>, duration: Duration) -> Value {
+    let status = match error {
+        None => "passed",
+        Some(error) if error.exit_code() == exit::FAILED => "failed",
+        Some(_) => "error",
+    };
+    let mut fields = json!({
+        "status": status,
+        "duration": duration.as_secs_f64(),
+    });
+    if let Some(error) = error {
+        let diagnostic = diagnostic_of(error);
+        fields["exit_code"] = json!(error.exit_code());
+        fields["message"] = json!(diagnostic.message);
+        if let Some(location) = &diagnostic.location {
+            fields["file"] = json!(location.file);
+            fields["line"] = json!(location.line);
+            fields["column"] = json!(location.column);
+        }
+        if let Some(expected) = &diagnostic.expected {
+            fields["expected"] = json!(expected);
+        }
+        if let Some(actual) = &diagnostic.actual {
+            fields["actual"] = json!(actual);
+        }
+    }
     fields
 }

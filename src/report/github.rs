@@ -7,16 +7,21 @@ use std::io::Write as _;
 
 use super::{CaseResult, diagnostic_of, millis, plain};
 use crate::error::Error;
+use crate::message::escape_controls;
 
 pub(crate) fn enabled() -> bool {
     std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
 }
 
-/// Workflow commands end at a newline and split properties on `,` and `:`.
+/// Workflow commands end at a newline and split properties on `,` and
+/// `:`. Line breaks are kept as `%0A`; every other control character is
+/// escaped, since the text may quote a peer's bytes and the log is read
+/// on terminals too.
 fn escape_data(text: &str) -> String {
-    text.replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+    text.split('\n')
+        .map(|line| escape_controls(line).replace('%', "%25"))
+        .collect::<Vec<_>>()
+        .join("%0A")
 }
 
 fn escape_property(text: &str) -> String {
@@ -71,18 +76,16 @@ pub(crate) fn summary(results: &[CaseResult]) -> String {
                 let place = diagnostic
                     .location
                     .as_ref()
-                    .map(|l| format!("`{}:{}` ", l.file, l.line))
+                    .map(|l| format!("`{}:{}` ", escape_controls(&l.file), l.line))
                     .unwrap_or_default();
-                (
-                    "❌",
-                    format!("{place}{}", diagnostic.message.replace('|', "\\|")),
-                )
+                let message = escape_controls(&diagnostic.message).replace('|', "\\|");
+                ("❌", format!("{place}{message}"))
             }
         };
         let _ = writeln!(
             out,
             "| {mark} | `{}` | {} | {what} |",
-            result.name,
+            escape_controls(&result.name),
             millis(result.duration)
         );
     }
@@ -91,7 +94,7 @@ pub(crate) fn summary(results: &[CaseResult]) -> String {
             let _ = write!(
                 out,
                 "\n<details><summary>{}</summary>\n\n```\n{}```\n</details>\n",
-                result.name,
+                escape_controls(&result.name),
                 plain(error)
             );
         }

@@ -1,6 +1,24 @@
 //! `--junit FILE`: JUnit XML, which CI systems turn into test reports. A
 //! failed expectation is a `<failure>`, a script or network error an
-//! `<error>`, and the transcript goes in `<system-out>`.
+//! `<error>`, and the transcript goes in `<system-out>`:
+//!
+//! ```xml
+//! <testsuites name="tcpscript" tests="2" failures="1" errors="0" time="0.012">
+//!     <testsuite name="tcpscript" tests="2" disabled="0" errors="0" failures="1" time="0.012">
+//!         <testcase name="tests/ok.rhai" classname="tcpscript" time="0.003">
+//!             <system-out>+0.000s &gt; hello
+//! +0.001s &lt; welcome
+//! </system-out>
+//!         </testcase>
+//!         <testcase name="tests/bad.rhai" classname="tcpscript" time="0.004">
+//!             <failure message="tests/bad.rhai:4:1: values differ" type="expectation failed">error: values differ ...</failure>
+//!         </testcase>
+//!     </testsuite>
+//! </testsuites>
+//! ```
+//!
+//! Every text is escaped of control characters before it goes in: most are
+//! not even legal in XML 1.0, and peers' bytes are what reports quote.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,6 +27,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::{CaseResult, Outcome, diagnostic_of, plain};
 use crate::error::Error;
+use crate::message::escape_controls;
 
 pub(crate) fn render(results: &[CaseResult], total: Duration) -> Result<String, Error> {
     let mut suite = TestSuite::new("tcpscript");
@@ -23,21 +42,23 @@ pub(crate) fn render(results: &[CaseResult], total: Duration) -> Result<String, 
                 };
                 let diagnostic = diagnostic_of(error);
                 let mut status = TestCaseStatus::non_success(kind);
-                let message = match &diagnostic.location {
-                    Some(location) => format!("{location}: {}", diagnostic.message),
-                    None => diagnostic.message.clone(),
-                };
-                status.set_message(message);
+                status.set_message(diagnostic.to_string());
                 status.set_type(kind_name(error));
+                // Rendering escaped every field: only its line breaks remain.
                 status.set_description(plain(error));
                 status
             }
         };
-        let mut case = TestCase::new(result.name.clone(), status);
+        let mut case = TestCase::new(escape_controls(&result.name).into_owned(), status);
         case.set_classname("tcpscript");
         case.set_time(result.duration);
         if !result.transcript.is_empty() {
-            case.set_system_out(result.transcript.join("\n") + "\n");
+            let mut out = String::new();
+            for line in &result.transcript {
+                out += &escape_controls(line);
+                out.push('\n');
+            }
+            case.set_system_out(out);
         }
         suite.add_test_case(case);
     }

@@ -4,10 +4,14 @@
 use std::fmt::Write;
 
 use super::{CaseResult, Outcome, diagnostic_of};
+use crate::message::escape_controls;
 
 /// A YAML scalar that is always valid: JSON strings are YAML strings.
+/// Control characters are escaped first: JSON leaves DEL and the C1
+/// codes (CSI among them) as they are, and a TAP stream is often read
+/// on a terminal.
 fn quoted(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+    serde_json::to_string(&escape_controls(text)).unwrap_or_else(|_| "\"\"".into())
 }
 
 pub(crate) fn render(results: &[CaseResult]) -> String {
@@ -16,12 +20,13 @@ pub(crate) fn render(results: &[CaseResult]) -> String {
     for (index, result) in results.iter().enumerate() {
         let number = index + 1;
         let time = result.duration.as_millis();
+        let name = escape_controls(&result.name);
         let Some(error) = result.outcome.error() else {
-            let _ = writeln!(out, "ok {number} - {} # time={time}ms", result.name);
+            let _ = writeln!(out, "ok {number} - {name} # time={time}ms");
             continue;
         };
         let diagnostic = diagnostic_of(error);
-        let _ = writeln!(out, "not ok {number} - {} # time={time}ms", result.name);
+        let _ = writeln!(out, "not ok {number} - {name} # time={time}ms");
         out += "  ---\n";
         let _ = writeln!(out, "  message: {}", quoted(&diagnostic.message));
         let severity = match result.outcome {

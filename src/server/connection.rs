@@ -184,6 +184,11 @@ impl ServerConnection {
         Ok(())
     }
 
+    /// Whether the write buffer has grown past what it keeps between replies.
+    pub(super) fn has_much_to_write(&self) -> bool {
+        self.out.len() > KEEP_WRITE_CAPACITY
+    }
+
     /// A pause asked for by `sleep()`, cut short by the hard stop.
     pub(super) async fn pause(&mut self, pause: Duration) {
         if self.stop.is_hard() {

@@ -196,7 +196,14 @@ async fn perform(
 ) -> Result<bool, ConnError> {
     for action in reply.actions.drain(..) {
         match action {
-            Action::Send(message) => connection.queue(message.as_bytes())?,
+            Action::Send(message) => {
+                connection.queue(message.as_bytes())?;
+                // A hook's many big replies go out as they are framed, not
+                // all copied into the write buffer first.
+                if connection.has_much_to_write() {
+                    connection.flush().await?;
+                }
+            }
             Action::Sleep(pause) => {
                 connection.flush().await?;
                 connection.pause(pause).await;

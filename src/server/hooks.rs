@@ -43,16 +43,6 @@ pub(crate) enum Action {
     Broadcast(Bytes),
 }
 
-/// Bytes one hook call may queue for sending (its `send`s, return value and
-/// broadcasts). A hook runs to completion before anything is written, so
-/// this is what bounds the write side of a connection whose peer reads
-/// nothing.
-pub(crate) const MAX_HOOK_OUTPUT: usize = 16 * 1024 * 1024;
-
-/// What a queued `sleep` counts against [`MAX_HOOK_OUTPUT`]: a hook that
-/// sleeps a million times must not queue a million actions for free.
-const ACTION_COST: usize = 64;
-
 /// How long a hook may hold its worker thread before the worker's other
 /// connections are handed to another thread (see [`hand_off_worker`]).
 const INLINE_BUDGET: Duration = Duration::from_millis(2);
@@ -72,8 +62,6 @@ pub(crate) struct MessageLimit {
 struct HookCall {
     peer: Arc<str>,
     reply: Reply,
-    /// Bytes queued so far, against [`MAX_HOOK_OUTPUT`].
-    output: usize,
     limit: Option<MessageLimit>,
     /// The first clock check: most hooks finish long before it and never
     /// read the clock at all.
@@ -87,19 +75,17 @@ struct HookCall {
 }
 
 impl HookCall {
-    /// Queues a message, refusing what the framing cannot carry or what
-    /// would take the hook past its output budget.
+    /// Queues a message, refusing what the framing cannot carry. What a
+    /// hook queues is held to the memory budget like all it allocates, and
+    /// the connection writes it out with backpressure.
     fn send(&mut self, message: Outgoing) -> Result<(), String> {
-        let size = message.as_bytes().len();
-        self.fits(size)?;
-        self.charge(size)?;
+        self.fits(message.as_bytes().len())?;
         self.reply.actions.push(Action::Send(message));
         Ok(())
     }
 
     fn broadcast(&mut self, message: bytes::Bytes) -> Result<(), String> {
         self.fits(message.len())?;
-        self.charge(message.len())?;
         self.reply.actions.push(Action::Broadcast(message));
         Ok(())
     }
@@ -112,18 +98,6 @@ impl HookCall {
             )),
             _ => Ok(()),
         }
-    }
-
-    fn charge(&mut self, size: usize) -> Result<(), String> {
-        self.output = self.output.saturating_add(size.max(ACTION_COST));
-        if self.output > MAX_HOOK_OUTPUT {
-            return Err(format!(
-                "this hook call queued more than {} MiB to send (send, broadcast, sleep and its return value): \
-                 send less per message",
-                MAX_HOOK_OUTPUT / (1024 * 1024)
-            ));
-        }
-        Ok(())
     }
 
     /// The hook's return value: a string or blob is one message, an array
@@ -462,14 +436,19 @@ fn server_engine(
         with_current("send()", |call| call.send(Outgoing::from_value(value)))?
             .map_err(|e| Failure::script(format!("send(): {e}")).into())
     });
+    // Rhai's own `sleep` would block the worker thread: these only record
+    // the pause, for the connection to wait it out afterwards. A float is
+    // milliseconds too, as in client scripts.
     engine.register_fn("sleep", |ms: INT| -> NativeResult<()> {
-        with_current("sleep()", |call| {
-            call.charge(0)?;
-            let pause = Duration::from_millis(ms.max(0) as u64);
-            call.reply.actions.push(Action::Sleep(pause));
-            Ok(())
-        })?
-        .map_err(|e: String| Failure::script(format!("sleep(): {e}")).into())
+        queue_sleep(Duration::from_millis(ms.max(0) as u64))
+    });
+    engine.register_fn("sleep", |ms: rhai::FLOAT| -> NativeResult<()> {
+        let pause = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(if ms > 0.0 {
+            Duration::MAX
+        } else {
+            Duration::ZERO
+        });
+        queue_sleep(pause)
     });
     engine.register_fn("close", || {
         with_current("close()", |call| call.reply.close = true)
@@ -500,6 +479,12 @@ fn server_engine(
         }
     });
     engine
+}
+
+fn queue_sleep(pause: Duration) -> NativeResult<()> {
+    with_current("sleep()", |call| {
+        call.reply.actions.push(Action::Sleep(pause))
+    })
 }
 
 /// How much a call may grow between two checks of the budget.
@@ -650,7 +635,6 @@ impl ConnectionHooks {
                     actions: std::mem::take(&mut self.spare),
                     close: false,
                 },
-                output: 0,
                 limit: self.limit,
                 started: None,
                 next_handoff: None,

@@ -318,3 +318,140 @@ fn eval_is_refused() {
         .code(3)
         .stderr(contains(format!("{}:1:1", s.path())));
 }
+
+#[test]
+fn case_timeout_bounds_a_single_run() {
+    let (server, _s) = server();
+    let s = script("send(\"x\");\nrecv();\nloop {}\n");
+    client(&s, &server)
+        .args(["--case-timeout", "1s"])
+        .assert()
+        .code(3)
+        .stderr(contains(
+            "the conversation ran longer than its time limit of 1s (see --case-timeout)",
+        ))
+        .stderr(contains(format!("{}:3:", s.path())));
+}
+
+#[test]
+fn a_load_mode_conversation_has_a_time_limit() {
+    let (server, _s) = server();
+    let s = script("send(\"x\");\nrecv();\nloop {}\n");
+    client(&s, &server)
+        .args([
+            "--case-timeout",
+            "1s",
+            "--concurrency",
+            "2",
+            "--iterations",
+            "2",
+        ])
+        .assert()
+        .code(3)
+        .stderr(contains("2 × "))
+        .stderr(contains("time limit of 1s (see --case-timeout)"));
+}
+
+/// A server whose every reply is a terminal attack (title, clear screen, NUL).
+const HOSTILE: &str = "fn on_message(msg) {\n    \"\\x1b]0;TITLE\\x07\\x1b[2J\\x00 end\"\n}\n";
+
+/// That reply as `escape_controls` writes it.
+const HOSTILE_ESCAPED: &str = "\\u{1b}]0;TITLE\\u{7}\\u{1b}[2J\\0 end";
+
+fn hostile() -> (Running, crate::support::Script) {
+    let s = script(HOSTILE);
+    (Running::server(&[s.path()]), s)
+}
+
+fn assert_no_raw_controls(text: &str) {
+    for raw in ['\u{1b}', '\u{7}', '\0'] {
+        assert!(!text.contains(raw), "raw {raw:?} in:\n{text:?}");
+    }
+}
+
+fn stderr_of(cmd: &mut assert_cmd::Command, code: i32) -> String {
+    let output = cmd.assert().code(code).get_output().clone();
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn log_escapes_a_peers_controls() {
+    let (server, _s) = hostile();
+    let s = script("send(\"hi\");\nlog(recv());\n");
+    let stderr = stderr_of(&mut client(&s, &server), 0);
+    assert_no_raw_controls(&stderr);
+    assert!(stderr.contains(HOSTILE_ESCAPED), "{stderr}");
+}
+
+#[test]
+fn a_script_error_quoting_a_peers_text_escapes_it() {
+    let (server, _s) = hostile();
+    let s = script("send(\"hi\");\nlet n = parse_int(recv());\n");
+    let stderr = stderr_of(&mut client(&s, &server), 3);
+    assert_no_raw_controls(&stderr);
+    assert!(
+        stderr.contains(&format!("Error parsing integer number '{HOSTILE_ESCAPED}'")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_load_mode_failure_summary_escapes_a_peers_controls() {
+    let (server, _s) = hostile();
+    let s = script("send(\"hi\");\nfail(recv());\n");
+    let stderr = stderr_of(
+        client(&s, &server).args(["--concurrency", "1", "--iterations", "2"]),
+        1,
+    );
+    assert_no_raw_controls(&stderr);
+    assert!(
+        stderr.contains(&format!("2 × {}:2:1: {HOSTILE_ESCAPED}", s.path())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_result_event_has_the_place_the_values_and_the_duration() {
+    let (server, _s) = server();
+    let s = script("send(\"a\");\nassert_eq(recv(), \"echo: b\");\n");
+    let output = client(&s, &server)
+        .arg("--json")
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let result: serde_json::Value = String::from_utf8(output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "result")
+        .expect("a result event");
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["exit_code"], 1);
+    assert_eq!(result["message"], "values differ");
+    assert_eq!(result["file"], s.path());
+    assert_eq!(result["line"], 2);
+    assert_eq!(result["column"], 1);
+    assert_eq!(result["expected"], "\"echo: b\"");
+    assert_eq!(result["actual"], "\"echo: a\"");
+    assert!(result["duration"].as_f64().unwrap() > 0.0, "{result}");
+}
+
+#[test]
+fn a_timeout_with_part_of_a_message_shows_the_bytes_pending() {
+    // A raw server answers without a line end; the client reads lines.
+    let raw = script("fn on_message(msg) {\n    \"HTTP/1.1 200\"\n}\n");
+    let server = Running::server(&[raw.path(), "--framing", "raw"]);
+    let s = script("send(\"GET\");\nrecv(300);\n");
+    client(&s, &server)
+        .assert()
+        .code(1)
+        .stderr(contains(
+            "timed out after 300ms waiting for a message: only part of one arrived",
+        ))
+        .stderr(contains(
+            "actual: 12 bytes without a line end: \"HTTP/1.1 200\"",
+        ))
+        .stderr(contains("nothing arrived").not());
+}

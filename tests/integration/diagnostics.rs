@@ -184,3 +184,48 @@ last messages (oldest first):
 "
     );
 }
+
+fn assert_no_raw_controls(text: &str) {
+    for raw in ['\u{1b}', '\u{7}', '\0'] {
+        assert!(!text.contains(raw), "raw {raw:?} in:\n{text:?}");
+    }
+}
+
+#[test]
+fn expected_values_from_the_script_are_escaped() {
+    let server = Running::server(&["--echo", "-q"]);
+    let s = script_named(
+        "conv.rhai",
+        "send(\"plain\");\nexpect(\"\\x1b]0;T\\x07\\x00\");\n",
+    );
+    let text = failing_client(&s, &server);
+    assert_no_raw_controls(&text);
+    assert!(
+        text.contains("error: expected a message matching /\\u{1b}]0;T\\u{7}\\0/\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("= expected: /\\u{1b}]0;T\\u{7}\\0/\n"),
+        "{text}"
+    );
+    assert!(text.contains("=   actual: \"plain\"\n"), "{text}");
+}
+
+#[test]
+fn the_quoted_source_line_is_escaped_and_the_caret_still_lines_up() {
+    let server = Running::server(&["--echo", "-q"]);
+    // Raw control bytes written into the script itself, in a string literal.
+    let s = script_named(
+        "conv.rhai",
+        "send(\"x\");\n\tlet t = \"\u{1b}[2J\u{7}\"; assert(false, t);\n",
+    );
+    let text = normalized(&failing_client(&s, &server), &dir_of(s.path()));
+    assert_no_raw_controls(&text);
+    let caret = format!("  | \t{}^\n", " ".repeat(26));
+    assert!(
+        text.starts_with(&format!(
+            "error: \\u{{1b}}[2J\\u{{7}}\n --> DIR/conv.rhai:2:19\n  |\n2 | \tlet t = \"\\u{{1b}}[2J\\u{{7}}\"; assert(false, t);\n{caret}"
+        )),
+        "{text}"
+    );
+}

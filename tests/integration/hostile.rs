@@ -403,3 +403,16 @@ fn a_line_of_exactly_max_frame_bytes_ending_in_crlf_is_accepted() {
     c.read_exact(&mut reply).unwrap();
     assert_eq!(reply, format!("{line}\n").as_bytes());
 }
+
+#[test]
+fn a_float_sleep_in_a_hook_is_milliseconds_and_never_blocks_a_worker() {
+    let s = script("fn on_message(msg) { if msg == \"nap\" { sleep(100000.0); } msg }\n");
+    let server = Running::server(&[s.path()]);
+    // As many nappers as worker threads, and more.
+    let mut nappers: Vec<LineClient> = (0..8).map(|_| LineClient::connect(server.port)).collect();
+    for napper in &mut nappers {
+        napper.send("nap");
+    }
+    let mut other = LineClient::connect(server.port);
+    assert_eq!(other.exchange("awake?"), "awake?");
+}

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use predicates::str::contains;
 
-use crate::support::{BIN, LineClient, Running, shipped, tcpscript};
+use crate::support::{BIN, LineClient, Running, script, shipped, tcpscript};
 
 #[test]
 fn client_sends_stdin_lines_prints_replies_and_stops_at_exit() {
@@ -55,11 +55,30 @@ fn server_answers_each_message_with_the_next_stdin_line() {
         out.contains(&format!("[{me}] hello\n[{me}] again\n")),
         "{out}"
     );
-    // The end of stdin ends the server once the next client needs a reply.
-    let mut next = LineClient::connect(server.port);
-    next.send("anyone?");
-    next.expect_closed();
+    // No reply left and no client: the end of stdin stops the server.
     assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(
+        server.stderr().contains("end of input, stopping"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn server_stops_at_the_end_of_input_with_a_client_waiting_for_a_reply() {
+    let mut server = Running::server_with_input(
+        &[],
+        Some(
+            "only reply
+",
+        ),
+    );
+    let mut c = LineClient::connect(server.port);
+    assert_eq!(c.exchange("hello"), "only reply");
+    c.send("anyone?");
+    c.expect_closed();
+    assert_eq!(server.wait_exit().code(), Some(0));
+    server.wait_stderr(": end of input, stopping");
 }
 
 #[test]
@@ -107,4 +126,70 @@ fn echo_and_a_script_cannot_be_combined() {
     let mut cmd = Command::new(BIN);
     cmd.args(["server", "x.rhai", "--echo"]);
     assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+}
+
+#[test]
+fn server_stops_at_the_end_of_input_while_no_client_is_connected() {
+    tcpscript()
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .write_stdin("")
+        .assert()
+        .success()
+        .stderr(contains("end of input, stopping"));
+}
+
+#[test]
+fn server_cuts_a_line_of_input_longer_than_max_frame() {
+    let mut server = Running::server(&["--max-frame", "1KiB"]);
+    let mut c = LineClient::connect(server.port);
+    c.send("hi");
+    server.wait_stdout("] hi\n");
+    server.write_stdin(&format!("{}\n", "z".repeat(4 * 1024 * 1024)));
+    assert_eq!(c.recv().unwrap(), "z".repeat(1024));
+    server.wait_stderr(
+        "a line of input of 4194304 bytes is longer than --max-frame: only its first 1024 bytes are used",
+    );
+}
+
+fn assert_no_raw_controls(text: &str) {
+    for raw in ['\u{1b}', '\u{7}', '\0'] {
+        assert!(!text.contains(raw), "raw {raw:?} in:\n{text:?}");
+    }
+}
+
+#[test]
+fn client_prints_a_peers_controls_escaped() {
+    let hostile = script("fn on_message(msg) {\n    \"\\x1b]0;TITLE\\x07\\x1b[2J\\x00 end\"\n}\n");
+    let server = Running::server(&[hostile.path()]);
+    let output = tcpscript()
+        .args(["client", "--connect", &server.addr()])
+        .write_stdin("hi\n")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let stdout = String::from_utf8(output).unwrap();
+    assert_no_raw_controls(&stdout);
+    assert_eq!(
+        stdout,
+        "<19 bytes: 1b 5d 30 3b 54 49 54 4c 45 07 1b 5b 32 4a 00 20 65 6e 64>\n"
+    );
+}
+
+#[test]
+fn client_reports_a_peer_breaking_the_framing_as_that_with_exit_1() {
+    // The tutorial server's greeting is longer than 16 bytes.
+    let server = Running::server(&[&shipped("reply.rhai")]);
+    tcpscript()
+        .args(["client", "--connect", &server.addr(), "--max-frame", "16"])
+        .write_stdin("hello\n")
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "error: the peer {} broke the framing: ",
+            server.addr()
+        )))
+        .stderr(contains("larger than --max-frame"))
+        .stderr(contains("cannot connect").count(0));
 }

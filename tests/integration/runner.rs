@@ -312,3 +312,288 @@ fn no_cases_is_a_usage_error() {
         .code(2)
         .stderr(contains("no client scripts to run"));
 }
+
+/// A case's time limit, for the tests that run into it.
+const LIMIT: &str = "1s";
+
+#[test]
+fn a_case_that_loops_is_an_error_at_its_time_limit_and_the_run_goes_on() {
+    let suite = Suite::new(&[
+        ("a.rhai", "send(\"hello\");\nrecv();\nloop {}\n"),
+        ("b.rhai", PASSING),
+    ]);
+    let report = suite.dir.path().join("junit.xml");
+    test_with_server(&[
+        "--case-timeout",
+        LIMIT,
+        "--junit",
+        report.to_str().unwrap(),
+        suite.folder(),
+    ])
+    .assert()
+    .code(3)
+    .stderr(contains(
+        "error: the conversation ran longer than its time limit of 1s (see --case-timeout)",
+    ))
+    .stderr(contains(format!("--> {}:3:", suite.path("a.rhai"))))
+    .stderr(contains(format!("PASS {}", suite.path("b.rhai"))))
+    .stderr(contains("1 passed, 1 failed"));
+    let xml = std::fs::read_to_string(&report).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let error = doc
+        .descendants()
+        .find(|n| n.has_tag_name("error"))
+        .expect("the looping case is an <error>");
+    assert!(
+        error
+            .attribute("message")
+            .unwrap()
+            .contains("time limit of 1s (see --case-timeout)"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_case_that_sleeps_in_a_loop_is_stopped_at_its_time_limit() {
+    let suite = Suite::new(&[("a.rhai", "while true {\n    sleep(100000);\n}\n")]);
+    test_with_server(&["--case-timeout", LIMIT, suite.folder()])
+        .assert()
+        .code(3)
+        .stderr(contains("time limit of 1s (see --case-timeout)"))
+        .stderr(contains(format!("--> {}:2:5", suite.path("a.rhai"))));
+}
+
+#[test]
+fn a_float_sleep_is_milliseconds_and_bounded_too() {
+    // Rhai's own `sleep(FLOAT)` takes seconds and would sleep for decades.
+    let suite = Suite::new(&[("a.rhai", "sleep(1.0e12);\n")]);
+    test_with_server(&["--case-timeout", LIMIT, suite.folder()])
+        .assert()
+        .code(3)
+        .stderr(contains("time limit of 1s (see --case-timeout)"));
+}
+
+#[test]
+fn a_time_limit_cannot_be_caught_by_the_script() {
+    let suite = Suite::new(&[("a.rhai", "loop {\n    try { recv(5); } catch (e) { }\n}\n")]);
+    test_with_server(&["--case-timeout", LIMIT, suite.folder()])
+        .assert()
+        .code(3)
+        .stderr(contains("time limit of 1s (see --case-timeout)"));
+}
+
+#[test]
+fn a_connect_retry_is_cut_at_the_time_limit() {
+    let port = crate::support::closed_port();
+    let suite = Suite::new(&[("a.rhai", PASSING)]);
+    tcpscript()
+        .args(["test", "--connect", &format!("127.0.0.1:{port}")])
+        .args(["--connect-retry", "1h", "--case-timeout", LIMIT])
+        .arg(suite.folder())
+        .assert()
+        .code(3)
+        .stderr(contains("time limit of 1s (see --case-timeout)"))
+        .stderr(contains(format!(
+            "note: while connecting to 127.0.0.1:{port}"
+        )));
+}
+
+/// Peak resident memory (KiB) of a child, from `wait4`: its own figure,
+/// whatever the other tests run at the same time. Kills it after `patience`.
+fn peak_rss_kib(child: std::process::Child, patience: std::time::Duration) -> (i32, i64) {
+    let pid = child.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + patience;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: plain system call on our own child, with valid pointers.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            return (libc::WEXITSTATUS(status), usage.ru_maxrss);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after {patience:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn big_replies_do_not_pile_up_in_memory_or_reports() {
+    let server = crate::support::script(
+        "fn on_message(msg) {\n    let big = \"\";\n    big.pad(1048576, \"x\");\n    for i in 0..300 {\n        send(big);\n    }\n}\n",
+    );
+    let case = "send(\"go\");\nfor i in 0..300 {\n    recv();\n}\n";
+    let suite = Suite::new(&[("a.rhai", case), ("b.rhai", case), ("c.rhai", case)]);
+    let report = suite.dir.path().join("junit.xml");
+    let child = std::process::Command::new(crate::support::BIN)
+        .args(["test", "--server", server.path(), "--junit"])
+        .arg(&report)
+        .arg(suite.folder())
+        .env_remove("GITHUB_ACTIONS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(Some(child.id()));
+    let (code, peak) = peak_rss_kib(child, std::time::Duration::from_secs(120));
+    guard.0 = None;
+    assert_eq!(code, 0);
+    // 900 MB went through; what is kept is a head of each message.
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    let size = std::fs::metadata(&report).unwrap().len();
+    assert!(size < 2 * 1024 * 1024, "JUnit report of {size} bytes");
+    let xml = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        xml.contains("… (1048576 bytes)"),
+        "each message is shown by its head and length"
+    );
+}
+
+/// Kills a process a failed assertion left running.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: a signal to our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// A server whose every reply is a terminal attack: set the window title,
+/// clear the screen, then NUL and a C1 control (CSI), which JSON escaping
+/// leaves as it is.
+const HOSTILE_SERVER: &str =
+    "fn on_message(msg) {\n    \"\\x1b]0;TITLE\\x07\\x1b[2J\\x00 \\u009b end\"\n}\n";
+
+/// How `escape_controls` writes that reply.
+const HOSTILE_ESCAPED: &str = "\\u{1b}]0;TITLE\\u{7}\\u{1b}[2J\\0 \\u{9b} end";
+
+/// A case that fails with the peer's text in its message (Rhai quotes the
+/// text it cannot parse) and in its transcript.
+const QUOTES_THE_PEER: &str = "send(\"hi\");\nlet n = parse_int(recv());\n";
+
+fn assert_no_raw_controls(text: &str) {
+    for raw in ['\u{1b}', '\u{7}', '\0', '\u{9b}'] {
+        assert!(!text.contains(raw), "raw {raw:?} in:\n{text:?}");
+    }
+}
+
+fn hostile_test() -> (crate::support::Script, Suite, assert_cmd::Command) {
+    let server = crate::support::script(HOSTILE_SERVER);
+    let suite = Suite::new(&[("a.rhai", QUOTES_THE_PEER)]);
+    let mut cmd = tcpscript();
+    cmd.args(["test", "--server", server.path()]);
+    (server, suite, cmd)
+}
+
+#[test]
+fn github_annotations_and_the_step_summary_escape_a_peers_controls() {
+    let (_server, suite, mut cmd) = hostile_test();
+    let summary = suite.dir.path().join("summary.md");
+    let output = cmd
+        .arg(suite.folder())
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("::error "), "{stdout}");
+    assert_no_raw_controls(&stdout);
+    assert!(stdout.contains(HOSTILE_ESCAPED), "{stdout}");
+    let markdown = std::fs::read_to_string(summary).unwrap();
+    assert_no_raw_controls(&markdown);
+    assert!(markdown.contains(HOSTILE_ESCAPED), "{markdown}");
+}
+
+#[test]
+fn tap_escapes_a_peers_controls() {
+    let (_server, suite, mut cmd) = hostile_test();
+    let output = cmd
+        .args(["--tap", suite.folder()])
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
+    let tap = String::from_utf8(output).unwrap();
+    assert_no_raw_controls(&tap);
+    // JSON-quoted in the YAML block: each backslash doubled.
+    assert!(
+        tap.contains(&HOSTILE_ESCAPED.replace('\\', "\\\\")),
+        "{tap}"
+    );
+}
+
+#[test]
+fn junit_stays_valid_xml_with_a_peers_controls() {
+    let (_server, suite, mut cmd) = hostile_test();
+    let report = suite.dir.path().join("junit.xml");
+    cmd.args(["--junit", report.to_str().unwrap(), suite.folder()])
+        .assert()
+        .code(3);
+    let xml = std::fs::read_to_string(&report).unwrap();
+    assert_no_raw_controls(&xml);
+    let doc = roxmltree::Document::parse(&xml).expect("valid XML");
+    let error = doc.descendants().find(|n| n.has_tag_name("error")).unwrap();
+    assert!(
+        error
+            .attribute("message")
+            .unwrap()
+            .contains(HOSTILE_ESCAPED)
+    );
+    let out = doc
+        .descendants()
+        .find(|n| n.has_tag_name("system-out"))
+        .unwrap();
+    assert!(
+        out.text().unwrap().contains("< <"),
+        "binary-looking reply shown as hex: {xml}"
+    );
+}
+
+#[test]
+fn the_failure_report_on_stderr_escapes_a_peers_controls() {
+    let (_server, suite, mut cmd) = hostile_test();
+    let output = cmd
+        .arg(suite.folder())
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_no_raw_controls(&stderr);
+    assert!(stderr.contains(HOSTILE_ESCAPED), "{stderr}");
+}
+
+#[test]
+fn json_message_events_carry_a_head_and_the_whole_length() {
+    let server = crate::support::script(
+        "fn on_message(msg) {\n    let big = \"\";\n    big.pad(100000, \"y\");\n    big\n}\n",
+    );
+    let suite = Suite::new(&[("a.rhai", "send(\"go\");\nrecv();\n")]);
+    let output = tcpscript()
+        .args(["test", "--server", server.path(), "--json", suite.folder()])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let received: serde_json::Value = String::from_utf8(output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "received")
+        .unwrap();
+    assert_eq!(received["len"], 100000);
+    assert_eq!(received["text"].as_str().unwrap().len(), 4096);
+}

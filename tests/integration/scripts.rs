@@ -141,6 +141,18 @@ fn every_shipped_script_compiles_and_is_run_by_this_file() {
 }
 
 #[test]
+fn echo_conversation_in_load_mode_against_the_echo_server() {
+    let server = Running::server(&["--echo", "-q"]);
+    tcpscript()
+        .args(["client", &shipped("echo_conversation.rhai")])
+        .args(["--connect", &server.addr()])
+        .args(["--concurrency", "4", "--iterations", "40"])
+        .assert()
+        .success()
+        .stderr(contains("40 passed, 0 failed"));
+}
+
+#[test]
 fn chat_pair_through_the_test_runner() {
     tcpscript()
         .args([
