@@ -1,4 +1,4 @@
-//! The command line: flags as SPEC.md names them, and the step from parsed
+//! The command line: flags as the README lists them, and the step from parsed
 //! flags to each command's options.
 
 use std::collections::HashMap;

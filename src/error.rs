@@ -1,5 +1,5 @@
 //! Every way a command can end badly, and the one place that maps each to
-//! its exit code (SPEC.md, "Exit codes").
+//! its exit code (the README's "Exit codes" table).
 
 use std::io;
 

@@ -89,7 +89,9 @@ impl ClientScript {
         };
         let current = Slot::default();
         let slot = current.clone();
-        engine.on_progress(move |operations| past_deadline(&slot, operations));
+        engine.on_progress(move |operations| {
+            engine::take_pending_failure().or_else(|| past_deadline(&slot, operations))
+        });
         register(&mut engine, &current);
         Ok(ClientScript {
             engine,
