@@ -132,9 +132,13 @@ fn peer_that_never_reads_is_bounded_then_dropped() {
         .unwrap();
     // Ask for 64 KiB replies and read none: soon the server stops reading
     // us (its replies are stuck), so our own writes stall. Nothing grows.
+    // Requests go 4,096 at a time: the kernel may buffer megabytes for a
+    // server that read fast at first, and they must fill well within the
+    // idle limit.
+    let requests = b"more please\n".repeat(4096);
     let mut sent = 0usize;
     let stalled = loop {
-        match hog.write(b"more please\n") {
+        match hog.write(&requests) {
             Ok(n) => sent += n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 break true;

@@ -182,6 +182,11 @@ impl Running {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id, to read its memory figures from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.text()
     }
