@@ -593,10 +593,12 @@ fn typed_like(name: &str, value: &str, default: &Dynamic) -> NativeResult<Dynami
 }
 
 /// The largest script or module tcpscript reads, in bytes. Shipped
-/// scripts are a few KiB and a recorded session of 25,000 exchanges fits;
-/// a bigger file is a mistake (a log, an image, `/dev/zero`), and reading
-/// and compiling it would only cost memory and time.
-pub(crate) const MAX_SCRIPT_BYTES: u64 = 4 * 1024 * 1024;
+/// scripts are a few KiB, and a recorded session of 10,000 exchanges fits
+/// (and compiles in 0.05 s). Rhai's parser slows down with the square of
+/// the number of variables or functions: 1 MiB of them compiles in 1.5
+/// to 10 s and 90 MiB, 4 MiB took 37 s to 4 minutes. A bigger file is a
+/// mistake (a log, an image, `/dev/zero`), not a script.
+pub(crate) const MAX_SCRIPT_BYTES: u64 = 1024 * 1024;
 
 /// The text of the script at `path`: a regular file of at most
 /// [`MAX_SCRIPT_BYTES`], in UTF-8.

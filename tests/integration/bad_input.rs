@@ -155,11 +155,11 @@ pub(crate) fn fifo(name: &str) -> (tempfile::TempDir, String) {
     (dir, path.to_str().unwrap().to_string())
 }
 
-/// A valid script (comments) of 5 MiB, past the 4 MiB limit.
+/// A valid script (comments) of 2 MiB, past the 1 MiB limit.
 pub(crate) fn too_large(name: &str) -> crate::support::Script {
     let line = "// a script this large is a mistake, not a conversation\n";
-    let mut source = line.repeat((5 << 20) / line.len() + 1);
-    source.truncate(5 << 20);
+    let mut source = line.repeat((2 << 20) / line.len() + 1);
+    source.truncate(2 << 20);
     script_named(name, &source)
 }
 
@@ -171,7 +171,7 @@ pub(crate) fn not_a_script(path: &str, problem: &str) -> String {
 const DEVICE: &str = "it is a character device, not a regular file";
 const FIFO: &str = "it is a FIFO (named pipe), not a regular file";
 const DIRECTORY: &str = "it is a directory, not a regular file";
-pub(crate) const TOO_LARGE: &str = "it is 5242880 bytes, more than the limit of 4194304 bytes";
+pub(crate) const TOO_LARGE: &str = "it is 2097152 bytes, more than the limit of 1048576 bytes";
 
 /// `tcpscript client PATH` against a closed port: refused before connecting.
 fn client_script_refused(path: &str, problem: &str) {
