@@ -8,9 +8,12 @@
 //! before Rhai counted them, and `text.replace("a", s)` could ask for
 //! gigabytes. Each function here computes its result's size before
 //! allocating it and fails with a script error naming itself and the limit;
-//! otherwise it does exactly what Rhai's does. Rhai looks for a function in
-//! the engine's own namespace before its packages, so registering these on
-//! the engine replaces Rhai's for every script.
+//! otherwise it does exactly what Rhai's does. `map`, `zip` and `for_each`
+//! run script code per element, but pile its results up (or grow the
+//! elements) where Rhai looks only at the end, so they count as they go.
+//! Rhai looks for a function in the engine's own namespace before its
+//! packages, so registering these on the engine replaces Rhai's for every
+//! script.
 //!
 //! Left to Rhai, because what they build is at most a few times what the
 //! script already holds (within the limits): concatenation (`+`, `+=`,
