@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Limits, Params};
-use crate::error::Error;
+use crate::error::{Error, exit};
 
 pub(crate) fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
     let engine = engine::new_engine(&Limits::default(), Params::default(), None);
@@ -21,8 +21,8 @@ pub(crate) fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
             Err(error) => {
                 error.eprint();
                 crate::report::github::annotate(&error, None);
-                match error {
-                    Error::ReadFile { .. } => unreadable += 1,
+                match error.exit_code() {
+                    exit::USAGE => unreadable += 1,
                     _ => broken += 1,
                 }
             }

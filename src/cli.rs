@@ -42,7 +42,8 @@ const LOAD_CASE_TIMEOUT: Duration = Duration::from_secs(60);
         what to send and asserts what comes back. Without a script, both commands \
         run by hand on stdin, like the TCP tutorial they automate.\n\n\
         Exit codes: 0 ok, 1 an expectation failed, 2 usage error, 3 script error, \
-        4 network error."
+        4 network error, 5 system error (the system refused a thread, the runtime or \
+        signal handlers)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -69,7 +70,7 @@ pub struct CommonArgs {
     #[arg(long, value_name = "FRAMING")]
     pub(crate) framing: Option<Framing>,
     /// Largest message accepted from the peer, e.g. 65536, 64KiB, 1MiB
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1MiB")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_frame, default_value = "1MiB")]
     pub(crate) max_frame: usize,
     /// A parameter for the script's param("NAME"); repeatable
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_param)]
@@ -121,7 +122,7 @@ pub struct ClientArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub(crate) timeout: Duration,
     /// Keep retrying a refused connect for this long (a server still starting)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
     pub(crate) connect_retry: Option<Duration>,
     /// Operations the script may run in all (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -133,16 +134,16 @@ pub struct ClientArgs {
     #[arg(long)]
     pub(crate) json: bool,
     /// Load mode: this many virtual users run the conversation in a loop
-    #[arg(long, value_name = "N", requires = "script")]
+    #[arg(long, value_name = "N", requires = "script", value_parser = concurrency_range())]
     pub(crate) concurrency: Option<usize>,
     /// Load mode: run for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "iterations", requires = "script")]
     pub(crate) duration: Option<Duration>,
     /// Load mode: run this many conversations in all
-    #[arg(long, value_name = "M", requires = "script")]
+    #[arg(long, value_name = "M", requires = "script", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) iterations: Option<u64>,
     /// Load mode: start at most this many conversations per second
-    #[arg(long, value_name = "PER_SECOND", requires = "script")]
+    #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
     #[command(flatten)]
     pub(crate) record: RecordArgs,
@@ -162,7 +163,7 @@ pub struct TestArgs {
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     pub(crate) connect: String,
     /// Cases run at once
-    #[arg(short, long, value_name = "N", default_value_t = 1)]
+    #[arg(short, long, value_name = "N", default_value_t = 1, value_parser = jobs_range())]
     pub(crate) jobs: usize,
     /// Write a JUnit XML report
     #[arg(long, value_name = "FILE")]
@@ -177,7 +178,7 @@ pub struct TestArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub(crate) timeout: Duration,
     /// Keep retrying a refused connect for this long
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
     pub(crate) connect_retry: Option<Duration>,
     /// Longest one case may take in all; a case over it is an error and the run goes on
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
@@ -354,15 +355,12 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
                 "load mode needs --duration or --iterations to know when to stop".into(),
             ));
         };
-        if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-            return Err(Error::Usage("--rate must be a positive number".into()));
-        }
         return load::run(&LoadOptions {
             client: ClientOptions {
                 case_timeout: options.case_timeout.or(Some(LOAD_CASE_TIMEOUT)),
                 ..options
             },
-            concurrency: args.concurrency.unwrap_or(1).max(1),
+            concurrency: args.concurrency.unwrap_or(1),
             until,
             rate: args.rate,
             json: args.json,
@@ -435,15 +433,94 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
     })
 }
 
-/// `5s`, `250ms`, `1m30s`; a bare number is seconds.
+/// The longest any duration flag may be: a year (`1y`, 365.25 days).
+/// Far longer than any conversation, test run or idle connection, and far
+/// from where a deadline stops fitting the clock (`Instant` + `Duration`
+/// panics on overflow, which `--timeout 1e19` used to reach).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// Load mode runs one thread and one compiled script per virtual user.
+const MAX_CONCURRENCY: u64 = 10_000;
+
+/// `-j`: test cases run at once, each on a thread of its own.
+const MAX_JOBS: u64 = 1_000;
+
+/// `--rate` bounds: below one conversation in 1000 s a run is not a load
+/// test; above a million per second it paces nothing any machine reaches.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// The largest `--max-frame`. A message is buffered whole before it is
+/// handed on, so this is also memory a single peer may make a connection
+/// hold; scripts cannot build strings past 8 MiB anyway.
+const MAX_FRAME_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// A duration flag that must be more than zero: `--timeout`,
+/// `--hook-timeout`, `--idle-timeout`, `--duration`. A zero timeout would
+/// fail every read at once (and a socket refuses it), a zero duration runs
+/// nothing.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(seconds) = text.parse::<f64>()
-        && seconds.is_finite()
-        && seconds >= 0.0
-    {
-        return Ok(Duration::from_secs_f64(seconds));
+    let duration = parse_retry(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "`{text}` is too short: give more than 0, e.g. 5s or 250ms"
+        ));
     }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (try 5s, 250ms or 1m)"))
+    Ok(duration)
+}
+
+/// `5s`, `250ms`, `1m30s`; a bare number is seconds. Zero is allowed
+/// (`--connect-retry 0`: do not retry); at most [`MAX_DURATION`].
+pub(crate) fn parse_retry(text: &str) -> Result<Duration, String> {
+    let too_long = || format!("`{text}` is longer than the limit of 1 year (1y)");
+    let duration = match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_nan() || seconds < 0.0 => {
+            return Err(format!(
+                "`{text}` is not a duration of 0 or more (try 5s, 250ms or 1m)"
+            ));
+        }
+        Ok(seconds) => Duration::try_from_secs_f64(seconds).map_err(|_| too_long())?,
+        Err(_) => humantime::parse_duration(text).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            e => format!("{e} (try 5s, 250ms or 1m)"),
+        })?,
+    };
+    if duration > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(duration)
+}
+
+/// `--rate`: conversations started per second, from [`MIN_RATE`] to
+/// [`MAX_RATE`]. A tiny rate used to put the second conversation's start
+/// past the end of the clock.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (MIN_RATE..=MAX_RATE).contains(&rate) => Ok(rate),
+        Ok(_) => Err(format!(
+            "`{text}` is out of range: give from {MIN_RATE} to {MAX_RATE:.0} conversations per second"
+        )),
+        Err(_) => Err(format!(
+            "`{text}` is not a number of conversations per second"
+        )),
+    }
+}
+
+fn concurrency_range() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_CONCURRENCY)
+}
+
+fn jobs_range() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_JOBS)
+}
+
+/// `--max-frame`: a size from 1 byte to [`MAX_FRAME_LIMIT`].
+fn parse_max_frame(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if size > MAX_FRAME_LIMIT {
+        return Err(format!("`{text}` is more than the limit of 1GiB"));
+    }
+    Ok(size)
 }
 
 /// `65536`, `64KiB`, `64K`, `1MiB`, `1M`.
@@ -490,6 +567,82 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn durations_are_finite_and_at_most_a_year() {
+        assert_eq!(parse_duration("1y"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("31557600"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        for text in ["1e19", "1e30", "inf", "1y1s", "2y", "99999999999999999999y"] {
+            let error = parse_duration(text).unwrap_err();
+            assert!(
+                error.contains("longer than the limit of 1 year"),
+                "{text}: {error}"
+            );
+        }
+        for text in ["NaN", "-1", "-inf"] {
+            let error = parse_duration(text).unwrap_err();
+            assert!(error.contains("not a duration"), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn timeouts_must_be_more_than_zero() {
+        for text in ["0", "0s", "0ms", "1e-12", "-0"] {
+            let error = parse_duration(text).unwrap_err();
+            assert!(error.contains("too short"), "{text}: {error}");
+        }
+        assert_eq!(parse_duration("1ns"), Ok(Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn connect_retry_may_be_zero() {
+        assert_eq!(parse_retry("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_retry("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_retry("1e19").is_err());
+    }
+
+    #[test]
+    fn rates_are_within_bounds() {
+        assert_eq!(parse_rate("0.001"), Ok(0.001));
+        assert_eq!(parse_rate("1000000"), Ok(1_000_000.0));
+        for text in [
+            "1e-300", "0", "-5", "0.0009", "1000001", "inf", "NaN", "fast",
+        ] {
+            assert!(parse_rate(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn max_frame_is_at_most_a_gibibyte() {
+        assert_eq!(parse_max_frame("1GiB"), Ok(1 << 30));
+        assert!(parse_max_frame("1025MiB").is_err());
+        assert!(parse_max_frame("0").is_err());
+    }
+
+    /// The error clap reports for `args`, which must name `flag`.
+    fn refused(args: &[&str], flag: &str) -> clap::error::ErrorKind {
+        let error = Cli::try_parse_from(args).unwrap_err();
+        assert!(error.to_string().contains(flag), "{args:?}: {error}");
+        error.kind()
+    }
+
+    #[test]
+    fn counts_are_within_bounds() {
+        use clap::error::ErrorKind::ValueValidation;
+        let client = ["tcpscript", "client", "x.rhai", "--iterations", "1"];
+        for n in ["0", "10001"] {
+            let args = [&client[..], &["--concurrency", n]].concat();
+            assert_eq!(refused(&args, "--concurrency"), ValueValidation);
+        }
+        assert!(Cli::try_parse_from([&client[..], &["--concurrency", "10000"]].concat()).is_ok());
+        let args = ["tcpscript", "client", "x.rhai", "--iterations", "0"];
+        assert_eq!(refused(&args, "--iterations"), ValueValidation);
+        for n in ["0", "1001"] {
+            let args = ["tcpscript", "test", "x.rhai", "-j", n];
+            assert_eq!(refused(&args, "--jobs"), ValueValidation);
+        }
     }
 
     #[test]

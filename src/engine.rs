@@ -3,17 +3,19 @@
 //! errors into diagnostics that name `file:line:col`.
 
 use std::collections::HashMap;
+use std::fs::{File, FileType, Metadata};
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rhai::module_resolvers::FileModuleResolver;
 use rhai::{
     AST, Blob, Dynamic, Engine, EvalAltResult, Module, ModuleResolver, NativeCallContext, Position,
-    Shared,
+    Scope, Shared,
 };
 
 use crate::diagnostic::{Diagnostic, Location};
-use crate::error::Error;
+use crate::error::{Error, ScriptFileProblem};
 use crate::framing::Framing;
 use crate::message;
 use crate::report::events::TestEvents;
@@ -121,7 +123,7 @@ impl Script {
         let text = if file == self.path {
             Some(self.source.clone())
         } else {
-            std::fs::read_to_string(file).ok()
+            read_script(Path::new(file)).ok()
         };
         // The end of the file, where an unclosed call is noticed, is an
         // empty line just past the last one.
@@ -276,15 +278,23 @@ pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Pa
         ));
     });
     register_common(&mut engine, params);
+    crate::builtins::register(&mut engine);
     engine
 }
 
 /// Resolves `import "name"` only to files inside the script's own folder:
-/// no absolute paths, no `..`, no symbolic link that leads outside. Rhai's
-/// `FileModuleResolver` alone follows any path it is given.
+/// no absolute paths, no `..`, no symbolic link that leads outside, and
+/// only regular files of at most [`MAX_SCRIPT_BYTES`]. Rhai's
+/// `FileModuleResolver` alone follows any path it is given and reads
+/// whatever is there, `/dev/zero` or a FIFO included; it is kept here
+/// only to name the file an import means.
 struct FolderResolver {
     folder: PathBuf,
     files: FileModuleResolver,
+    /// Modules by file, evaluated once: an `import` inside a hook runs at
+    /// every message. Only modules that loaded are kept, so the folder's
+    /// files bound it.
+    loaded: Mutex<HashMap<PathBuf, Shared<Module>>>,
 }
 
 impl FolderResolver {
@@ -298,6 +308,7 @@ impl FolderResolver {
         FolderResolver {
             files: FileModuleResolver::new_with_path(&folder),
             folder,
+            loaded: Mutex::new(HashMap::new()),
         }
     }
 
@@ -309,7 +320,7 @@ impl FolderResolver {
         let inside = plain
             && match self.files.get_file_path(path, None).canonicalize() {
                 Ok(real) => real.starts_with(&self.folder),
-                // Missing files are reported by the file resolver itself.
+                // Missing files are reported when they are read.
                 Err(_) => true,
             };
         if inside {
@@ -325,18 +336,72 @@ impl FolderResolver {
             position,
         )))
     }
+
+    /// Reads, compiles and runs the module in `file`, as Rhai's file
+    /// resolver would: the same errors for a missing module or one that
+    /// fails, and a shebang line skipped.
+    fn load(
+        &self,
+        engine: &Engine,
+        file: &Path,
+        path: &str,
+        position: Position,
+    ) -> Result<Shared<Module>, Box<EvalAltResult>> {
+        let in_module =
+            |error| Box::new(EvalAltResult::ErrorInModule(path.into(), error, position));
+        let mut source = match read_script(file) {
+            Ok(source) => source,
+            Err(Error::ReadFile { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(Box::new(EvalAltResult::ErrorModuleNotFound(
+                    path.into(),
+                    position,
+                )));
+            }
+            // The same refusal as for the script itself: the file given is
+            // unusable, which is a usage error rather than a script bug.
+            Err(error) => {
+                let failure = Failure::new(FailureKind::Usage, error.to_string());
+                return Err(Box::new(EvalAltResult::ErrorRuntime(
+                    Dynamic::from(failure),
+                    position,
+                )));
+            }
+        };
+        if source.starts_with("#!") {
+            source.drain(..source.find('\n').unwrap_or(source.len()));
+        }
+        let mut ast = engine.compile(source).map_err(|e| in_module(e.into()))?;
+        ast.set_source(path);
+        let module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)?;
+        Ok(module.into())
+    }
 }
 
 impl ModuleResolver for FolderResolver {
     fn resolve(
         &self,
         engine: &Engine,
-        source: Option<&str>,
+        _source: Option<&str>,
         path: &str,
         position: Position,
     ) -> Result<Shared<Module>, Box<EvalAltResult>> {
         self.admit(path, position)?;
-        self.files.resolve(engine, source, path, position)
+        let file = self.files.get_file_path(path, None);
+        let cached = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&file)
+            .cloned();
+        if let Some(module) = cached {
+            return Ok(module);
+        }
+        let module = self.load(engine, &file, path, position)?;
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(file, module.clone());
+        Ok(module)
     }
 }
 
@@ -427,8 +492,12 @@ fn register_common(engine: &mut Engine, params: Params) {
 
     // `msg.to_blob()` whatever the message was: Rhai has it for strings only.
     engine.register_fn("to_blob", |blob: Blob| blob);
-    engine.register_fn("hex", |blob: Blob| message::hex(&blob));
-    engine.register_fn("hex", |text: &str| message::hex(text.as_bytes()));
+    engine.register_fn("hex", |ctx: NativeCallContext, blob: Blob| {
+        crate::builtins::hex(&ctx, &blob)
+    });
+    engine.register_fn("hex", |ctx: NativeCallContext, text: &str| {
+        crate::builtins::hex(&ctx, text.as_bytes())
+    });
     engine.register_fn("unhex", |text: &str| -> NativeResult<Blob> {
         message::unhex(text).map_err(|e| Failure::script(e).into())
     });
@@ -595,15 +664,87 @@ fn typed_like(name: &str, value: &str, default: &Dynamic) -> NativeResult<Dynami
     Ok(Dynamic::from(value.to_string()))
 }
 
-/// Reads and compiles `path`. An unreadable file is a usage error; a
-/// syntax error is a script error pointing at the offending token.
-pub(crate) fn compile(engine: &Engine, path: &Path) -> Result<Script, Error> {
-    let display = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-        path: display.clone(),
+/// The largest script or module tcpscript reads, in bytes. Shipped
+/// scripts are a few KiB, and a recorded session of 10,000 exchanges fits
+/// (and compiles in 0.05 s). Rhai's parser slows down with the square of
+/// the number of variables or functions: 1 MiB of them compiles in 1.5
+/// to 10 s and 90 MiB, 4 MiB took 37 s to 4 minutes. A bigger file is a
+/// mistake (a log, an image, `/dev/zero`), not a script.
+pub(crate) const MAX_SCRIPT_BYTES: u64 = 1024 * 1024;
+
+/// The text of the script at `path`: a regular file of at most
+/// [`MAX_SCRIPT_BYTES`], in UTF-8.
+pub(crate) fn read_script(path: &Path) -> Result<String, Error> {
+    let unreadable = |source| Error::ReadFile {
+        path: path.display().to_string(),
         source,
-    })?;
-    compile_source(engine, display, source)
+    };
+    let refused = |problem| Error::ScriptFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    // Looked at before opening: opening a FIFO blocks until a writer comes.
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    usable_script(&metadata).map_err(refused)?;
+    let file = File::open(path).map_err(unreadable)?;
+    // The path may lead elsewhere now than when it was looked at.
+    usable_script(&file.metadata().map_err(unreadable)?).map_err(refused)?;
+    // At most one byte past the limit: the file may still be growing.
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_SCRIPT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_SCRIPT_BYTES {
+        return Err(refused(ScriptFileProblem::Grew {
+            limit: MAX_SCRIPT_BYTES,
+        }));
+    }
+    String::from_utf8(bytes).map_err(|e| unreadable(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+fn usable_script(metadata: &Metadata) -> Result<(), ScriptFileProblem> {
+    if !metadata.is_file() {
+        return Err(ScriptFileProblem::NotRegular(kind_of(metadata.file_type())));
+    }
+    if metadata.len() > MAX_SCRIPT_BYTES {
+        return Err(ScriptFileProblem::TooLarge {
+            size: metadata.len(),
+            limit: MAX_SCRIPT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// What a path that is not a regular file is, for the error message.
+fn kind_of(kind: FileType) -> &'static str {
+    if kind.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    "something else"
+}
+
+/// Reads and compiles `path`. A file that cannot be read, or is not a
+/// regular file of a bounded size, is a usage error; a syntax error is a
+/// script error pointing at the offending token.
+pub(crate) fn compile(engine: &Engine, path: &Path) -> Result<Script, Error> {
+    let source = read_script(path)?;
+    compile_source(engine, path.display().to_string(), source)
 }
 
 pub(crate) fn compile_source(

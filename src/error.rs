@@ -19,6 +19,12 @@ pub mod exit {
     pub const SCRIPT: u8 = 3;
     /// Network error: cannot bind, connect refused, connection reset.
     pub const NETWORK: u8 = 4;
+    /// System error: the operating system refused something the command
+    /// needs to run at all (a thread, the async runtime, signal handlers, a
+    /// second handle on a socket). Not the user's input (2), not the
+    /// script (3), not the peer (4): retrying on a less loaded machine, or
+    /// with higher limits (`ulimit -u`, `ulimit -n`), is what helps.
+    pub const SYSTEM: u8 = 5;
 }
 
 #[derive(Debug, Error)]
@@ -27,17 +33,26 @@ pub enum Error {
     Usage(String),
     #[error("cannot read `{path}`: {source}")]
     ReadFile { path: String, source: io::Error },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
-    /// The system refused something tcpscript needs to run: a thread, the
-    /// async runtime, a signal handler.
+    /// A script (or a module it imports) that is not a regular file of a
+    /// bounded size: a directory, a device such as `/dev/zero`, a FIFO.
+    #[error("cannot use `{path}` as a script: {problem}")]
+    ScriptFile {
+        path: String,
+        problem: ScriptFileProblem,
+    },
+    #[error("cannot write `{path}`: {source}")]
+    WriteFile { path: String, source: io::Error },
+    /// The operating system refused a resource; `action` says which, as
+    /// in "start the server thread".
     #[error("cannot {action}: {source}")]
     System {
         action: &'static str,
         source: io::Error,
     },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
     /// A usage problem found while a script ran (a missing `--set` parameter).
     #[error("{0}")]
     ScriptUsage(Box<Diagnostic>),
@@ -60,16 +75,33 @@ pub enum Error {
     },
 }
 
+/// Why a path cannot be read as a script.
+#[derive(Debug, Error)]
+pub enum ScriptFileProblem {
+    /// Reading a directory fails, a device such as `/dev/zero` never ends
+    /// and opening a FIFO blocks until a writer comes: only regular files.
+    #[error("it is {0}, not a regular file")]
+    NotRegular(&'static str),
+    #[error("it is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    /// Its size was within the limit when looked at, but not by the time
+    /// it was read: something is still writing it.
+    #[error("it grew past the limit of {limit} bytes while being read")]
+    Grew { limit: u64 },
+}
+
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::ReadFile { .. } | Error::ScriptUsage(_) => exit::USAGE,
+            Error::Usage(_)
+            | Error::ReadFile { .. }
+            | Error::ScriptFile { .. }
+            | Error::WriteFile { .. }
+            | Error::ScriptUsage(_) => exit::USAGE,
             Error::Script(_) => exit::SCRIPT,
             Error::Failed(_) => exit::FAILED,
-            Error::Bind { .. }
-            | Error::Connect { .. }
-            | Error::Network(_)
-            | Error::System { .. } => exit::NETWORK,
+            Error::Bind { .. } | Error::Connect { .. } | Error::Network(_) => exit::NETWORK,
+            Error::System { .. } => exit::SYSTEM,
             Error::TestsFailed { code, .. } => *code,
         }
     }

@@ -1,5 +1,6 @@
 //! tcpscript: drive TCP clients and servers from Rhai scripts.
 
+mod builtins; // Rhai built-ins that check sizes before allocating, not after
 mod check; // `tcpscript check`: compile scripts, run nothing
 pub mod cli; // command-line flags and their translation into options
 mod client; // scripted client: a conversation run top to bottom, over blocking connections

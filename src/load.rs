@@ -229,17 +229,20 @@ fn progress_bar(options: &LoadOptions) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// 0 when every conversation passed; else as `tcpscript test` decides.
+/// 0 when every conversation passed; 1 when only expectations failed;
+/// else the code of the most frequent other failure (script 3, network
+/// 4...), ties going to the message that sorts first: the same failures
+/// always give the same code, whatever order the users met them in.
 fn exit_code(tally: &Tally) -> u8 {
     if tally.failed == 0 {
         return exit::OK;
     }
     tally
         .failures
-        .values()
-        .map(|(_, code)| *code)
-        .find(|code| *code != exit::FAILED)
-        .unwrap_or(exit::FAILED)
+        .iter()
+        .filter(|(_, (_, code))| *code != exit::FAILED)
+        .max_by(|(a, (a_count, _)), (b, (b_count, _))| a_count.cmp(b_count).then(b.cmp(a)))
+        .map_or(exit::FAILED, |(_, (_, code))| *code)
 }
 
 fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
@@ -299,5 +302,57 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     eprintln!("{} passed, {} failed", tally.passed, tally.failed);
     for (message, count) in failures {
         eprintln!("  {count} × {}", crate::message::escape_controls(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(failures: &[(&str, u64, u8)]) -> Tally {
+        let mut tally = Tally::new();
+        for (message, count, code) in failures {
+            tally.failed += count;
+            tally.failures.insert(message.to_string(), (*count, *code));
+        }
+        tally
+    }
+
+    #[test]
+    fn all_passed_is_ok() {
+        assert_eq!(exit_code(&tally(&[])), exit::OK);
+    }
+
+    #[test]
+    fn only_expectations_failed_is_one() {
+        let failures = [("a", 5, exit::FAILED), ("b", 1, exit::FAILED)];
+        assert_eq!(exit_code(&tally(&failures)), exit::FAILED);
+    }
+
+    // Each `HashMap` gets its own random iteration order: asking many of
+    // them shows whether the answer depends on it.
+    const MAPS: usize = 64;
+
+    #[test]
+    fn the_most_frequent_other_failure_decides() {
+        let failures = [
+            ("x.rhai:1:1: values differ", 50, exit::FAILED),
+            ("cannot connect", 3, exit::NETWORK),
+            ("x.rhai:2:1: script threw", 7, exit::SCRIPT),
+        ];
+        for _ in 0..MAPS {
+            assert_eq!(exit_code(&tally(&failures)), exit::SCRIPT);
+        }
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_message_that_sorts_first() {
+        let failures = [
+            ("b: reset", 4, exit::NETWORK),
+            ("a: threw", 4, exit::SCRIPT),
+        ];
+        for _ in 0..MAPS {
+            assert_eq!(exit_code(&tally(&failures)), exit::SCRIPT);
+        }
     }
 }

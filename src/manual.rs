@@ -184,11 +184,14 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
     let stream = connection
         .stream()
         .try_clone()
-        .map_err(|e| Error::Usage(format!("cannot share the socket: {e}")))?;
+        .map_err(|source| Error::System {
+            action: "share the socket with the reader thread",
+            source,
+        })?;
     let framing = options.framing.clone();
     let max_frame = options.max_frame;
     let (arrived_tx, arrived) = mpsc::channel::<Result<Bytes, RecvError>>();
-    let reader = thread::spawn(move || {
+    let reader = thread::Builder::new().spawn(move || {
         let mut frames = FrameReader::new(framing, max_frame);
         let stdout = io::stdout();
         loop {
@@ -208,6 +211,10 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
             }
         }
     });
+    let reader = reader.map_err(|source| Error::System {
+        action: "start the thread that reads from the peer",
+        source,
+    })?;
 
     let recording = recorder.is_some();
     let quiet = recording.then_some(RECORD_QUIET);

@@ -69,9 +69,11 @@ pub(crate) fn thread_net() -> isize {
     NET.with(Cell::get)
 }
 
+/// Growth below this needs no check and no new measure.
+pub(crate) const FLOOR: usize = 64 * 1024;
 /// Below this, a connection is never refused memory: a bystander's small
 /// reply must go through even while others have used up the budget.
-pub(crate) const FLOOR: usize = 64 * 1024;
+const SHARE_FLOOR: usize = 256 * 1024;
 
 /// The memory all connections of a server may hold, and what they hold.
 #[derive(Debug)]
@@ -104,7 +106,7 @@ impl Budget {
             ));
         }
         let total = (self.held.load(Ordering::Relaxed) + usage).saturating_sub(kept);
-        let share = (self.limit / self.connections.load(Ordering::Relaxed).max(1)).max(FLOOR);
+        let share = (self.limit / self.connections.load(Ordering::Relaxed).max(1)).max(SHARE_FLOOR);
         if total > self.limit && usage > share {
             return Err(format!(
                 "the server's scripts use {} MiB in all, more than --max-memory ({} MiB), \
@@ -267,8 +269,8 @@ mod tests {
             budget.join();
         }
         budget.kept(0, 2000 * 1024);
-        assert!(budget.check(50 * 1024, 0).is_ok(), "under the floor");
-        assert!(budget.check(200 * 1024, 0).is_err(), "over its share");
+        assert!(budget.check(200 * 1024, 0).is_ok(), "under the floor");
+        assert!(budget.check(300 * 1024, 0).is_err(), "over its share");
         assert!(budget.check(2000 * 1024, 0).is_err(), "over the limit");
     }
 }

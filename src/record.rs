@@ -128,11 +128,9 @@ impl RecordFile {
     }
 
     fn finish(&self, text: &str, exchanges: usize, verbosity: Verbosity) -> Result<(), Error> {
-        self.write(text).map_err(|e| {
-            Error::Usage(format!(
-                "cannot write the recording `{}`: {e}",
-                self.path.display()
-            ))
+        self.write(text).map_err(|source| Error::WriteFile {
+            path: self.path.display().to_string(),
+            source,
         })?;
         if verbosity >= Verbosity::Normal {
             eprintln!(

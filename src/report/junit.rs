@@ -29,7 +29,10 @@ use super::{CaseResult, Outcome, diagnostic_of, plain};
 use crate::error::Error;
 use crate::message::escape_controls;
 
-pub(crate) fn render(results: &[CaseResult], total: Duration) -> Result<String, Error> {
+pub(crate) fn render(
+    results: &[CaseResult],
+    total: Duration,
+) -> Result<String, quick_junit::SerializeError> {
     let mut suite = TestSuite::new("tcpscript");
     suite.set_time(total);
     for result in results {
@@ -65,9 +68,7 @@ pub(crate) fn render(results: &[CaseResult], total: Duration) -> Result<String, 
     let mut report = Report::new("tcpscript");
     report.set_time(total);
     report.add_test_suite(suite);
-    report
-        .to_string()
-        .map_err(|e| Error::Usage(format!("cannot write the JUnit report: {e}")))
+    report.to_string()
 }
 
 fn kind_name(error: &Error) -> &'static str {
@@ -81,9 +82,10 @@ fn kind_name(error: &Error) -> &'static str {
 }
 
 pub(crate) fn write(path: &Path, results: &[CaseResult], total: Duration) -> Result<(), Error> {
-    let xml = render(results, total)?;
-    std::fs::write(path, xml).map_err(|source| Error::ReadFile {
+    let failed = |source| Error::WriteFile {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let xml = render(results, total).map_err(|e| failed(std::io::Error::other(e)))?;
+    std::fs::write(path, xml).map_err(failed)
 }

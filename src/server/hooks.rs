@@ -63,14 +63,14 @@ struct HookCall {
     peer: Arc<str>,
     reply: Reply,
     limit: Option<MessageLimit>,
-    /// The first clock check: most hooks finish long before it and never
-    /// read the clock at all.
-    started: Option<Instant>,
+    /// When the call began: one clock read per call, so that operations
+    /// that each take long (a match over megabytes) count from the start.
+    started: Instant,
     /// When to try handing the worker's other connections off again.
     next_handoff: Option<Instant>,
     /// The allocator's count for this thread when the call began.
     memory_start: isize,
-    /// What the connection's variables held before the call.
+    /// What the connection's variables held before the call (an estimate).
     kept: usize,
 }
 
@@ -402,10 +402,9 @@ fn server_engine(
         {
             return Some(Dynamic::from(over));
         }
-        // Reading the clock costs more than an operation: look every 1024
-        // operations, starting the limit at the first look (the operations
-        // before it take microseconds).
-        if operations % 1024 != 0 {
+        // Reading the clock costs more than an operation: look every 256
+        // operations, few enough that slow ones cannot run far past the limit.
+        if operations % 256 != 0 {
             return None;
         }
         let (over, hand_off) = CURRENT.with(|current| {
@@ -414,7 +413,7 @@ fn server_engine(
                 return (false, false);
             };
             let now = Instant::now();
-            let started = *call.started.get_or_insert(now);
+            let started = call.started;
             let next = *call.next_handoff.get_or_insert(started + INLINE_BUDGET);
             let hand_off = now >= next;
             if hand_off {
@@ -636,14 +635,15 @@ impl ConnectionHooks {
                     close: false,
                 },
                 limit: self.limit,
-                started: None,
+                started: Instant::now(),
                 next_handoff: None,
                 memory_start: memory::thread_net(),
-                kept: self.kept,
+                kept: self.estimate(),
             });
         });
         let start = memory::thread_net();
-        MEMORY_CEILING.set(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(self.kept)));
+        MEMORY_CEILING
+            .set(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(self.estimate())));
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
         MEMORY_CEILING.set(isize::MAX);
         let call = CURRENT.with(|current| current.borrow_mut().take());
@@ -677,6 +677,14 @@ impl ConnectionHooks {
     /// measure costs a walk over them, so it is made rarely, and what the
     /// allocator counted between measures is only an estimate (a reply
     /// allocated in a call is freed after it, elsewhere).
+    /// What the variables hold now, as far as is known without measuring:
+    /// the last measure plus what calls have allocated since (an
+    /// overestimate at worst, by what those calls allocated for replies).
+    fn estimate(&self) -> usize {
+        self.kept
+            .saturating_add(usize::try_from(self.unmeasured).unwrap_or(0))
+    }
+
     fn account_memory(&mut self, grown: isize) {
         self.unmeasured = self.unmeasured.saturating_add(grown);
         let threshold = (self.kept / 2).max(memory::FLOOR);

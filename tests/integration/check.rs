@@ -2,6 +2,7 @@
 
 use predicates::str::contains;
 
+use crate::bad_input::{TOO_LARGE, fifo, not_a_script, too_large};
 use crate::support::{script, shipped, tcpscript};
 
 #[test]
@@ -38,4 +39,40 @@ fn a_missing_script_is_a_usage_error() {
         .code(2)
         .stderr(contains("cannot read `/nonexistent.rhai`"));
     tcpscript().arg("check").assert().code(2);
+}
+
+/// `tcpscript check PATH` refuses it as a script: a usage error.
+fn refused(path: &str, problem: &str) {
+    tcpscript()
+        .args(["check", path])
+        .assert()
+        .code(2)
+        .stderr(contains(not_a_script(path, problem)))
+        .stderr(contains("1 of 1 scripts failed to check"));
+}
+
+#[test]
+fn a_device_is_not_read() {
+    refused("/dev/zero", "it is a character device, not a regular file");
+}
+
+#[test]
+fn a_fifo_is_not_opened() {
+    let (_dir, path) = fifo("pipe.rhai");
+    refused(&path, "it is a FIFO (named pipe), not a regular file");
+}
+
+#[test]
+fn a_directory_is_not_a_script() {
+    let dir = tempfile::tempdir().unwrap();
+    refused(
+        dir.path().to_str().unwrap(),
+        "it is a directory, not a regular file",
+    );
+}
+
+#[test]
+fn a_script_over_the_size_limit_is_not_compiled() {
+    let large = too_large("large.rhai");
+    refused(large.path(), TOO_LARGE);
 }

@@ -1,5 +1,7 @@
 //! Integration tests: the real binary over real loopback sockets.
 
+mod bad_input;
+mod builtins;
 mod check;
 mod client;
 mod diagnostics;

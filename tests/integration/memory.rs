@@ -188,7 +188,14 @@ fn the_shared_store_refuses_bytes_past_its_limit() {
     let idle_script = script(
         "let mib = \"\";\nmib.pad(1048576, \"x\");\nfn on_message(m) {\n    if m == \"fill\" {\n        for i in 0..200 { shared_set(`k${i}`, mib + i); }\n    }\n    `${shared_keys().len()}`\n}\n",
     );
-    let server = Running::server(&[idle_script.path(), "--max-ops", "0"]);
+    // Room for the store to fill: every megabyte string holds two.
+    let server = Running::server(&[
+        idle_script.path(),
+        "--max-ops",
+        "0",
+        "--max-memory",
+        "512MiB",
+    ]);
     let idle = server.memory().rss;
     let mut filler = LineClient::connect(server.port);
     filler.send("fill");

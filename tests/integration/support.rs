@@ -205,6 +205,7 @@ impl Running {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id, to read its memory figures from `/proc`.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
