@@ -209,21 +209,17 @@ thread_local! {
     /// A failure noticed where no error can be returned (Rhai's `print`
     /// hook returns nothing), raised at the script's next operation.
     static PENDING: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-    /// Whether [`PENDING`] holds one: the flag is what every operation reads.
-    static HAS_PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn fail_at_next_operation(message: String) {
     PENDING.with(|pending| *pending.borrow_mut() = Some(message));
-    HAS_PENDING.set(true);
+    // The check every operation makes already: no second one for this.
+    crate::memory::alarm();
 }
 
-/// For `on_progress` callbacks: the failure to raise now, if any.
+/// For `on_progress` callbacks, once `memory::past_ceiling()`: the failure
+/// to raise now, if any. The ceiling is the caller's to set again.
 pub(crate) fn take_pending_failure() -> Option<Dynamic> {
-    if !HAS_PENDING.get() {
-        return None;
-    }
-    HAS_PENDING.set(false);
     PENDING
         .with(|pending| pending.borrow_mut().take())
         .map(Dynamic::from)

@@ -25,14 +25,28 @@ pub(crate) struct Counting;
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-thread_local! {
+/// What this thread counts, kept together so that the check every script
+/// operation makes is one thread-local access and one comparison.
+struct Counters {
     /// Bytes allocated minus bytes freed by this thread, wrapping.
-    static NET: Cell<isize> = const { Cell::new(0) };
+    net: Cell<isize>,
+    /// The count past which the running script must stop and look: at its
+    /// memory budget, or at a failure waiting to be raised.
+    ceiling: Cell<isize>,
+}
+
+thread_local! {
+    static COUNTERS: Counters = const {
+        Counters {
+            net: Cell::new(0),
+            ceiling: Cell::new(isize::MAX),
+        }
+    };
 }
 
 fn count(bytes: isize) {
     // `try_with`: a thread being torn down may free after its locals are gone.
-    let _ = NET.try_with(|net| net.set(net.get().wrapping_add(bytes)));
+    let _ = COUNTERS.try_with(|c| c.net.set(c.net.get().wrapping_add(bytes)));
 }
 
 // SAFETY: every call is passed through to mimalloc unchanged; counting only
@@ -66,7 +80,23 @@ unsafe impl GlobalAlloc for Counting {
 /// This thread's running count; subtract two readings for what happened
 /// between them.
 pub(crate) fn thread_net() -> isize {
-    NET.with(Cell::get)
+    COUNTERS.with(|c| c.net.get())
+}
+
+/// Whether the running script must stop and look (see [`set_ceiling`]).
+#[inline]
+pub(crate) fn past_ceiling() -> bool {
+    COUNTERS.with(|c| c.net.get() > c.ceiling.get())
+}
+
+/// Makes [`past_ceiling`] true once this thread's count passes `ceiling`.
+pub(crate) fn set_ceiling(ceiling: isize) {
+    COUNTERS.with(|c| c.ceiling.set(ceiling));
+}
+
+/// Makes [`past_ceiling`] true at once.
+pub(crate) fn alarm() {
+    set_ceiling(isize::MIN);
 }
 
 /// Growth below this needs no check and no new measure.

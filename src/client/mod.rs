@@ -23,6 +23,7 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::framing::Framing;
+use crate::memory;
 use crate::message;
 use crate::report::events::{TestEvents, message_fields};
 use crate::transcript::{Direction, Transcript, Verbosity};
@@ -90,7 +91,13 @@ impl ClientScript {
         let current = Slot::default();
         let slot = current.clone();
         engine.on_progress(move |operations| {
-            engine::take_pending_failure().or_else(|| past_deadline(&slot, operations))
+            if memory::past_ceiling() {
+                memory::set_ceiling(isize::MAX);
+                if let Some(failure) = engine::take_pending_failure() {
+                    return Some(failure);
+                }
+            }
+            past_deadline(&slot, operations)
         });
         register(&mut engine, &current);
         Ok(ClientScript {

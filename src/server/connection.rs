@@ -70,6 +70,8 @@ pub(super) struct ServerConnection {
     buf: BytesMut,
     /// Framed replies waiting to be written, reused between replies.
     out: Vec<u8>,
+    /// How much of `out` is written already.
+    out_sent: usize,
     eof: bool,
     /// Largest single read: a `raw` message never exceeds `--max-frame`.
     read_size: usize,
@@ -95,6 +97,7 @@ impl ServerConnection {
             framing: options.framing.clone(),
             buf: BytesMut::new(),
             out: Vec::new(),
+            out_sent: 0,
             eof: false,
             read_size: options.max_frame.min(READ_SIZE),
             write_timeout: options.idle_timeout,
@@ -186,7 +189,7 @@ impl ServerConnection {
 
     /// Whether the write buffer has grown past what it keeps between replies.
     pub(super) fn has_much_to_write(&self) -> bool {
-        self.out.len() > KEEP_WRITE_CAPACITY
+        self.out.len() - self.out_sent > KEEP_WRITE_CAPACITY
     }
 
     /// A pause asked for by `sleep()`, cut short by the hard stop.
@@ -207,18 +210,46 @@ impl ServerConnection {
     /// making progress and is not cut off), and the hard stop of a
     /// shutdown gives up at once, as does any write after it.
     pub(super) async fn flush(&mut self) -> Result<(), ConnError> {
-        let mut written = 0;
-        while written < self.out.len() {
-            match self.stream.try_write(&self.out[written..]) {
-                Ok(n) => {
-                    written += n;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        match self.write_now()? {
+            0 => Ok(()),
+            _ => self.flush_waiting().await,
+        }
+    }
+
+    /// Writes what the socket takes without waiting; returns what is left.
+    /// Usually the socket takes it all at once: callers on the hot path try
+    /// this first and build no future unless something is left.
+    pub(super) fn write_now(&mut self) -> Result<usize, ConnError> {
+        while self.out_sent < self.out.len() {
+            match self.stream.try_write(&self.out[self.out_sent..]) {
+                Ok(n) => self.out_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
             }
+        }
+        let left = self.out.len() - self.out_sent;
+        if left == 0 {
+            self.discard_output();
+        }
+        Ok(left)
+    }
+
+    /// Forgets what is queued (written, or given up on).
+    fn discard_output(&mut self) {
+        self.out.clear();
+        self.out_sent = 0;
+        if self.out.capacity() > KEEP_WRITE_CAPACITY {
+            self.out = Vec::new();
+        }
+    }
+
+    /// [`ServerConnection::flush`] once [`ServerConnection::write_now`]
+    /// has left something.
+    #[cold]
+    pub(super) async fn flush_waiting(&mut self) -> Result<(), ConnError> {
+        while !self.out.is_empty() {
             if self.stop.is_hard() {
-                self.out.clear();
+                self.discard_output();
                 return Err(ConnError::Stopped);
             }
             let stalled = tokio::select! {
@@ -227,7 +258,7 @@ impl ServerConnection {
                     false
                 }
                 _ = self.stop.hard() => {
-                    self.out.clear();
+                    self.discard_output();
                     return Err(ConnError::Stopped);
                 }
                 stalled = stall(&self.stream, self.write_timeout) => stalled,
@@ -237,10 +268,7 @@ impl ServerConnection {
                     self.write_timeout.unwrap_or_default(),
                 ));
             }
-        }
-        self.out.clear();
-        if self.out.capacity() > KEEP_WRITE_CAPACITY {
-            self.out = Vec::new();
+            self.write_now()?;
         }
         Ok(())
     }

@@ -215,7 +215,9 @@ async fn perform(
             }
         }
     }
-    connection.flush().await?;
+    if connection.write_now()? > 0 {
+        connection.flush_waiting().await?;
+    }
     Ok(reply.close)
 }
 

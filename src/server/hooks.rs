@@ -5,7 +5,7 @@
 //! what to do; the connection's task carries it out afterwards, so a
 //! `sleep(1000)` delays that connection's replies and nobody else's.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,15 +57,25 @@ pub(crate) struct MessageLimit {
     pub(crate) framing: &'static str,
 }
 
+#[cold]
+fn too_long(size: usize, limit: MessageLimit) -> String {
+    format!(
+        "a message of {size} bytes does not fit the framing {} (at most {} bytes)",
+        limit.framing, limit.max
+    )
+}
+
 /// The hook call running on this thread. Hooks run to completion without
-/// yielding, so a thread runs at most one at a time.
+/// yielding, so a thread runs at most one at a time. It stays in place
+/// between calls, only its fields renewed: a call moves no big struct.
 struct HookCall {
-    peer: Arc<str>,
+    /// Whose hook is running; `None` between calls.
+    peer: Option<Arc<str>>,
     reply: Reply,
     limit: Option<MessageLimit>,
     /// When the call began: one clock read per call, so that operations
     /// that each take long (a match over megabytes) count from the start.
-    started: Instant,
+    started: Option<Instant>,
     /// When to try handing the worker's other connections off again.
     next_handoff: Option<Instant>,
     /// The allocator's count for this thread when the call began.
@@ -75,9 +85,23 @@ struct HookCall {
 }
 
 impl HookCall {
+    const IDLE: HookCall = HookCall {
+        peer: None,
+        reply: Reply {
+            actions: Vec::new(),
+            close: false,
+        },
+        limit: None,
+        started: None,
+        next_handoff: None,
+        memory_start: 0,
+        kept: 0,
+    };
+
     /// Queues a message, refusing what the framing cannot carry. What a
     /// hook queues is held to the memory budget like all it allocates, and
     /// the connection writes it out with backpressure.
+    #[inline]
     fn send(&mut self, message: Outgoing) -> Result<(), String> {
         self.fits(message.as_bytes().len())?;
         self.reply.actions.push(Action::Send(message));
@@ -90,12 +114,10 @@ impl HookCall {
         Ok(())
     }
 
+    #[inline]
     fn fits(&self, size: usize) -> Result<(), String> {
         match self.limit {
-            Some(limit) if size > limit.max => Err(format!(
-                "a message of {size} bytes does not fit the framing {} (at most {} bytes)",
-                limit.framing, limit.max
-            )),
+            Some(limit) if size > limit.max => Err(too_long(size, limit)),
             _ => Ok(()),
         }
     }
@@ -119,10 +141,8 @@ impl HookCall {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<HookCall>> = const { RefCell::new(None) };
-    /// The allocator count past which the running call's memory is checked
-    /// against the budget: one comparison per operation until then.
-    static MEMORY_CEILING: Cell<isize> = const { Cell::new(isize::MAX) };
+    static CURRENT: RefCell<HookCall> = const { RefCell::new(HookCall::IDLE) };
+
     /// Rhai's runtime state for the hooks run on this thread, kept from one
     /// call to the next: `Engine::call_fn` builds it afresh for every call
     /// and resolves every function the hook calls all over again.
@@ -214,12 +234,15 @@ fn call_on_this_thread(
 }
 
 fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
-    CURRENT.with(|current| match current.borrow_mut().as_mut() {
-        Some(call) => Ok(f(call)),
-        None => Err(Failure::script(format!(
-            "{what} can only be used inside a hook (on_connect, on_message, on_disconnect)"
-        ))
-        .into()),
+    CURRENT.with(|current| {
+        let mut call = current.borrow_mut();
+        if call.peer.is_none() {
+            return Err(Failure::script(format!(
+                "{what} can only be used inside a hook (on_connect, on_message, on_disconnect)"
+            ))
+            .into());
+        }
+        Ok(f(&mut call))
     })
 }
 
@@ -394,13 +417,15 @@ fn server_engine(
     let mut engine = engine::new_engine(limits, params, script_dir);
     let budget = budget.clone();
     engine.on_progress(move |operations| {
-        if let Some(failure) = engine::take_pending_failure() {
-            return Some(failure);
-        }
-        if memory::thread_net() > MEMORY_CEILING.get()
-            && let Err(over) = check_memory(&budget)
-        {
-            return Some(Dynamic::from(over));
+        // One comparison per operation until the call has grown past its
+        // ceiling, or a failure waits to be raised.
+        if memory::past_ceiling() {
+            if let Some(failure) = engine::take_pending_failure() {
+                return Some(failure);
+            }
+            if let Err(over) = check_memory(&budget) {
+                return Some(Dynamic::from(over));
+            }
         }
         // Reading the clock costs more than an operation: look every 256
         // operations, few enough that slow ones cannot run far past the limit.
@@ -408,12 +433,9 @@ fn server_engine(
             return None;
         }
         let (over, hand_off) = CURRENT.with(|current| {
-            let mut current = current.borrow_mut();
-            let Some(call) = current.as_mut() else {
-                return (false, false);
-            };
+            let mut call = current.borrow_mut();
             let now = Instant::now();
-            let started = call.started;
+            let started = *call.started.get_or_insert(now);
             let next = *call.next_handoff.get_or_insert(started + INLINE_BUDGET);
             let hand_off = now >= next;
             if hand_off {
@@ -464,12 +486,14 @@ fn server_engine(
     });
     register_shared_store(&mut engine);
     engine.register_fn("peer", || {
-        with_current("peer()", |call| call.peer.to_string())
+        with_current("peer()", |call| {
+            call.peer.as_deref().unwrap_or_default().to_string()
+        })
     });
     engine.register_fn("log", move |value: Dynamic| {
         if verbosity >= Verbosity::Normal {
             let who = CURRENT
-                .with(|c| c.borrow().as_ref().map(|call| call.peer.clone()))
+                .with(|c| c.borrow().peer.clone())
                 .unwrap_or_else(|| "script".into());
             console::err(&format!(
                 "[{who}] {}",
@@ -493,15 +517,13 @@ const MEMORY_STEP: isize = 64 * 1024;
 /// check waits for another [`MEMORY_STEP`] of growth.
 fn check_memory(budget: &Budget) -> Result<(), String> {
     let now = memory::thread_net();
-    let (start, kept) = CURRENT
-        .with(|current| {
-            let current = current.borrow();
-            current.as_ref().map(|call| (call.memory_start, call.kept))
-        })
-        .unwrap_or((now, 0));
+    let (start, kept) = CURRENT.with(|current| {
+        let call = current.borrow();
+        (call.memory_start, call.kept)
+    });
     let grown = usize::try_from(now.wrapping_sub(start)).unwrap_or(0);
     budget.check(kept + grown, kept)?;
-    MEMORY_CEILING.set(now.saturating_add(MEMORY_STEP));
+    memory::set_ceiling(now.saturating_add(MEMORY_STEP));
     Ok(())
 }
 
@@ -627,31 +649,33 @@ impl ConnectionHooks {
     }
 
     fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
-        CURRENT.with(|current| {
-            *current.borrow_mut() = Some(HookCall {
-                peer: self.peer.clone(),
-                reply: Reply {
-                    actions: std::mem::take(&mut self.spare),
-                    close: false,
-                },
-                limit: self.limit,
-                started: Instant::now(),
-                next_handoff: None,
-                memory_start: memory::thread_net(),
-                kept: self.estimate(),
-            });
-        });
+        let kept = self.estimate();
         let start = memory::thread_net();
-        MEMORY_CEILING
-            .set(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(self.estimate())));
+        CURRENT.with(|current| {
+            let mut call = current.borrow_mut();
+            call.peer = Some(self.peer.clone());
+            std::mem::swap(&mut call.reply.actions, &mut self.spare);
+            call.reply.close = false;
+            call.limit = self.limit;
+            call.started = Some(Instant::now());
+            call.next_handoff = None;
+            call.memory_start = start;
+            call.kept = kept;
+        });
+        memory::set_ceiling(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(kept)));
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
-        MEMORY_CEILING.set(isize::MAX);
-        let call = CURRENT.with(|current| current.borrow_mut().take());
+        memory::set_ceiling(isize::MAX);
+        let mut call = CURRENT.with(|current| {
+            let mut call = current.borrow_mut();
+            call.peer = None;
+            HookCall {
+                reply: std::mem::take(&mut call.reply),
+                limit: call.limit,
+                ..HookCall::IDLE
+            }
+        });
         self.account_memory(memory::thread_net().wrapping_sub(start));
         let context = || format!("in hook `{hook}` for {}", self.peer);
-        let Some(mut call) = call else {
-            return Ok(Reply::default());
-        };
         let error = match result {
             Ok(value) => match call.push_value(value) {
                 Ok(()) => return Ok(call.reply),
