@@ -19,6 +19,7 @@ use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::message::{self, Outgoing};
 use crate::server::room::{Room, SharedStore};
+use crate::server::scope;
 use crate::transcript::Verbosity;
 
 /// Defaults for the limits a single hook call runs under.
@@ -176,7 +177,8 @@ fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResu
 pub(crate) struct ServerScript {
     engine: Engine,
     script: Script,
-    /// The scope the top level ran in: each connection starts from a copy.
+    /// The top-level variables each connection starts from a copy of; big
+    /// ones are shared or copied on first use instead (see `scope`).
     scope: Scope<'static>,
     has_connect: bool,
     has_message: bool,
@@ -236,10 +238,11 @@ impl ServerScript {
         share_top_level_imports(&mut engine, &script)?;
         // Keeping a roster costs every connection a channel: only when used.
         let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
-        let mut scope = Scope::new();
+        let mut top_level = Scope::new();
         engine
-            .run_ast_with_scope(&mut scope, &script.ast)
+            .run_ast_with_scope(&mut top_level, &script.ast)
             .map_err(|err| engine::diagnose(&err, &script, Some("in the script's top level")))?;
+        let scope = scope::for_connections(&mut engine, &script.ast, &top_level);
         Ok(ServerScript {
             has_connect: script.has_fn("on_connect", 0),
             has_message: script.has_fn("on_message", 1),

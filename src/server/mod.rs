@@ -4,6 +4,7 @@
 
 pub(crate) mod hooks; // server scripts: per-connection state and hook calls
 pub(crate) mod room; // what connections share: the roster and the shared store
+pub(crate) mod scope; // the top-level variables each connection starts from
 
 use std::cell::RefCell;
 use std::collections::HashMap;
