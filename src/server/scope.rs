@@ -2,8 +2,9 @@
 //!
 //! The top level runs once; every connection then behaves as if it had its
 //! own copy of the variables it left. Copying them all for every connection
-//! made a 100,000-item top-level array cost 1.6 MiB per connection (3 GiB
-//! for 2,000 idle ones), and a new client waited for everyone else's copy.
+//! made a 100,000-item top-level array cost 1.7 MiB per connection (3.3 GiB
+//! for 2,000 idle ones), and a new client waited for everyone else's copy
+//! (7 s).
 //! So the variables are sorted once, when the server starts, by reading
 //! what the hooks do with each:
 //!
@@ -12,7 +13,7 @@
 //!   as before. A counter, a name, a short list.
 //! - **Shared**: big, and every hook only reads it (`t[i]`, `t.len()`,
 //!   `for x in t`, `let y = t`, `f(t)` for a script function `f`, ...).
-//!   It lives once per worker thread, never per connection.
+//!   It lives once per worker thread that reads it, never per connection.
 //! - **Copied on first use**: big, and some hook may change it. A connection
 //!   gets its own copy the first time one of its hooks uses it, so idle
 //!   connections cost nothing.
@@ -40,12 +41,12 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use rhai::{AST, ASTFlags, ASTNode, Array, Dynamic, Engine, EvalContext, Expr, FnCallExpr, Map};
-use rhai::{ImmutableString, Scope, Stmt};
+use rhai::{AST, ASTFlags, ASTNode, Array, Dynamic, Engine, EvalContext, Expr, FnCallExpr, FnPtr};
+use rhai::{ImmutableString, Map, Scope, Stmt};
 
 /// A value that costs more than this many bytes to copy is shared or copied
 /// on first use; smaller ones are copied for every connection, as before.
-pub(crate) const BIG: usize = 4 * 1024;
+const BIG: usize = 4 * 1024;
 
 /// The hooks, by name and number of parameters: the functions called with
 /// a connection's variables.
@@ -89,7 +90,7 @@ struct Unset;
 
 /// How a top-level variable reaches each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+enum Kind {
     /// No hook uses it: left out.
     Unused,
     /// Copied for each connection when it connects.
@@ -140,10 +141,7 @@ pub(crate) fn for_connections(
 
 /// Each visible top-level variable (the last of any that share a name),
 /// in order, with how it reaches connections.
-pub(crate) fn plan<'s>(
-    ast: &AST,
-    top_level: &'s Scope<'static>,
-) -> Vec<(ImmutableString, Kind, &'s Dynamic)> {
+fn plan<'s>(ast: &AST, top_level: &'s Scope<'static>) -> Vec<(ImmutableString, Kind, &'s Dynamic)> {
     let uses = Uses::of_hooks(ast);
     // Newest first: the first of a name is the one the hooks see.
     let mut seen = HashSet::new();
@@ -196,6 +194,13 @@ fn copy_size(value: &Dynamic, limit: usize) -> usize {
         }
     } else if let Ok(blob) = value.as_blob_ref() {
         size += blob.len();
+    } else if let Some(function) = value.read_lock::<FnPtr>() {
+        for item in function.curry() {
+            if size >= limit {
+                break;
+            }
+            size += copy_size(item, limit - size);
+        }
     }
     size
 }
@@ -290,7 +295,7 @@ fn own_copy(value: &Dynamic) -> Dynamic {
 /// value so that handing it out costs a reference count. A `const` stays
 /// constant throughout, as each connection's copy of it always was.
 fn read_only_copy(value: &Dynamic) -> Dynamic {
-    let copy = if value.is_read_only() {
+    let mut copy = if value.is_read_only() {
         value.clone().into_read_only()
     } else if let Ok(array) = value.as_array_ref() {
         let items = array.clone();
@@ -305,6 +310,7 @@ fn read_only_copy(value: &Dynamic) -> Dynamic {
     } else {
         value.clone().into_read_only()
     };
+    copy.set_tag(value.tag());
     copy.into_shared()
 }
 
@@ -817,6 +823,16 @@ let spare = table;
             "fn on_message(m) { `${type_of(table)} ${type_of(bytes)}` }";
         a_script_method_on_a_table: [table: CopiedOnFirstUse]
             "fn grow() { this.push(0); this.len() } fn on_message(m) { table.grow() }";
+        a_tag_set_by_the_top_level: [table: Shared]
+            "table.tag = 42; fn on_message(m) { `${table.tag} ${table[0].tag}` }";
+        a_big_curried_function: [bound: CopiedOnFirstUse]
+            "fn g(t, x) { t.len() + x } let bound = Fn(\"g\").curry(table); fn on_message(m) { bound.call(1) }";
+        a_module_function_given_the_table: [table: CopiedOnFirstUse]
+            "fn on_message(m) { u::f(table) }";
+        kept_in_the_shared_store: [table: CopiedOnFirstUse]
+            "fn on_message(m) { shared_set(\"t\", table); let t = shared_get(\"t\"); t.push(m); `${t.len()} ${table.len()}` }";
+        broadcast: [table: Shared]
+            "fn on_message(m) { broadcast(table[0]); broadcast(table); table.len() }";
         sent_and_logged: [table: Shared]
             "fn on_message(m) { send(table[0]); send(table); log(table.len()); table.len() }";
         changed_in_one_hook_read_in_another: [table: CopiedOnFirstUse]
@@ -853,6 +869,23 @@ let spare = table;
             "let t = []; for i in 0..1000 { t.push(i) } let f = || t.len(); fn on_message(m) { t.len() }",
         );
         assert_eq!(found[0], ("t".into(), Kind::Small));
+    }
+
+    #[test]
+    fn each_thread_reads_its_own_copy() {
+        let tables = Arc::new(Tables {
+            names: vec!["t".into()],
+            values: vec![Dynamic::from_array(vec![Dynamic::from_int(1); 10])],
+            shared: vec![true],
+        });
+        let address = |tables: &Arc<Tables>| {
+            let copy = Tables::thread_copy(tables, 0);
+            copy.read_lock::<Array>().unwrap().as_ptr() as usize
+        };
+        let here = address(&tables);
+        assert_eq!(address(&tables), here);
+        let other = std::thread::scope(|s| s.spawn(|| address(&tables)).join().unwrap());
+        assert_ne!(other, here);
     }
 
     /// Rhai, asked for a variable that holds a shared value, locks it for
