@@ -19,7 +19,6 @@ use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::message::{self, Outgoing};
 use crate::server::room::{Room, SharedStore};
-use crate::server::scope;
 use crate::transcript::Verbosity;
 
 /// Defaults for the limits a single hook call runs under.
@@ -242,7 +241,7 @@ impl ServerScript {
         engine
             .run_ast_with_scope(&mut top_level, &script.ast)
             .map_err(|err| engine::diagnose(&err, &script, Some("in the script's top level")))?;
-        let scope = scope::for_connections(&mut engine, &script.ast, &top_level);
+        let scope = crate::server::scope::for_connections(&mut engine, &script.ast, &top_level);
         Ok(ServerScript {
             has_connect: script.has_fn("on_connect", 0),
             has_message: script.has_fn("on_message", 1),
