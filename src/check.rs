@@ -15,7 +15,7 @@ pub(crate) fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
         match engine::compile(&engine, path) {
             Ok(_) => {
                 if !quiet {
-                    eprintln!("ok: {}", path.display());
+                    crate::console::err(&format!("ok: {}", path.display()));
                 }
             }
             Err(error) => {

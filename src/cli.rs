@@ -388,13 +388,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         .result
         .inspect_err(|error| report::github::annotate(error, None))?;
     if verbosity >= Verbosity::Normal {
-        eprintln!(
+        crate::console::err(&format!(
             "ok: {} ({} sent, {} received, {:.3}s)",
             options.script.display(),
             summary.sent,
             summary.received,
             summary.elapsed.as_secs_f64()
-        );
+        ));
     }
     Ok(())
 }

@@ -286,22 +286,25 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     if options.client.verbosity == Verbosity::Quiet && tally.failed == 0 {
         return;
     }
-    eprintln!(
+    crate::console::err(&format!(
         "{conversations} conversations in {seconds:.2}s with {} users: {per_second:.1} conversations/s, \
          {:.1} messages/s",
         options.concurrency,
         messages as f64 / seconds
-    );
-    eprintln!(
+    ));
+    crate::console::err(&format!(
         "latency per conversation: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         quantile(0.5),
         quantile(0.9),
         quantile(0.99),
         tally.latency.max() as f64 / 1000.0
-    );
-    eprintln!("{} passed, {} failed", tally.passed, tally.failed);
+    ));
+    crate::console::err(&format!("{} passed, {} failed", tally.passed, tally.failed));
     for (message, count) in failures {
-        eprintln!("  {count} × {}", crate::message::escape_controls(message));
+        crate::console::err(&format!(
+            "  {count} × {}",
+            crate::message::escape_controls(message)
+        ));
     }
 }
 

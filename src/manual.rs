@@ -176,9 +176,9 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         options.connect_retry,
     )?;
     if options.verbosity >= Verbosity::Normal {
-        eprintln!("connected to {}", connection.peer());
+        crate::console::err(&format!("connected to {}", connection.peer()));
         if let Some(record) = &options.record {
-            eprintln!("recording to {}", record.path.display());
+            crate::console::err(&format!("recording to {}", record.path.display()));
         }
     }
     let stream = connection
@@ -288,7 +288,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
     connection.close();
     let _ = reader.join();
     if options.verbosity >= Verbosity::Normal && session.peer_closed && session.failure.is_none() {
-        eprintln!("connection closed by peer");
+        crate::console::err("connection closed by peer");
     }
     let saved = match session.recorder.take() {
         Some(mut recorder) => {
@@ -357,10 +357,10 @@ impl<R: BufRead> InputLines<R> {
             }
         }
         if total > self.max {
-            eprintln!(
+            crate::console::err(&format!(
                 "a line of input of {total} bytes is longer than --max-frame: only its first {} bytes are used",
                 self.max
-            );
+            ));
             // Cut where a character ends, so the rest is still text.
             if let Err(e) = std::str::from_utf8(&line)
                 && e.error_len().is_none()
@@ -409,13 +409,13 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
         addr: options.listen.clone(),
         source,
     })?;
-    eprintln!("listening on {local}");
+    crate::console::err(&format!("listening on {local}"));
     if let Some(recorder) = &mut recorder {
         recorder.listening(local);
         if options.verbosity >= Verbosity::Normal
             && let Some(record) = &options.record
         {
-            eprintln!("recording to {}", record.path.display());
+            crate::console::err(&format!("recording to {}", record.path.display()));
         }
     }
     let (idle_tx, idle) = mpsc::sync_channel::<Idle>(0);
@@ -425,11 +425,11 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
         let Some((stream, peer)) = next_client(&idle, &mut replies) else {
             let ended = replies.next();
             if matches!(ended, Input::End) {
-                eprintln!("end of input, stopping");
+                crate::console::err("end of input, stopping");
             }
             return stop(recorder, ended, options.verbosity);
         };
-        eprintln!("client {peer} connected");
+        crate::console::err(&format!("client {peer} connected"));
         if let Some(recorder) = &mut recorder {
             recorder.connected(peer);
         }
@@ -458,7 +458,7 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
                 ended => {
                     connection.close();
                     if matches!(ended, Input::End) {
-                        eprintln!("client {peer}: end of input, stopping");
+                        crate::console::err(&format!("client {peer}: end of input, stopping"));
                     }
                     return stop(recorder, ended, options.verbosity);
                 }
@@ -476,7 +476,7 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
             }
         };
         connection.close();
-        eprintln!("client {peer} {outcome}");
+        crate::console::err(&format!("client {peer} {outcome}"));
     }
 }
 
@@ -528,7 +528,7 @@ fn accept_in_background(listener: TcpListener, idle: mpsc::SyncSender<Idle>) {
                     }
                 }
                 Err(e) => {
-                    eprintln!("accept failed: {e}");
+                    crate::console::err(&format!("accept failed: {e}"));
                     thread::sleep(Duration::from_millis(50));
                 }
             }

@@ -83,6 +83,18 @@ pub(crate) fn thread_net() -> isize {
     COUNTERS.with(|c| c.net.get())
 }
 
+/// Runs `f` without counting what it allocates against the running call:
+/// for memory that belongs to no connection (a worker thread's copy of a
+/// shared table), which the connection that happens to trigger it must not
+/// be charged for.
+pub(crate) fn uncounted<T>(f: impl FnOnce() -> T) -> T {
+    let before = thread_net();
+    let value = f();
+    let grown = thread_net().wrapping_sub(before);
+    COUNTERS.with(|c| c.net.set(c.net.get().wrapping_sub(grown)));
+    value
+}
+
 /// Whether the running script must stop and look (see [`set_ceiling`]).
 #[inline]
 pub(crate) fn past_ceiling() -> bool {

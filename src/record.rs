@@ -123,7 +123,10 @@ impl RecordFile {
             && !self.warned
         {
             self.warned = true;
-            eprintln!("warning: cannot write {}: {e}", self.path.display());
+            crate::console::err(&format!(
+                "warning: cannot write {}: {e}",
+                self.path.display()
+            ));
         }
     }
 
@@ -133,11 +136,11 @@ impl RecordFile {
             source,
         })?;
         if verbosity >= Verbosity::Normal {
-            eprintln!(
+            crate::console::err(&format!(
                 "recorded {exchanges} exchange{} to {}",
                 if exchanges == 1 { "" } else { "s" },
                 self.path.display()
-            );
+            ));
         }
         Ok(())
     }

@@ -75,11 +75,11 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
             )?;
             client.connect = background.addr().to_string();
             if verbosity >= Verbosity::Normal {
-                eprintln!(
+                crate::console::err(&format!(
                     "server {} listening on {}",
                     path.display(),
                     background.addr()
-                );
+                ));
             }
             Some(background)
         }
@@ -96,10 +96,10 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
     let passed = results.iter().filter(|r| r.outcome.passed()).count();
     let failed = results.len() - passed;
     if verbosity >= Verbosity::Normal || failed > 0 {
-        eprintln!(
+        crate::console::err(&format!(
             "{passed} passed, {failed} failed ({:.2}s)",
             total.as_secs_f64()
-        );
+        ));
     }
     if options.tap {
         print!("{}", report::tap::render(&results));
@@ -114,7 +114,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
             }
         }
         if let Err(e) = report::github::write_summary(&results) {
-            eprintln!("warning: cannot write $GITHUB_STEP_SUMMARY: {e}");
+            crate::console::err(&format!("warning: cannot write $GITHUB_STEP_SUMMARY: {e}"));
         }
     }
     match exit_code(&results) {
@@ -250,11 +250,11 @@ fn print_result(result: &CaseResult, verbosity: Verbosity) {
     match result.outcome.error() {
         None => {
             if verbosity >= Verbosity::Normal {
-                anstream::eprintln!("{PASS}PASS{PASS:#} {} ({time})", result.name);
+                crate::console::err(&format!("{PASS}PASS{PASS:#} {} ({time})", result.name));
             }
         }
         Some(error) => {
-            anstream::eprintln!("{FAIL}FAIL{FAIL:#} {} ({time})", result.name);
+            crate::console::err(&format!("{FAIL}FAIL{FAIL:#} {} ({time})", result.name));
             error.eprint();
         }
     }

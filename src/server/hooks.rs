@@ -250,7 +250,8 @@ fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResu
 pub(crate) struct ServerScript {
     engine: Engine,
     script: Script,
-    /// The scope the top level ran in: each connection starts from a copy.
+    /// The top-level variables each connection starts from a copy of; big
+    /// ones are shared or copied on first use instead (see `scope`).
     scope: Scope<'static>,
     has_connect: bool,
     has_message: bool,
@@ -318,10 +319,11 @@ impl ServerScript {
         share_top_level_imports(&mut engine, &script)?;
         // Keeping a roster costs every connection a channel: only when used.
         let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
-        let mut scope = Scope::new();
+        let mut top_level = Scope::new();
         engine
-            .run_ast_with_scope(&mut scope, &script.ast)
+            .run_ast_with_scope(&mut top_level, &script.ast)
             .map_err(|err| engine::diagnose(&err, &script, Some("in the script's top level")))?;
+        let scope = crate::server::scope::for_connections(&mut engine, &script.ast, &top_level);
         Ok(ServerScript {
             has_connect: script.has_fn("on_connect", 0),
             has_message: script.has_fn("on_message", 1),
@@ -434,6 +436,10 @@ fn server_engine(
         }
         let (over, hand_off) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
+            // The top level, run once at start, has no hook limits.
+            if call.peer.is_none() {
+                return (false, false);
+            }
             let now = Instant::now();
             let started = *call.started.get_or_insert(now);
             let next = *call.next_handoff.get_or_insert(started + INLINE_BUDGET);

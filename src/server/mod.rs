@@ -6,6 +6,7 @@ mod connection; // one connection's socket: framed reads, bounded writes, close
 mod handler; // one connection's life: hooks called, replies carried out
 pub(crate) mod hooks; // server scripts: per-connection state and hook calls
 pub(crate) mod room; // what connections share: the roster and the shared store
+mod scope; // what each connection gets of the top-level variables: copied, shared, or copied on first use
 mod shutdown; // signals, the grace period, the hard stop, the summary counts
 
 use std::net::SocketAddr;
@@ -66,7 +67,7 @@ pub(crate) fn run(script: ServerScript, options: ServerOptions) -> Result<(), Er
         })?;
         let stop = shutdown::signal()?;
         // Tests and CI wait for this exact line: it means connects will succeed.
-        eprintln!("listening on {local}");
+        crate::console::err(&format!("listening on {local}"));
         let fd_limit = raise_open_file_limit();
         if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
             console::err(&format!(

@@ -15,5 +15,6 @@ mod record;
 mod runner;
 mod scripts;
 mod server;
+mod sharing;
 mod shutdown;
 mod support;
