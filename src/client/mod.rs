@@ -86,6 +86,8 @@ impl ClientScript {
         };
         let current = Slot::default();
         register(&mut engine, &current);
+        // Stops script code before it overflows the native stack.
+        engine.on_progress(|_| crate::stack::check());
         Ok(ClientScript {
             engine,
             script,
@@ -546,7 +548,9 @@ fn register(engine: &mut Engine, current: &Slot) {
     let slot = current.clone();
     engine.register_fn("log", move |value: Dynamic| {
         if let Some(conversation) = lock(&slot).as_ref() {
-            lock(&conversation.log).transcript.log(&value.to_string());
+            lock(&conversation.log)
+                .transcript
+                .log(&crate::stack::display(&value));
         }
     });
 }

@@ -325,6 +325,9 @@ fn server_engine(
 ) -> Engine {
     let mut engine = engine::new_engine(limits, params, script_dir);
     engine.on_progress(move |operations| {
+        if let Some(too_deep) = crate::stack::check() {
+            return Some(too_deep);
+        }
         // Reading the clock costs more than an operation: look every 1024
         // operations, starting the limit at the first look (the operations
         // before it take microseconds).
@@ -379,7 +382,7 @@ fn server_engine(
             let who = CURRENT
                 .with(|c| c.borrow().as_ref().map(|call| call.peer.to_string()))
                 .unwrap_or_else(|| "script".into());
-            anstream::eprintln!("[{who}] {value}");
+            anstream::eprintln!("[{who}] {}", crate::stack::display(&value));
         }
     });
     engine

@@ -11,4 +11,5 @@ mod record;
 mod runner;
 mod scripts;
 mod server;
+mod stack;
 mod support;
