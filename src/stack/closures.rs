@@ -19,7 +19,7 @@ use std::any::TypeId;
 use rhai::{AST, ASTNode, Dynamic, Engine, FnPtr, NativeCallContext, Position, Stmt, Token};
 
 use super::CURRY_DEPTH;
-use super::values::depth;
+use super::values::measure;
 use crate::engine::{Failure, NativeResult};
 
 /// The function `curry` calls become: Rhai's own `curry` is handled inside
@@ -58,35 +58,46 @@ pub(super) fn register(engine: &mut Engine) {
         }
         other => other,
     });
-    for values in 0..=MAX_CURRIED {
+    for arity in 0..=MAX_CURRIED + 1 {
         engine.register_raw_fn(
             CURRY,
-            vec![TypeId::of::<Dynamic>(); values + 1],
-            |_: NativeCallContext, args: &mut [&mut Dynamic]| curry(args),
+            vec![TypeId::of::<Dynamic>(); arity],
+            |ctx: NativeCallContext, args: &mut [&mut Dynamic]| curry(&ctx, args),
         );
     }
 }
 
-/// `f.curry(a, b)`: a copy of `f` with `a` and `b` curried, as Rhai's own.
-fn curry(args: &mut [&mut Dynamic]) -> NativeResult<FnPtr> {
-    let (first, values) = args
-        .split_first_mut()
-        .expect("registered with a first argument");
-    let mut fn_ptr = first
-        .read_lock::<FnPtr>()
-        .map(|f| f.clone())
-        .ok_or_else(|| {
-            Failure::script(format!(
-                "curry needs a function pointer first, not {}",
-                first.type_name()
-            ))
-        })?;
-    for value in values {
+/// `f.curry(a, b)`: a copy of `f` with `a` and `b` curried, as Rhai's own,
+/// but refusing values nested deeper than [`CURRY_DEPTH`] allows, and more
+/// items in all than an array may hold (Rhai's size limits do not look
+/// inside function pointers: `p = p.curry(p)` doubles `p` every time).
+fn curry(ctx: &NativeCallContext, args: &mut [&mut Dynamic]) -> NativeResult<FnPtr> {
+    let fn_ptr = args
+        .first()
+        .and_then(|f| f.read_lock::<FnPtr>().map(|f| f.clone()));
+    let Some(mut fn_ptr) = fn_ptr else {
+        let given = args
+            .first()
+            .map_or(String::new(), |f| format!(", not {}", f.type_name()));
+        return Err(Failure::script(format!("curry needs a function pointer first{given}")).into());
+    };
+    let most = ctx.engine().max_array_size();
+    let (_, mut items) = measure(&Dynamic::from(fn_ptr.clone()), CURRY_DEPTH);
+    for value in args.iter_mut().skip(1) {
         let value = std::mem::take(*value).flatten();
-        if depth(&value, CURRY_DEPTH - 1) >= CURRY_DEPTH {
+        let (depth, inside) = measure(&value, CURRY_DEPTH - 1);
+        if depth >= CURRY_DEPTH {
             return Err(Failure::script(format!(
                 "curry: this value nests more than {} levels deep; curried values may not",
                 CURRY_DEPTH - 1
+            ))
+            .into());
+        }
+        items += inside + 1;
+        if most > 0 && items > most {
+            return Err(Failure::script(format!(
+                "curry: the curried values would hold more than {most} items, \
+                 the most an array may hold"
             ))
             .into());
         }
@@ -166,7 +177,14 @@ mod tests {
         let err = failure(&nested(64));
         assert!(err.contains("more than 63 levels"), "{err}");
         assert!(engine().eval::<Dynamic>(&nested(63)).is_ok());
+        // Rhai's size limits do not look inside function pointers.
+        let err = failure("let p = Fn(\"max\"); loop { p = p.curry(p); }");
+        assert!(err.contains("more than 100000 items"), "{err}");
         let err = failure("curry(5, 1)");
-        assert!(err.contains("curry needs a function pointer"), "{err}");
+        assert!(
+            err.contains("curry needs a function pointer first, not i64"),
+            "{err}"
+        );
+        assert_eq!(failure("curry()"), "curry needs a function pointer first");
     }
 }

@@ -500,3 +500,56 @@ fn a_client_script_is_checked_too() {
     );
     drop(listener);
 }
+
+/// The deepest value [`keep`] has been given on this thread.
+static DEEPEST: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn size_limits_bound_how_deep_any_way_of_nesting_data_gets() {
+    // Small size limits and an operation limit: a way of nesting that the
+    // limits did not bound would pass the bound below long before the
+    // operations run out.
+    let items = 40;
+    let bound = 2 * items + NAVIGATION + CURRY_DEPTH;
+    let tries = [
+        "let a = []; loop { a = [a]; keep(a); }",
+        "let a = []; loop { a = [take(a)]; keep(a); }",
+        "let m = #{}; loop { m = #{k: [m]}; keep(m); }",
+        "let a = []; loop { a.push(a); keep(a); }",
+        "let a = []; loop { let b = [()]; b[0] = a; a = b; keep(a); }",
+        "let a = [[[[]]]]; loop { a[0][0][0] = [[[[a]]]]; keep(a); }",
+        "let m = #{a: #{b: #{}}}; loop { m.a.b = #{a: #{b: m}}; keep(m); }",
+        "let a = []; loop { a += [a]; keep(a); }",
+        "let a = []; loop { a = [a].map(|x| [x, [x]]); keep(a); }",
+        "let a = []; loop { a = [1, 2, 3].reduce(|acc, x| [acc], a); keep(a); }",
+        "fn attach(v) { if this.len() == 0 { this.push(v) } else { this[0].attach(v) } }\n\
+         let a = []; loop { a.attach([[[[]]]]); keep(a); }",
+        // Down four levels a call, through a place that is never checked
+        // as a whole: as deep as the call limit lets it reach.
+        "fn sink(v) { if this[0][0][0][0].len() == 0 { this[0][0][0][0] = v } \
+         else { this[0][0][0][0].sink(v) } }\n\
+         let a = [[[[[]]]]]; loop { a.sink([[[[[]]]]]); keep(a); }",
+        "let p = Fn(\"max\"); loop { p = p.curry(p); keep(p); }",
+        "let p = Fn(\"max\"); loop { p = Fn(\"max\").curry([[p]]); keep(p); }",
+        "let a = []; loop { a = [Fn(\"max\").curry(a)]; keep(a); }",
+    ];
+    on_thread(SIZE, || {
+        for source in tries {
+            let limits = Limits {
+                max_operations: 200_000,
+                max_array_size: items,
+                max_map_size: items,
+                ..Limits::default()
+            };
+            let mut engine = engine::new_engine(&limits, Params::default(), None);
+            engine.register_fn("keep", move |value: Dynamic| {
+                DEEPEST.fetch_max(values::depth(&value, bound), Ordering::Relaxed);
+            });
+            DEEPEST.store(0, Ordering::Relaxed);
+            let err = engine.run(source).expect_err("a limit stops it");
+            let deepest = DEEPEST.load(Ordering::Relaxed);
+            println!("{deepest:5} levels deep before: {err}");
+            assert!(deepest <= bound, "{deepest} > {bound} levels: {source}");
+        }
+    });
+}

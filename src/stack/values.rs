@@ -331,33 +331,37 @@ fn to_json(value: Dynamic) -> String {
 }
 
 /// How deep `value` nests (a value that is not an array, a map or a curried
-/// function pointer is 0 deep), counting no further than `limit + 1`.
-pub(super) fn depth(value: &Dynamic, limit: usize) -> usize {
-    let mut deepest = 0;
+/// function pointer is 0 deep), counting no further than `limit + 1`, and
+/// how many items its arrays, maps and curried values hold.
+pub(super) fn measure(value: &Dynamic, limit: usize) -> (usize, usize) {
+    let (mut deepest, mut items) = (0, 0);
     let mut pending = vec![(value.clone(), 0)];
     while let Some((value, level)) = pending.pop() {
         let value = value.flatten();
-        let items: Vec<Dynamic> = if value.is_array() {
+        let inside: Vec<Dynamic> = if value.is_array() {
             value.into_array().unwrap_or_default()
         } else if value.is_map() {
-            value
-                .try_cast::<Map>()
-                .unwrap_or_default()
-                .into_values()
-                .collect()
+            value.cast::<Map>().into_values().collect()
         } else if value.is_fnptr() {
             let mut fn_ptr = value.cast::<FnPtr>();
             fn_ptr.iter_curry_mut().map(std::mem::take).collect()
         } else {
             continue;
         };
+        items += inside.len();
         deepest = deepest.max(level + 1);
         if deepest > limit {
-            return deepest;
+            break;
         }
-        pending.extend(items.into_iter().map(|item| (item, level + 1)));
+        pending.extend(inside.into_iter().map(|item| (item, level + 1)));
     }
-    deepest
+    (deepest, items)
+}
+
+/// How deep `value` nests, counting no further than `limit + 1`.
+#[cfg(test)]
+pub(super) fn depth(value: &Dynamic, limit: usize) -> usize {
+    measure(value, limit).0
 }
 
 #[cfg(test)]
