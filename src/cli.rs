@@ -267,7 +267,14 @@ impl Cli {
 }
 
 impl Command {
+    /// Runs the command on a thread whose stack holds any script (see
+    /// `stack`): a server's top level, a client's conversation and the
+    /// values they leave behind all live on it.
     fn run(self) -> Result<(), Error> {
+        crate::stack::run("tcpscript", move || self.execute())?
+    }
+
+    fn execute(self) -> Result<(), Error> {
         match self {
             Command::Server(args) => run_server(args),
             Command::Client(args) => run_client(args),

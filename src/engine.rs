@@ -20,8 +20,19 @@ use crate::framing::Framing;
 use crate::message;
 use crate::report::events::TestEvents;
 
+/// Nested calls a script may make; Rhai stops the next one with "Stack
+/// overflow".
+pub(crate) const MAX_CALL_DEPTH: usize = 64;
+/// How deep expressions and statements may nest, at a script's top level
+/// and inside functions; checked when the script compiles.
+pub(crate) const MAX_EXPR_DEPTH: usize = 128;
+pub(crate) const MAX_FN_EXPR_DEPTH: usize = 64;
+/// Items in the arrays of one value, and likewise in its maps.
+pub(crate) const MAX_ITEMS: usize = 100_000;
+
 /// Resource limits for script code. Rhai's own defaults differ between
-/// debug and release builds, so every one is set explicitly.
+/// debug and release builds, so every one is set explicitly. The stack of
+/// every script thread is sized for the defaults (see `stack`).
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     /// Operations per hook call (server) or per run (client); 0 = unlimited.
@@ -42,9 +53,9 @@ impl Default for Limits {
         Limits {
             max_operations: 0,
             max_string_size: 8 * 1024 * 1024,
-            max_array_size: 100_000,
-            max_map_size: 100_000,
-            max_call_depth: 64,
+            max_array_size: MAX_ITEMS,
+            max_map_size: MAX_ITEMS,
+            max_call_depth: MAX_CALL_DEPTH,
             max_memory: DEFAULT_MAX_MEMORY,
         }
     }
@@ -251,8 +262,9 @@ pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Pa
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size)
         .set_max_call_levels(limits.max_call_depth)
-        .set_max_expr_depths(128, 64)
+        .set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FN_EXPR_DEPTH)
         .set_max_modules(64);
+    crate::stack::prepare(&mut engine);
     match script_dir {
         Some(dir) => {
             engine.set_module_resolver(FolderResolver::new(dir));
@@ -283,7 +295,9 @@ pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Pa
 /// only regular files of at most [`MAX_SCRIPT_BYTES`]. Rhai's
 /// `FileModuleResolver` alone follows any path it is given and reads
 /// whatever is there, `/dev/zero` or a FIFO included; it is kept here
-/// only to name the file an import means.
+/// only to name the file an import means. Modules are compiled here, so
+/// that they meet the same rules as scripts (closures may not capture
+/// variables).
 struct FolderResolver {
     folder: PathBuf,
     files: FileModuleResolver,
@@ -367,6 +381,18 @@ impl FolderResolver {
             source.drain(..source.find('\n').unwrap_or(source.len()));
         }
         let mut ast = engine.compile(source).map_err(|e| in_module(e.into()))?;
+        if let Some((name, at)) = crate::stack::captured_variable(&ast) {
+            let failure = Failure::script(format!(
+                "{}:{}:{}: {}; {}",
+                file.display(),
+                at.line().unwrap_or(0),
+                at.position().unwrap_or(0),
+                captures_refused(&name),
+                capture_help(&name)
+            ));
+            let err = EvalAltResult::ErrorRuntime(Dynamic::from(failure), Position::NONE);
+            return Err(in_module(err.into()));
+        }
         ast.set_source(path);
         let module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)?;
         Ok(module.into())
@@ -755,6 +781,12 @@ pub(crate) fn compile_source(
     };
     match engine.compile(&script.source) {
         Ok(mut ast) => {
+            if let Some((name, position)) = crate::stack::captured_variable(&ast) {
+                let mut diagnostic = Diagnostic::new(captures_refused(&name));
+                diagnostic.location = script.location(&script.path, position);
+                diagnostic.notes.push(capture_help(&name));
+                return Err(Error::Script(Box::new(diagnostic)));
+            }
             ast.set_source(script.path.as_str());
             script.ast = Arc::new(ast);
             Ok(script)
@@ -765,6 +797,18 @@ pub(crate) fn compile_source(
             Err(Error::Script(Box::new(diagnostic)))
         }
     }
+}
+
+fn captures_refused(name: &str) -> String {
+    format!("closures cannot capture variables: `{name}` comes from outside this closure")
+}
+
+fn capture_help(name: &str) -> String {
+    format!(
+        "pass it in as a parameter instead, as a copy: `(|{name}, ...| ...).curry({name})`; \
+         captured variables are shared, and chains of them could nest deep enough to overflow \
+         the native stack"
+    )
 }
 
 /// Turns an error out of script code into an [`Error`] with the innermost
@@ -802,6 +846,16 @@ pub(crate) fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&st
     if !current.position().is_none() {
         position = current.position();
     }
+    if position.is_none() && file == script.path {
+        // A limit (operations, time, nested calls, the native stack) met
+        // inside a function keeps only the position of the outermost call,
+        // and a hook is called from outside any script: name the hook.
+        position = script
+            .ast
+            .iter_fn_def()
+            .find(|f| is_hook_call(context, &f.name))
+            .map_or(position, |f| f.body.start_position());
+    }
     if let Some(context) = context {
         notes.insert(0, context.to_string());
     }
@@ -821,7 +875,7 @@ pub(crate) fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&st
         }
         EvalAltResult::ErrorRuntime(value, _) => (
             FailureKind::Script,
-            Diagnostic::new(format!("script threw: {value}")),
+            Diagnostic::new(format!("script threw: {}", crate::stack::display(value))),
         ),
         EvalAltResult::ErrorTooManyOperations(_) => (
             FailureKind::Script,

@@ -18,4 +18,5 @@ mod record; // --record: a manual session written down as a script that replays 
 mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 mod runner; // `tcpscript test`: client scripts as test cases, with reports
 mod server; // scripted server: listener, connections, hooks, shared room and store
+mod stack; // the native stack under script code: sized threads, a depth check, no recursion over data
 mod transcript; // the `> sent` / `< received` record of a conversation

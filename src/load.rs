@@ -141,11 +141,19 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     let progress = progress_bar(options);
     let total = Arc::new(Mutex::new(Tally::new()));
 
+    // One thread per user, each with a stack sized for scripts (virtual
+    // memory: see `stack`). If the system refuses one, the run stops.
+    let mut refused = None;
     std::thread::scope(|scope| {
         for mut script in scripts {
+            if refused.is_some() {
+                pace.running.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let shared = pace.clone();
             let pace = pace.clone();
             let total = total.clone();
-            scope.spawn(move || {
+            let user = crate::stack::spawn_scoped(scope, "tcpscript-user", move || {
                 let mut tally = Tally::new();
                 while pace.claim() {
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
@@ -177,6 +185,11 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
                 total.lock().unwrap_or_else(|e| e.into_inner()).merge(tally);
                 pace.running.fetch_sub(1, Ordering::Relaxed);
             });
+            if let Err(error) = user {
+                shared.stop.store(true, Ordering::Relaxed);
+                shared.running.fetch_sub(1, Ordering::Relaxed);
+                refused = Some(error);
+            }
         }
         if let Some(bar) = &progress {
             while pace.running.load(Ordering::Relaxed) > 0 {
@@ -197,6 +210,9 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         }
     });
 
+    if let Some(error) = refused {
+        return Err(error);
+    }
     let elapsed = pace.started.elapsed();
     let tally = Arc::try_unwrap(total)
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))

@@ -96,7 +96,7 @@ pub(crate) fn to_bytes(value: Dynamic) -> Bytes {
     if value.is_blob() {
         return Bytes::from(value.into_blob().unwrap_or_default());
     }
-    Bytes::from(value.to_string().into_bytes())
+    Bytes::from(crate::stack::display(&value).into_bytes())
 }
 
 /// Lowercase hex digits, two per byte.
@@ -168,7 +168,7 @@ pub(crate) fn display_value(value: &Dynamic) -> String {
     if value.is_unit() {
         return "()".into();
     }
-    format!("{value:?}")
+    crate::stack::debug(value)
 }
 
 /// The transcript form: text as it is (control characters escaped), binary as hex.

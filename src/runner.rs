@@ -184,20 +184,29 @@ fn run_cases(
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<CaseResult>>> = cases.iter().map(|_| Mutex::new(None)).collect();
     let print = Mutex::new(());
+    let work = || {
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(path) = cases.get(index) else { break };
+            let result = run_case(path, client, events);
+            {
+                let _guard = print.lock().unwrap_or_else(|e| e.into_inner());
+                print_result(&result, verbosity);
+            }
+            *slots[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        }
+    };
     std::thread::scope(|scope| {
+        // Each runner thread is sized for scripts; if the system refuses
+        // one, the threads it did start (or this one) take its share.
+        let mut started = 0;
         for _ in 0..jobs.clamp(1, cases.len()) {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = cases.get(index) else { break };
-                    let result = run_case(path, client, events);
-                    {
-                        let _guard = print.lock().unwrap_or_else(|e| e.into_inner());
-                        print_result(&result, verbosity);
-                    }
-                    *slots[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                }
-            });
+            if crate::stack::spawn_scoped(scope, "tcpscript-test", work).is_ok() {
+                started += 1;
+            }
+        }
+        if started == 0 {
+            work();
         }
     });
     slots

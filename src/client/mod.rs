@@ -90,7 +90,12 @@ impl ClientScript {
         };
         let current = Slot::default();
         let slot = current.clone();
+        // Rhai keeps one progress callback: the native stack, a failure
+        // waiting to be raised (print to a closed stdout), the time limit.
         engine.on_progress(move |operations| {
+            if let Some(too_deep) = crate::stack::check() {
+                return Some(too_deep);
+            }
             if memory::past_ceiling() {
                 memory::set_ceiling(isize::MAX);
                 if let Some(failure) = engine::take_pending_failure() {
@@ -734,7 +739,9 @@ fn register(engine: &mut Engine, current: &Slot) {
     let slot = current.clone();
     engine.register_fn("log", move |value: Dynamic| {
         if let Some(conversation) = lock(&slot).as_ref() {
-            lock(&conversation.log).transcript.log(&value.to_string());
+            lock(&conversation.log)
+                .transcript
+                .log(&crate::stack::display(&value));
         }
     });
 }

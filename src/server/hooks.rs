@@ -419,6 +419,9 @@ fn server_engine(
     let mut engine = engine::new_engine(limits, params, script_dir);
     let budget = budget.clone();
     engine.on_progress(move |operations| {
+        if let Some(too_deep) = crate::stack::check() {
+            return Some(too_deep);
+        }
         // One comparison per operation until the call has grown past its
         // ceiling, or a failure waits to be raised.
         if memory::past_ceiling() {
@@ -503,7 +506,7 @@ fn server_engine(
                 .unwrap_or_else(|| "script".into());
             console::err(&format!(
                 "[{who}] {}",
-                message::escape_controls(&value.to_string())
+                message::escape_controls(&crate::stack::display(&value))
             ));
         }
     });

@@ -47,6 +47,8 @@ struct Shared {
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
+        // Hooks run on the workers: a stack sized for any script.
+        .thread_stack_size(crate::stack::SIZE)
         .enable_io()
         .enable_time()
         .build()
@@ -128,8 +130,8 @@ pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Back
     })?;
     raise_open_file_limit();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("tcpscript-server".into())
+    // Sized for scripts: the script's values may be dropped on it at the end.
+    let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
             runtime.block_on(serve(listener, script, options, async {
                 let _ = stopped.await;

@@ -170,7 +170,7 @@ fn parse_json_of_millions_of_values() {
 fn map_to_big_strings() {
     attack(
         &format!(
-            "{} let a = []; a.pad(60, 0); a.map(|x| s + \"y\");",
+            "{} let a = []; a.pad(60, 0); a.map((|s, x| s + \"y\").curry(s));",
             big("x")
         ),
         "map(): the results would hold 16000002 bytes of strings, more than the string limit of 8388608",
@@ -181,7 +181,7 @@ fn map_to_big_strings() {
 fn map_of_a_map_to_big_strings() {
     attack(
         &format!(
-            "{} let m = #{{}}; for i in 0..60 {{ m[`k${{i}}`] = i; }} m.map(|v| s + \"y\");",
+            "{} let m = #{{}}; for i in 0..60 {{ m[`k${{i}}`] = i; }} m.map((|s, v| s + \"y\").curry(s));",
             big("x")
         ),
         "map(): the results would hold 16000002 bytes of strings, more than the string limit of 8388608",
@@ -192,7 +192,7 @@ fn map_of_a_map_to_big_strings() {
 fn zip_to_big_strings() {
     attack(
         &format!(
-            "{} let a = []; a.pad(60, 0); a.zip(a, |x, y| s + \"y\");",
+            "{} let a = []; a.pad(60, 0); a.zip(a, (|s, x, y| s + \"y\").curry(s));",
             big("x")
         ),
         "zip(): the results would hold 16000002 bytes of strings, more than the string limit of 8388608",
@@ -203,7 +203,7 @@ fn zip_to_big_strings() {
 fn for_each_growing_every_element() {
     attack(
         &format!(
-            "{} let a = []; a.pad(60, 0); a.for_each(|| this = s + \"y\");",
+            "{} let a = []; a.pad(60, 0); a.for_each((|s| this = s + \"y\").curry(s));",
             big("x")
         ),
         "for_each(): the array would hold 16000002 bytes of strings, more than the string limit of 8388608",

@@ -17,4 +17,5 @@ mod scripts;
 mod server;
 mod sharing;
 mod shutdown;
+mod stack;
 mod support;
