@@ -1,9 +1,12 @@
-//! Server scripts: the top level runs once, then every connection gets its
-//! own copy of the top-level variables and its hooks are called with them.
+//! Server scripts: the top level runs once, then every connection behaves
+//! as if it had its own copy of the top-level variables (see `scope`) and
+//! its hooks are called with them.
 //!
 //! Hooks never block. `send`, `sleep` and `close` inside a hook only record
 //! what to do; the connection's task carries it out afterwards, so a
-//! `sleep(1000)` delays that connection's replies and nobody else's.
+//! `sleep(1000)` delays that connection's replies and nobody else's. A hook
+//! call is held to its limits at every operation: time, memory in bytes,
+//! the native stack; one that computes long leaves its worker thread to it.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
