@@ -225,11 +225,11 @@ thread_local! {
 fn fail_at_next_operation(message: String) {
     PENDING.with(|pending| *pending.borrow_mut() = Some(message));
     // The check every operation makes already: no second one for this.
-    crate::memory::alarm();
+    crate::stack::interrupt();
 }
 
-/// For `on_progress` callbacks, once `memory::past_ceiling()`: the failure
-/// to raise now, if any. The ceiling is the caller's to set again.
+/// For `on_progress` callbacks, once `stack::poll` says to look: the
+/// failure to raise now, if any.
 pub(crate) fn take_pending_failure() -> Option<Dynamic> {
     PENDING
         .with(|pending| pending.borrow_mut().take())

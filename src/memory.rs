@@ -25,13 +25,13 @@ pub(crate) struct Counting;
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// What this thread counts, kept together so that the check every script
-/// operation makes is one thread-local access and one comparison.
+/// What this thread counts.
 struct Counters {
     /// Bytes allocated minus bytes freed by this thread, wrapping.
     net: Cell<isize>,
-    /// The count past which the running script must stop and look: at its
-    /// memory budget, or at a failure waiting to be raised.
+    /// The count past which the running script must look at its memory
+    /// budget: an allocation past it interrupts the script (see
+    /// `stack::interrupt`), so operations need no check of their own.
     ceiling: Cell<isize>,
 }
 
@@ -46,7 +46,14 @@ thread_local! {
 
 fn count(bytes: isize) {
     // `try_with`: a thread being torn down may free after its locals are gone.
-    let _ = COUNTERS.try_with(|c| c.net.set(c.net.get().wrapping_add(bytes)));
+    let _ = COUNTERS.try_with(|c| {
+        let net = c.net.get().wrapping_add(bytes);
+        c.net.set(net);
+        if net > c.ceiling.get() {
+            // The script looks at its budget at its next operation.
+            crate::stack::interrupt();
+        }
+    });
 }
 
 // SAFETY: every call is passed through to mimalloc unchanged; counting only
@@ -95,20 +102,20 @@ pub(crate) fn uncounted<T>(f: impl FnOnce() -> T) -> T {
     value
 }
 
-/// Whether the running script must stop and look (see [`set_ceiling`]).
-#[inline]
+/// Whether this thread's count has passed its ceiling.
 pub(crate) fn past_ceiling() -> bool {
     COUNTERS.with(|c| c.net.get() > c.ceiling.get())
 }
 
-/// Makes [`past_ceiling`] true once this thread's count passes `ceiling`.
+/// Interrupts the running script once this thread's count passes
+/// `ceiling` (at once if it has).
 pub(crate) fn set_ceiling(ceiling: isize) {
-    COUNTERS.with(|c| c.ceiling.set(ceiling));
-}
-
-/// Makes [`past_ceiling`] true at once.
-pub(crate) fn alarm() {
-    set_ceiling(isize::MIN);
+    COUNTERS.with(|c| {
+        c.ceiling.set(ceiling);
+        if c.net.get() > ceiling {
+            crate::stack::interrupt();
+        }
+    });
 }
 
 /// Growth below this needs no check and no new measure.

@@ -23,7 +23,6 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
 use crate::framing::Framing;
-use crate::memory;
 use crate::message;
 use crate::report::events::{TestEvents, message_fields};
 use crate::transcript::{Direction, Transcript, Verbosity};
@@ -93,13 +92,13 @@ impl ClientScript {
         // Rhai keeps one progress callback: the native stack, a failure
         // waiting to be raised (print to a closed stdout), the time limit.
         engine.on_progress(move |operations| {
-            if let Some(too_deep) = crate::stack::check() {
-                return Some(too_deep);
-            }
-            if memory::past_ceiling() {
-                memory::set_ceiling(isize::MAX);
-                if let Some(failure) = engine::take_pending_failure() {
-                    return Some(failure);
+            match crate::stack::poll() {
+                crate::stack::Poll::Go => {}
+                crate::stack::Poll::Stop(too_deep) => return Some(too_deep),
+                crate::stack::Poll::Look => {
+                    if let Some(failure) = engine::take_pending_failure() {
+                        return Some(failure);
+                    }
                 }
             }
             past_deadline(&slot, operations)

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::memory::{self, Budget};
 use crate::message::{self, Outgoing};
 use crate::server::room::{Room, SharedStore, StoreError};
+use crate::stack;
 use crate::transcript::Verbosity;
 
 /// Defaults for the limits a single hook call runs under.
@@ -101,45 +102,53 @@ impl HookCall {
         kept: 0,
     };
 
+    /// Queues a message, refusing what the framing cannot carry.
+    #[inline]
+    fn send(&mut self, message: Outgoing) -> Result<(), String> {
+        self.reply.send(self.limit, message)
+    }
+
+    fn broadcast(&mut self, message: bytes::Bytes) -> Result<(), String> {
+        fits(self.limit, message.len())?;
+        self.reply.actions.push(Action::Broadcast(message));
+        Ok(())
+    }
+}
+
+impl Reply {
     /// Queues a message, refusing what the framing cannot carry. What a
     /// hook queues is held to the memory budget like all it allocates, and
     /// the connection writes it out with backpressure.
     #[inline]
-    fn send(&mut self, message: Outgoing) -> Result<(), String> {
-        self.fits(message.as_bytes().len())?;
-        self.reply.actions.push(Action::Send(message));
+    fn send(&mut self, limit: Option<MessageLimit>, message: Outgoing) -> Result<(), String> {
+        fits(limit, message.as_bytes().len())?;
+        self.actions.push(Action::Send(message));
         Ok(())
-    }
-
-    fn broadcast(&mut self, message: bytes::Bytes) -> Result<(), String> {
-        self.fits(message.len())?;
-        self.reply.actions.push(Action::Broadcast(message));
-        Ok(())
-    }
-
-    #[inline]
-    fn fits(&self, size: usize) -> Result<(), String> {
-        match self.limit {
-            Some(limit) if size > limit.max => Err(too_long(size, limit)),
-            _ => Ok(()),
-        }
     }
 
     /// The hook's return value: a string or blob is one message, an array
     /// several, `()` none; other values are sent as their printed form.
-    fn push_value(&mut self, value: Dynamic) -> Result<(), String> {
+    fn push_value(&mut self, limit: Option<MessageLimit>, value: Dynamic) -> Result<(), String> {
         if value.is_unit() {
             return Ok(());
         }
         if value.is_array() {
             for item in value.into_array().unwrap_or_default() {
                 if !item.is_unit() {
-                    self.send(Outgoing::from_value(item))?;
+                    self.send(limit, Outgoing::from_value(item))?;
                 }
             }
             return Ok(());
         }
-        self.send(Outgoing::from_value(value))
+        self.send(limit, Outgoing::from_value(value))
+    }
+}
+
+#[inline]
+fn fits(limit: Option<MessageLimit>, size: usize) -> Result<(), String> {
+    match limit {
+        Some(limit) if size > limit.max => Err(too_long(size, limit)),
+        _ => Ok(()),
     }
 }
 
@@ -422,17 +431,21 @@ fn server_engine(
     let mut engine = engine::new_engine(limits, params, script_dir);
     let budget = budget.clone();
     engine.on_progress(move |operations| {
-        if let Some(too_deep) = crate::stack::check() {
-            return Some(too_deep);
-        }
-        // One comparison per operation until the call has grown past its
-        // ceiling, or a failure waits to be raised.
-        if memory::past_ceiling() {
-            if let Some(failure) = engine::take_pending_failure() {
-                return Some(failure);
-            }
-            if let Err(over) = check_memory(&budget) {
-                return Some(Dynamic::from(over));
+        // One comparison per operation: the native stack, and whatever
+        // interrupted the script (its memory past the ceiling, a failure
+        // waiting to be raised).
+        match stack::poll() {
+            stack::Poll::Go => {}
+            stack::Poll::Stop(too_deep) => return Some(too_deep),
+            stack::Poll::Look => {
+                if let Some(failure) = engine::take_pending_failure() {
+                    return Some(failure);
+                }
+                if memory::past_ceiling()
+                    && let Err(over) = check_memory(&budget)
+                {
+                    return Some(Dynamic::from(over));
+                }
             }
         }
         // Reading the clock costs more than an operation: look every 256
@@ -677,20 +690,16 @@ impl ConnectionHooks {
         memory::set_ceiling(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(kept)));
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
         memory::set_ceiling(isize::MAX);
-        let mut call = CURRENT.with(|current| {
+        let (mut reply, limit) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
             call.peer = None;
-            HookCall {
-                reply: std::mem::take(&mut call.reply),
-                limit: call.limit,
-                ..HookCall::IDLE
-            }
+            (std::mem::take(&mut call.reply), call.limit)
         });
         self.account_memory(memory::thread_net().wrapping_sub(start));
         let context = || format!("in hook `{hook}` for {}", self.peer);
         let error = match result {
-            Ok(value) => match call.push_value(value) {
-                Ok(()) => return Ok(call.reply),
+            Ok(value) => match reply.push_value(limit, value) {
+                Ok(()) => return Ok(reply),
                 Err(e) => self.script.script.error_at_fn(
                     hook,
                     format!("the value returned by `{hook}` cannot be sent: {e}"),
@@ -699,10 +708,10 @@ impl ConnectionHooks {
             },
             Err(err) => engine::diagnose(&err, &self.script.script, Some(&context())),
         };
-        call.reply.close = true;
+        reply.close = true;
         Err(HookFailure {
             error,
-            before: call.reply,
+            before: reply,
         })
     }
 }

@@ -120,36 +120,77 @@ pub(crate) const SIZE: usize = (MARGIN + NESTING + BASE).div_ceil(1 << 20) << 20
 const SMALL_MARGIN: usize = 2 * GAP;
 
 thread_local! {
-    /// The lowest stack address script code may reach on this thread: the
-    /// stack's end plus the margin. `usize::MAX` until the first check.
+    /// What [`poll`] compares the stack pointer with: the lowest address
+    /// script code may reach on this thread (the stack's end plus the
+    /// margin), or `usize::MAX` to make the next poll look further (the
+    /// limit not yet measured, or an [`interrupt`]).
     static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's limit once measured.
+    static MEASURED: Cell<usize> = const { Cell::new(usize::MAX) };
+    static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Rhai's `on_progress` hook calls this at every operation: `None` to go
-/// on, or the error that stops the script. One thread-local read and one
-/// comparison, on the hot path of every hook.
+/// What a [`poll`] found.
+pub(crate) enum Poll {
+    /// Go on.
+    Go,
+    /// Go on after looking at what [`interrupt`]ed: a memory ceiling
+    /// passed, a failure waiting to be raised.
+    Look,
+    /// Stop the script with this error.
+    Stop(Dynamic),
+}
+
+/// Rhai's `on_progress` hook calls this at every operation. One
+/// thread-local read and one comparison, on the hot path of every hook;
+/// the other checks every operation needs (memory, pending failures) ride
+/// on the same comparison through [`interrupt`].
 #[inline(always)]
-pub(crate) fn check() -> Option<Dynamic> {
+pub(crate) fn poll() -> Poll {
     if stack_pointer() >= LIMIT.with(Cell::get) {
-        return None;
+        return Poll::Go;
     }
-    too_deep()
+    look()
+}
+
+/// [`poll`] for the stack alone: the error that stops the script, if any.
+#[cfg(test)]
+pub(crate) fn check() -> Option<Dynamic> {
+    match poll() {
+        Poll::Stop(too_deep) => Some(too_deep),
+        Poll::Go | Poll::Look => None,
+    }
+}
+
+/// Makes the next [`poll`] on this thread come back [`Poll::Look`]: for
+/// what is noticed where the script cannot be stopped (the allocator, Rhai's
+/// `print` hook). Safe to call from the allocator: it touches only
+/// thread-local integers.
+pub(crate) fn interrupt() {
+    let _ = INTERRUPTED.try_with(|interrupted| interrupted.set(true));
+    let _ = LIMIT.try_with(|limit| limit.set(usize::MAX));
 }
 
 #[cold]
 #[inline(never)]
-fn too_deep() -> Option<Dynamic> {
-    if LIMIT.with(Cell::get) == usize::MAX {
-        LIMIT.with(|limit| limit.set(limit_for_this_thread()));
-        if stack_pointer() >= LIMIT.with(Cell::get) {
-            return None;
-        }
+fn look() -> Poll {
+    if MEASURED.with(Cell::get) == usize::MAX {
+        MEASURED.with(|measured| measured.set(limit_for_this_thread()));
     }
-    Some(Dynamic::from(format!(
-        "script nests too deeply for the native stack: its calls and expressions \
-         inside one another need more than the {} MiB this thread keeps for them",
-        (SIZE - MARGIN) >> 20
-    )))
+    let limit = MEASURED.with(Cell::get);
+    LIMIT.with(|current| current.set(limit));
+    if stack_pointer() < limit {
+        return Poll::Stop(Dynamic::from(format!(
+            "script nests too deeply for the native stack: its calls and expressions \
+             inside one another need more than the {} MiB this thread keeps for them",
+            (SIZE - MARGIN) >> 20
+        )));
+    }
+    if INTERRUPTED.with(|interrupted| interrupted.replace(false)) {
+        Poll::Look
+    } else {
+        Poll::Go
+    }
 }
 
 /// An address in the current frame: close enough to the stack pointer,
