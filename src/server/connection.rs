@@ -212,7 +212,10 @@ impl ServerConnection {
     pub(super) async fn flush(&mut self) -> Result<(), ConnError> {
         match self.write_now()? {
             0 => Ok(()),
-            _ => self.flush_waiting().await,
+            // Boxed, as every rarely taken wait of a connection: its task
+            // holds room for its largest wait, and ten thousand idle
+            // connections each hold one.
+            _ => Box::pin(self.flush_waiting()).await,
         }
     }
 

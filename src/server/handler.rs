@@ -83,13 +83,18 @@ pub(super) async fn serve_connection(
         }
     };
     if farewell {
-        let _ = perform(&mut connection, member.as_ref(), &mut farewell_reply).await;
+        let _ = Box::pin(perform(
+            &mut connection,
+            member.as_ref(),
+            &mut farewell_reply,
+        ))
+        .await;
     } else {
         // The peer cannot hear it, but the others can.
         broadcast_only(member.as_ref(), farewell_reply);
     }
     drop(member.take());
-    connection.close().await;
+    Box::pin(connection.close()).await;
     if options.verbosity == Verbosity::Verbose {
         console::err(&format!("{peer} {reason}"));
     }
@@ -130,7 +135,7 @@ async fn converse(
     let idle_timeout = shared.options.idle_timeout;
     let mut greeting = match hooks.on_connect() {
         Ok(reply) => reply,
-        Err(failure) => return Err(failed(connection, member.as_ref(), failure).await),
+        Err(failure) => return Err(Box::pin(failed(connection, member.as_ref(), failure)).await),
     };
     let closed = perform(connection, member.as_ref(), &mut greeting).await?;
     hooks.recycle(greeting);
@@ -163,7 +168,9 @@ async fn converse(
         };
         let mut reply = match connection.handle(frame, |message| hooks.on_message(message)) {
             Ok(reply) => reply,
-            Err(failure) => return Err(failed(connection, member.as_ref(), failure).await),
+            Err(failure) => {
+                return Err(Box::pin(failed(connection, member.as_ref(), failure)).await);
+            }
         };
         let closed = perform(connection, member.as_ref(), &mut reply).await?;
         hooks.recycle(reply);
@@ -206,7 +213,7 @@ async fn perform(
             }
             Action::Sleep(pause) => {
                 connection.flush().await?;
-                connection.pause(pause).await;
+                Box::pin(connection.pause(pause)).await;
             }
             Action::Broadcast(message) => {
                 if let Some(member) = member {
@@ -216,7 +223,7 @@ async fn perform(
         }
     }
     if connection.write_now()? > 0 {
-        connection.flush_waiting().await?;
+        Box::pin(connection.flush_waiting()).await?;
     }
     Ok(reply.close)
 }
