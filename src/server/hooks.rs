@@ -282,18 +282,9 @@ impl ServerScript {
         params: Params,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let room = Arc::new(Room::new(verbosity));
-        let budget = Arc::new(Budget::new(limits.max_memory));
-        let engine = server_engine(
-            limits,
-            hook_timeout,
-            params,
-            verbosity,
-            path.parent(),
-            (&room, &budget),
-        );
-        let script = engine::compile(&engine, path)?;
-        Self::start(engine, script, room, budget)
+        let parts = server_engine(limits, hook_timeout, params, verbosity, path.parent());
+        let script = engine::compile(&parts.engine, path)?;
+        Self::start(parts, script)
     }
 
     /// The script behind `--echo`: every message comes straight back.
@@ -308,26 +299,23 @@ impl ServerScript {
         limits: &Limits,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let room = Arc::new(Room::new(verbosity));
-        let budget = Arc::new(Budget::new(limits.max_memory));
-        let engine = server_engine(
+        let parts = server_engine(
             limits,
             DEFAULT_HOOK_TIMEOUT,
             Params::default(),
             verbosity,
             None,
-            (&room, &budget),
         );
-        let script = engine::compile_source(&engine, name.into(), source.into())?;
-        Self::start(engine, script, room, budget)
+        let script = engine::compile_source(&parts.engine, name.into(), source.into())?;
+        Self::start(parts, script)
     }
 
-    fn start(
-        mut engine: Engine,
-        script: Script,
-        room: Arc<Room>,
-        budget: Arc<Budget>,
-    ) -> Result<Self, Error> {
+    fn start(parts: EngineParts, script: Script) -> Result<Self, Error> {
+        let EngineParts {
+            mut engine,
+            room,
+            budget,
+        } = parts;
         share_top_level_imports(&mut engine, &script)?;
         // Keeping a roster costs every connection a channel: only when used.
         let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
@@ -420,16 +408,25 @@ fn calls_any(script: &Script, names: &[&str]) -> bool {
     found
 }
 
+/// A server script's engine, with what its functions share: the room of
+/// connections and the memory budget.
+struct EngineParts {
+    engine: Engine,
+    room: Arc<Room>,
+    budget: Arc<Budget>,
+}
+
 fn server_engine(
     limits: &Limits,
     hook_timeout: Duration,
     params: Params,
     verbosity: Verbosity,
     script_dir: Option<&Path>,
-    (room, budget): (&Arc<Room>, &Arc<Budget>),
-) -> Engine {
+) -> EngineParts {
     let mut engine = engine::new_engine(limits, params, script_dir);
-    let budget = budget.clone();
+    let room = Arc::new(Room::new(verbosity));
+    let budget = Arc::new(Budget::new(limits.max_memory));
+    let parts_budget = budget.clone();
     engine.on_progress(move |operations| {
         // One comparison per operation: the native stack, and whatever
         // interrupted the script (its memory past the ceiling, a failure
@@ -526,7 +523,11 @@ fn server_engine(
             ));
         }
     });
-    engine
+    EngineParts {
+        engine,
+        room,
+        budget: parts_budget,
+    }
 }
 
 fn queue_sleep(pause: Duration) -> NativeResult<()> {
