@@ -78,7 +78,7 @@ pub(super) async fn serve_connection(
         Ok(reply) => reply,
         Err(failure) => {
             errors += 1;
-            report(&failure.error);
+            failure.error.eprint();
             failure.before
         }
     };
@@ -107,11 +107,6 @@ pub(super) async fn serve_connection(
         .messages_out
         .fetch_add(connection.messages_out, Ordering::Relaxed);
     counts.errors.fetch_add(errors, Ordering::Relaxed);
-}
-
-/// A script error, as one block on stderr.
-fn report(error: &crate::error::Error) {
-    console::err(error.render().trim_end_matches('\n'));
 }
 
 /// The largest message the framing can carry, when it has a limit.
@@ -190,7 +185,7 @@ async fn failed(
     if let Some(diagnostic) = failure.error.diagnostic_mut() {
         diagnostic.transcript = connection.transcript.recent();
     }
-    report(&failure.error);
+    failure.error.eprint();
     let _ = perform(connection, member, &mut failure.before).await;
     ConnError::HookFailed
 }
