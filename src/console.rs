@@ -118,13 +118,23 @@ impl Stream {
                 return self.write_now(line);
             }
         }
-        let size = line.len() + 1;
+        // One line never takes more than the whole queue: a script may
+        // print a string as long as the largest message.
+        let mut cut = line.len().min(QUEUE_BYTES);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let note = (cut < line.len()).then(|| format!("… ({} bytes in all)", line.len()));
+        let size = cut + note.as_ref().map_or(0, String::len) + 1;
         if state.bytes + size > QUEUE_BYTES && !state.lines.is_empty() {
             state.dropped += 1;
             return Ok(());
         }
         let mut bytes = Vec::with_capacity(size);
-        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(&line.as_bytes()[..cut]);
+        if let Some(note) = note {
+            bytes.extend_from_slice(note.as_bytes());
+        }
         bytes.push(b'\n');
         state.bytes += size;
         state.lines.push_back(bytes);
