@@ -65,7 +65,7 @@ pub enum Command {
 /// Flags both roles share.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// What one message is: line, raw, delim:SEQ or len:u8|u16|u32[:be|le]
+    /// What one message is: line, raw, delim:SEQ, len:u8|u16|u32[:be|le] or bytes:N
     /// [default: the script's FRAMING constant, else line]
     #[arg(long, value_name = "FRAMING")]
     pub(crate) framing: Option<Framing>,
@@ -284,7 +284,18 @@ impl Command {
     }
 }
 
+/// A `--framing bytes:N` larger than `--max-frame` could deliver nothing.
+fn check_framing(common: &CommonArgs) -> Result<(), Error> {
+    match &common.framing {
+        Some(framing) => framing
+            .check_max_frame(common.max_frame)
+            .map_err(|e| Error::Usage(format!("--framing {e}"))),
+        None => Ok(()),
+    }
+}
+
 fn run_server(args: ServerArgs) -> Result<(), Error> {
+    check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let limits = args.limits.limits();
     let script = match (&args.script, args.echo) {
@@ -324,6 +335,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
 }
 
 fn run_client(args: ClientArgs) -> Result<(), Error> {
+    check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
         return manual::client(&ManualClientOptions {
@@ -407,6 +419,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 }
 
 fn run_test(args: TestArgs) -> Result<(), Error> {
+    check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let limits = args.limits.limits();
     runner::run(TestOptions {

@@ -21,6 +21,10 @@ pub(crate) enum Framing {
     Delim(Vec<u8>),
     /// A big- or little-endian length prefix of 1, 2 or 4 bytes.
     Len { width: LenWidth, big_endian: bool },
+    /// Every message is exactly this many bytes (`bytes:N`): the data
+    /// blocks of protocols that announce a size first (memcached, RESP).
+    /// Sends add nothing.
+    Fixed(usize),
 }
 
 /// Width of a length prefix.
@@ -111,8 +115,13 @@ impl FromStr for Framing {
                 };
                 Ok(Framing::Len { width, big_endian })
             }
+            ("bytes", Some(size)) => match size.parse::<usize>() {
+                Ok(0) => Err("bytes:0 is empty: a message needs at least 1 byte".into()),
+                Ok(size) => Ok(Framing::Fixed(size)),
+                Err(_) => Err(format!("`{text}` needs a size in bytes, e.g. bytes:16")),
+            },
             _ => Err(format!(
-                "unknown framing `{text}`: use line, raw, delim:SEQ or len:u8|u16|u32[:be|le]"
+                "unknown framing `{text}`: use line, raw, delim:SEQ, len:u8|u16|u32[:be|le] or bytes:N"
             )),
         }
     }
@@ -132,6 +141,20 @@ impl fmt::Display for Framing {
                 };
                 write!(f, "len:{width}:{}", if *big_endian { "be" } else { "le" })
             }
+            Framing::Fixed(size) => write!(f, "bytes:{size}"),
+        }
+    }
+}
+
+impl Framing {
+    /// Refuses a framing whose every message is larger than `max_frame`
+    /// (`bytes:N` past `--max-frame`): it could never deliver one.
+    pub(crate) fn check_max_frame(&self, max_frame: usize) -> Result<(), String> {
+        match self {
+            Framing::Fixed(size) if *size > max_frame => Err(format!(
+                "{self}: messages of {size} bytes are larger than --max-frame ({max_frame} bytes)"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -245,6 +268,19 @@ impl Decoder {
         }
     }
 
+    /// Cuts the rest of the stream with `framing`. The buffer is kept as it
+    /// is: what already arrived is the start of the next message.
+    pub(crate) fn reframe(&mut self, framing: Framing) {
+        self.framing = framing;
+        self.scanned = 0;
+    }
+
+    /// Forgets how far it searched: the front of the buffer was taken by
+    /// something else (a stream read).
+    pub(crate) fn reset(&mut self) {
+        self.scanned = 0;
+    }
+
     /// The next complete message in `buf`, removing it from `buf`.
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         Ok(self.next_frame(buf)?.map(|frame| frame.take(buf)))
@@ -335,6 +371,10 @@ impl Decoder {
                     consumed: prefix + len,
                 }))
             }
+            Framing::Fixed(size) => {
+                check_size(*size, self.max_frame)?;
+                Ok((buf.len() >= *size).then(|| Frame::whole(*size)))
+            }
         }
     }
 
@@ -356,7 +396,7 @@ impl Decoder {
                 Ok(Some(frame))
             }
             Framing::Delim(_) | Framing::Raw => Ok(Some(Frame::whole(buf.len()))),
-            Framing::Len { .. } => {
+            Framing::Len { .. } | Framing::Fixed(_) => {
                 let pending = buf.len();
                 buf.clear();
                 Err(FrameError::Truncated { pending })
@@ -437,6 +477,8 @@ pub(crate) fn encode(
             }
             out.extend_from_slice(message);
         }
+        // A fixed size says how much to read; what we send is up to us.
+        Framing::Fixed(_) => out.extend_from_slice(message),
     }
     Ok(())
 }
@@ -571,6 +613,7 @@ mod tests {
             "len:u8:be",
             "len:u32:le",
             "delim:\\x01\\0",
+            "bytes:16",
         ] {
             assert_eq!(text.parse::<Framing>().unwrap().to_string(), text);
         }
@@ -578,6 +621,67 @@ mod tests {
         assert!("delim:".parse::<Framing>().is_err());
         assert!("delim:\\q".parse::<Framing>().is_err());
         assert!("nope".parse::<Framing>().is_err());
+    }
+
+    #[test]
+    fn fixed_size_messages_and_their_errors() {
+        assert_eq!(
+            decode_all("bytes:3", b"abcdef\r\n\x00"),
+            vec![b"abc".to_vec(), b"def".to_vec(), b"\r\n\x00".to_vec()]
+        );
+        let mut decoder = Decoder::new("bytes:4".parse().unwrap(), 100);
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"abcd"[..])
+        );
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert_eq!(
+            decoder.decode_eof(&mut buf),
+            Err(FrameError::Truncated { pending: 2 })
+        );
+        // Sends add nothing, whatever their size.
+        let mut out = Vec::new();
+        encode(&Framing::Fixed(4), b"abc", &mut out).unwrap();
+        encode(&Framing::Fixed(4), b"abcdef", &mut out).unwrap();
+        assert_eq!(out, b"abcabcdef");
+        for bad in ["bytes:0", "bytes:", "bytes:-1", "bytes:x", "bytes"] {
+            assert!(bad.parse::<Framing>().is_err(), "{bad}");
+        }
+        assert!(Framing::Fixed(8).check_max_frame(8).is_ok());
+        let too_big = Framing::Fixed(9).check_max_frame(8).unwrap_err();
+        assert!(
+            too_big.contains("larger than --max-frame (8 bytes)"),
+            "{too_big}"
+        );
+        // A decoder given such a framing anyway refuses, never waits for ever.
+        let mut decoder = Decoder::new(Framing::Fixed(9), 8);
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(FrameError::TooLarge { size: 9, max: 8 })
+        ));
+    }
+
+    #[test]
+    fn reframing_keeps_the_buffered_bytes() {
+        let mut decoder = Decoder::new(Framing::Line, 100);
+        let mut buf = BytesMut::from(&b"set k 5\r\nab\r\ncd\r\nget k\r\n"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"set k 5"[..])
+        );
+        decoder.reframe(Framing::Fixed(7));
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"ab\r\ncd\r"[..])
+        );
+        decoder.reframe("delim:\\n".parse().unwrap());
+        assert_eq!(decoder.decode(&mut buf).unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"get k\r"[..])
+        );
     }
 
     mod properties {
@@ -627,6 +731,12 @@ mod tests {
                     )
                 )
                     .prop_map(|(width, big_endian, ms)| (Framing::Len { width, big_endian }, ms)),
+                (1usize..40, proptest::collection::vec(any::<u8>(), 0..800)).prop_map(
+                    |(size, bytes)| {
+                        let ms = bytes.chunks_exact(size).map(<[u8]>::to_vec).collect();
+                        (Framing::Fixed(size), ms)
+                    }
+                ),
             ]
         }
 
@@ -681,7 +791,8 @@ mod tests {
             fn garbage_never_panics_and_frames_stay_bounded(
                 stream in proptest::collection::vec(any::<u8>(), 0..2000),
                 framing in prop_oneof![
-                    Just("line"), Just("raw"), Just("delim:\\r\\n"), Just("len:u32"), Just("len:u16:le")
+                    Just("line"), Just("raw"), Just("delim:\\r\\n"), Just("len:u32"), Just("len:u16:le"),
+                    Just("bytes:7"), Just("bytes:65")
                 ],
             ) {
                 let mut decoder = Decoder::new(framing.parse().unwrap(), 64);

@@ -3,9 +3,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use regex::bytes::Regex;
 use thiserror::Error;
 
 use crate::error::Error;
@@ -21,8 +23,8 @@ pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The outcome of waiting for one message.
 #[derive(Debug)]
-pub(crate) enum Received {
-    Message(Bytes),
+pub(crate) enum Received<T = Bytes> {
+    Message(T),
     /// The peer closed its side and every message before that was read.
     Closed,
     TimedOut,
@@ -36,10 +38,23 @@ pub(crate) enum RecvError {
     Frame(#[from] FrameError),
 }
 
-/// Cuts messages out of what a stream delivers.
+/// The bytes a match consumed, and where its groups lie in them.
+pub(crate) type Matched = (Bytes, Vec<Option<Range<usize>>>);
+
+/// What a stream read (`recv_until`, `expect_stream`) found at the front
+/// of the buffer: the bytes it takes, and how far it consumed.
+pub(crate) struct Taken<T> {
+    pub(crate) value: T,
+    pub(crate) consumed: usize,
+}
+
+/// Cuts messages out of what a stream delivers. Framed receives and stream
+/// reads take from the same buffer, so mixing them never loses, repeats or
+/// reorders a byte.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     decoder: Decoder,
+    max_frame: usize,
     buf: BytesMut,
     scratch: Vec<u8>,
     eof: bool,
@@ -52,6 +67,7 @@ impl FrameReader {
     pub(crate) fn new(framing: Framing, max_frame: usize) -> Self {
         FrameReader {
             decoder: Decoder::new(framing, max_frame),
+            max_frame,
             buf: BytesMut::new(),
             // One read is one `raw` message: never more than --max-frame.
             scratch: vec![0; max_frame.min(READ_SIZE)],
@@ -60,24 +76,147 @@ impl FrameReader {
         }
     }
 
+    /// Cuts what follows with `framing`; bytes already here are its start.
+    pub(crate) fn reframe(&mut self, framing: Framing) {
+        self.decoder.reframe(framing);
+    }
+
     /// The next message, waiting at most `timeout` (`None`: wait for ever,
     /// used only where a person is at the other end).
     pub(crate) fn next(
         &mut self,
-        mut stream: &TcpStream,
+        stream: &TcpStream,
         timeout: Option<Duration>,
     ) -> Result<Received, RecvError> {
+        self.read(stream, timeout, |decoder, buf, eof| {
+            Ok(match eof {
+                false => decoder.decode(buf)?,
+                true => decoder.decode_eof(buf)?,
+            })
+        })
+    }
+
+    /// Exactly `n` bytes, whatever the framing.
+    pub(crate) fn exact(
+        &mut self,
+        stream: &TcpStream,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Received, RecvError> {
+        check_size(n, self.max_frame)?;
+        self.take(stream, timeout, 0, |buf| {
+            (buf.len() >= n).then_some(Taken {
+                value: n,
+                consumed: n,
+            })
+        })
+        .map(|received| match received {
+            Received::Message((bytes, _)) => Received::Message(bytes),
+            Received::Closed => Received::Closed,
+            Received::TimedOut => Received::TimedOut,
+        })
+    }
+
+    /// The bytes before the first `seq`, which is consumed too.
+    pub(crate) fn until(
+        &mut self,
+        stream: &TcpStream,
+        seq: &[u8],
+        timeout: Duration,
+    ) -> Result<Received, RecvError> {
+        let finder = memchr::memmem::Finder::new(seq);
+        // Bytes already known to hold no `seq`: a long message arriving in
+        // pieces is searched once.
+        let mut scanned = 0usize;
+        let received = self.take(stream, timeout, seq.len(), |buf| {
+            let start = scanned.saturating_sub(seq.len().saturating_sub(1));
+            match finder.find(&buf[start..]) {
+                Some(at) => Some(Taken {
+                    value: start + at,
+                    consumed: start + at + seq.len(),
+                }),
+                None => {
+                    scanned = buf.len();
+                    None
+                }
+            }
+        })?;
+        Ok(match received {
+            Received::Message((bytes, end)) => Received::Message(bytes.slice(..end)),
+            Received::Closed => Received::Closed,
+            Received::TimedOut => Received::TimedOut,
+        })
+    }
+
+    /// The first match of `regex` in the unread bytes, and everything
+    /// before it: consumed through the end of the match.
+    pub(crate) fn matching(
+        &mut self,
+        stream: &TcpStream,
+        regex: &Regex,
+        timeout: Duration,
+    ) -> Result<Received<Matched>, RecvError> {
+        let mut locations = regex.capture_locations();
+        self.take(stream, timeout, 0, |buf| {
+            let whole = regex.captures_read(&mut locations, buf)?;
+            let groups = (0..locations.len())
+                .map(|i| locations.get(i).map(|(start, end)| start..end))
+                .collect::<Vec<_>>();
+            Some(Taken {
+                value: groups,
+                consumed: whole.end(),
+            })
+        })
+    }
+
+    /// Waits until `find` finds what it looks for at the front of the
+    /// buffer, then takes the bytes it consumed. Looking never holds more
+    /// than --max-frame unread bytes, and `slack` for a terminator.
+    fn take<T>(
+        &mut self,
+        stream: &TcpStream,
+        timeout: Duration,
+        slack: usize,
+        mut find: impl FnMut(&[u8]) -> Option<Taken<T>>,
+    ) -> Result<Received<(Bytes, T)>, RecvError> {
+        let limit = self.max_frame.saturating_add(slack);
+        let max_frame = self.max_frame;
+        self.read(stream, Some(timeout), |decoder, buf, _eof| {
+            if let Some(Taken { value, consumed }) = find(buf) {
+                // The decoder had searched bytes that are now gone.
+                decoder.reset();
+                return Ok(Some((buf.split_to(consumed).freeze(), value)));
+            }
+            if buf.len() > limit {
+                return Err(FrameError::TooLarge {
+                    size: buf.len() - slack,
+                    max: max_frame,
+                }
+                .into());
+            }
+            Ok(None)
+        })
+    }
+
+    /// Reads until `cut` cuts something out of the buffer, the peer closes
+    /// (then `cut` has a last look, told so) or `timeout` passes.
+    fn read<T>(
+        &mut self,
+        mut stream: &TcpStream,
+        timeout: Option<Duration>,
+        mut cut: impl FnMut(&mut Decoder, &mut BytesMut, bool) -> Result<Option<T>, RecvError>,
+    ) -> Result<Received<T>, RecvError> {
         // A timeout too large for the clock (`--timeout 100y`) means no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         // Even a zero timeout (`try_recv()`) looks at what has already arrived.
         let mut first_read = true;
         loop {
-            if let Some(message) = self.decoder.decode(&mut self.buf)? {
-                return Ok(Received::Message(message));
+            if let Some(found) = cut(&mut self.decoder, &mut self.buf, false)? {
+                return Ok(Received::Message(found));
             }
             if self.eof {
-                return Ok(match self.decoder.decode_eof(&mut self.buf)? {
-                    Some(message) => Received::Message(message),
+                return Ok(match cut(&mut self.decoder, &mut self.buf, true)? {
+                    Some(found) => Received::Message(found),
                     None => Received::Closed,
                 });
             }
@@ -117,6 +256,16 @@ impl FrameReader {
             }
         }
     }
+}
+
+fn check_size(size: usize, max_frame: usize) -> Result<(), FrameError> {
+    if size > max_frame {
+        return Err(FrameError::TooLarge {
+            size,
+            max: max_frame,
+        });
+    }
+    Ok(())
 }
 
 /// A connected, framed stream.
@@ -199,6 +348,48 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends the bytes as they are, no framing added.
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), RecvError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    pub(crate) fn framing(&self) -> &Framing {
+        &self.framing
+    }
+
+    /// The framing of every send and receive from now on.
+    pub(crate) fn set_framing(&mut self, framing: Framing) {
+        self.reader.reframe(framing.clone());
+        self.framing = framing;
+    }
+
+    pub(crate) fn recv_exact(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Received, RecvError> {
+        self.reader.exact(&self.stream, n, timeout)
+    }
+
+    pub(crate) fn recv_until(
+        &mut self,
+        seq: &[u8],
+        timeout: Duration,
+    ) -> Result<Received, RecvError> {
+        self.reader.until(&self.stream, seq, timeout)
+    }
+
+    /// The bytes through the first match of `regex`, and where its groups
+    /// lie in them.
+    pub(crate) fn recv_match(
+        &mut self,
+        regex: &Regex,
+        timeout: Duration,
+    ) -> Result<Received<Matched>, RecvError> {
+        self.reader.matching(&self.stream, regex, timeout)
+    }
+
     /// Bytes received that do not make a whole message yet.
     pub(crate) fn pending(&self) -> &[u8] {
         &self.reader.buf
@@ -220,5 +411,122 @@ impl Connection {
 
     pub(crate) fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::TcpListener;
+
+    /// One read of a script, as the property below drives it.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Framed(Framing),
+        Exact(usize),
+        Until(Vec<u8>),
+        Match(&'static str),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Framed(Framing::Line)),
+            (1usize..20).prop_map(|n| Op::Framed(Framing::Fixed(n))),
+            Just(Op::Framed(Framing::Delim(b"ab".to_vec()))),
+            (0usize..20).prop_map(Op::Exact),
+            prop_oneof![Just(b"\n".to_vec()), Just(b"ba".to_vec()), Just(vec![0xff])]
+                .prop_map(Op::Until),
+            prop_oneof![Just("b+\n"), Just("a(b|\\xff)"), Just("(?-u:\\xff)+")].prop_map(Op::Match),
+        ]
+    }
+
+    /// A connected pair: the reader's end, and the writer's.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (reader, _) = listener.accept().unwrap();
+        writer.set_nodelay(true).unwrap();
+        (reader, writer)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// However framed receives and stream reads are mixed, and however
+        /// the bytes arrive, what they consume is the stream, in order.
+        #[test]
+        fn mixed_reads_take_every_byte_once_in_order(
+            // No `\r`: a line's consumed bytes are then exactly it and `\n`.
+            stream_bytes in proptest::collection::vec(
+                prop_oneof![Just(b'a'), Just(b'b'), Just(b'\n'), Just(0xff)], 0..400),
+            chunk in 1usize..50,
+            ops in proptest::collection::vec(op(), 0..40),
+        ) {
+            let (reader, mut writer) = pair();
+            let sent = stream_bytes.clone();
+            let writing = std::thread::spawn(move || {
+                for piece in sent.chunks(chunk) {
+                    writer.write_all(piece).unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // Kept open: every read ends by its timeout, never by a close.
+                writer
+            });
+            let mut frames = FrameReader::new(Framing::Line, 1024);
+            let mut current = Framing::Line;
+            let wait = Duration::from_millis(3);
+            let mut consumed = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Framed(framing) => {
+                        // Only a change: a framing kept must carry on where it was.
+                        if framing != current {
+                            frames.reframe(framing.clone());
+                            current = framing.clone();
+                        }
+                        if let Received::Message(m) = frames.next(&reader, Some(wait)).unwrap() {
+                            consumed.extend_from_slice(&m);
+                            match framing {
+                                Framing::Line => consumed.push(b'\n'),
+                                Framing::Delim(d) => consumed.extend_from_slice(&d),
+                                _ => {}
+                            }
+                        }
+                    }
+                    Op::Exact(n) => {
+                        if let Received::Message(m) = frames.exact(&reader, n, wait).unwrap() {
+                            prop_assert_eq!(m.len(), n);
+                            consumed.extend_from_slice(&m);
+                        }
+                    }
+                    Op::Until(seq) => {
+                        if let Received::Message(m) = frames.until(&reader, &seq, wait).unwrap() {
+                            prop_assert!(memchr::memmem::find(&m, &seq).is_none());
+                            consumed.extend_from_slice(&m);
+                            consumed.extend_from_slice(&seq);
+                        }
+                    }
+                    Op::Match(pattern) => {
+                        let regex = Regex::new(pattern).unwrap();
+                        if let Received::Message((m, groups)) =
+                            frames.matching(&reader, &regex, wait).unwrap()
+                        {
+                            let whole = groups[0].clone().unwrap();
+                            prop_assert_eq!(whole.end, m.len());
+                            prop_assert!(regex.is_match(&m[whole]));
+                            consumed.extend_from_slice(&m);
+                        }
+                    }
+                }
+            }
+            let _writer = writing.join().unwrap();
+            let rest = stream_bytes.len() - consumed.len();
+            match frames.exact(&reader, rest, Duration::from_secs(5)).unwrap() {
+                Received::Message(m) => consumed.extend_from_slice(&m),
+                other => panic!("the rest did not arrive: {other:?}"),
+            }
+            prop_assert_eq!(consumed, stream_bytes);
+        }
     }
 }

@@ -291,6 +291,23 @@ impl Conversation {
         }
     }
 
+    /// The compiled `pattern`, compiled once per run.
+    fn regex(&self, pattern: &str) -> NativeResult<Regex> {
+        let mut patterns = lock(&self.patterns);
+        if let Some(regex) = patterns.get(pattern) {
+            return Ok(regex.clone());
+        }
+        let regex = Regex::new(pattern)
+            .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
+        // A script that builds patterns from what it receives must not
+        // grow this for the whole run.
+        if patterns.len() >= PATTERNS_KEPT {
+            patterns.clear();
+        }
+        patterns.insert(pattern.to_string(), regex.clone());
+        Ok(regex)
+    }
+
     /// `wait` cut to the time left, and the deadline when that cut it.
     fn clamp(&self, wait: Duration) -> (Duration, Option<Deadline>) {
         match self.deadline {
@@ -431,20 +448,29 @@ impl Peer {
         }
     }
 
-    fn receive(&mut self, timeout: Duration, what: &str) -> NativeResult<Received> {
+    /// Waits with `read`, recording what it took. A wait is cut to the
+    /// run's time left, and then the run ends.
+    fn receive_with<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        read: impl FnOnce(&mut Connection, Duration) -> Result<Received<T>, RecvError>,
+        bytes_of: impl Fn(&T) -> &Bytes,
+    ) -> NativeResult<Received<T>> {
         let (wait, cut) = self.conversation.clamp(timeout);
         let mut state = lock(&self.state);
-        let received = state.connection()?.recv(wait);
+        let received = read(state.connection()?, wait);
         match received {
             Ok(Received::Message(m)) => {
-                self.conversation.record(&state, Direction::Received, &m);
+                self.conversation
+                    .record(&state, Direction::Received, bytes_of(&m));
                 Ok(Received::Message(m))
             }
             Ok(Received::TimedOut) => match cut {
                 Some(deadline) => Err(deadline.terminate()),
                 None => Ok(Received::TimedOut),
             },
-            Ok(other) => Ok(other),
+            Ok(Received::Closed) => Ok(Received::Closed),
             Err(RecvError::Io(e)) => Err(Failure::new(
                 FailureKind::Network,
                 format!("connection error while waiting for {what}: {e}"),
@@ -457,6 +483,10 @@ impl Peer {
         }
     }
 
+    fn receive(&mut self, timeout: Duration, what: &str) -> NativeResult<Received> {
+        self.receive_with(timeout, what, |c, wait| c.recv(wait), |m| m)
+    }
+
     /// The next message, or `None` when the wait timed out or the peer closed.
     fn try_receive(&mut self, timeout: Duration) -> NativeResult<Option<Bytes>> {
         match self.receive(timeout, "a message")? {
@@ -467,18 +497,38 @@ impl Peer {
 
     /// The next message; a timeout or a close is a failed expectation.
     fn expect_message(&mut self, timeout: Duration, what: &str) -> NativeResult<Bytes> {
-        match self.receive(timeout, what)? {
+        self.expect_with(timeout, what, None, |c, wait| c.recv(wait), |m| m)
+    }
+
+    /// What `read` waits for; a timeout or a close is a failed
+    /// expectation that shows the bytes that did arrive. `missing` says
+    /// what they lack; `None`: the rest of a framed message.
+    fn expect_with<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        missing: Option<&str>,
+        read: impl FnOnce(&mut Connection, Duration) -> Result<Received<T>, RecvError>,
+        bytes_of: impl Fn(&T) -> &Bytes,
+    ) -> NativeResult<T> {
+        match self.receive_with(timeout, what, read, bytes_of)? {
             Received::Message(m) => Ok(m),
             Received::Closed => Err(Failure::expectation(format!(
                 "expected {what}, but the peer closed the connection"
             ))
-            .with_values(what.to_string(), "the connection closed".into())
+            .with_values(
+                what.to_string(),
+                match self.pending(missing) {
+                    Some(pending) => format!("the connection closed after {pending}"),
+                    None => "the connection closed".into(),
+                },
+            )
             .into()),
             Received::TimedOut => {
                 let waited = humantime::format_duration(timeout);
-                Err(match self.pending() {
+                Err(match self.pending(missing) {
                     Some(pending) => Failure::expectation(format!(
-                        "timed out after {waited} waiting for {what}: only part of one arrived"
+                        "timed out after {waited} waiting for {what}: only part of it arrived"
                     ))
                     .with_values(what.to_string(), pending),
                     None => {
@@ -491,19 +541,24 @@ impl Peer {
         }
     }
 
-    /// Bytes received that do not make a message yet, described for a
-    /// report: `12 bytes without a line end: "HTTP/1.1 200"`.
-    fn pending(&self) -> Option<String> {
+    /// Bytes received and not yet read, described for a report:
+    /// `12 bytes without a line end: "HTTP/1.1 200"`.
+    fn pending(&self, missing: Option<&str>) -> Option<String> {
         let state = lock(&self.state);
-        let pending = state.connection.as_ref()?.pending();
+        let connection = state.connection.as_ref()?;
+        let pending = connection.pending();
         if pending.is_empty() {
             return None;
         }
-        let missing = match &self.conversation.framing {
-            Framing::Line => "without a line end".to_string(),
-            Framing::Delim(_) => format!("without its delimiter ({})", self.conversation.framing),
-            Framing::Len { .. } => "of a length-prefixed frame not yet complete".to_string(),
-            Framing::Raw => "not yet delivered".to_string(),
+        let missing = match (missing, connection.framing()) {
+            (Some(missing), _) => missing.to_string(),
+            (None, Framing::Line) => "without a line end".to_string(),
+            (None, framing @ Framing::Delim(_)) => format!("without its delimiter ({framing})"),
+            (None, Framing::Len { .. }) => {
+                "of a length-prefixed frame not yet complete".to_string()
+            }
+            (None, framing @ Framing::Fixed(_)) => format!("of a {framing} message"),
+            (None, Framing::Raw) => "not yet delivered".to_string(),
         };
         let head = message::head(pending, PENDING_SHOWN);
         let cut = if head.len() < pending.len() {
@@ -543,23 +598,7 @@ impl Peer {
         timeout: Option<Duration>,
     ) -> NativeResult<Array> {
         let timeout = timeout.unwrap_or(self.conversation.timeout);
-        let regex = {
-            let mut patterns = lock(&self.conversation.patterns);
-            match patterns.get(pattern) {
-                Some(regex) => regex.clone(),
-                None => {
-                    let regex = Regex::new(pattern)
-                        .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
-                    // A script that builds patterns from what it receives
-                    // must not grow this for the whole run.
-                    if patterns.len() >= PATTERNS_KEPT {
-                        patterns.clear();
-                    }
-                    patterns.insert(pattern.to_string(), regex.clone());
-                    regex
-                }
-            }
-        };
+        let regex = self.conversation.regex(pattern)?;
         let what = format!("a message matching /{pattern}/");
         let message = self.expect_message(timeout, &what)?;
         let matched = regex.captures(&message).map(|captures| {
@@ -574,6 +613,109 @@ impl Peer {
                 .with_values(format!("/{pattern}/"), message::display(&message))
                 .into()
         })
+    }
+
+    fn timeout(&self, ms: Option<INT>) -> Duration {
+        ms.map_or(self.conversation.timeout, millis)
+    }
+
+    fn send_raw(&mut self, value: Dynamic) -> NativeResult<()> {
+        let bytes = message::to_bytes(value);
+        let mut state = lock(&self.state);
+        match state.connection()?.send_raw(&bytes) {
+            Ok(()) => {
+                self.conversation.record(&state, Direction::Sent, &bytes);
+                Ok(())
+            }
+            Err(e) => Err(Failure::new(FailureKind::Network, format!("cannot send: {e}")).into()),
+        }
+    }
+
+    fn set_framing(&mut self, framing: &str) -> NativeResult<()> {
+        let framing = framing
+            .parse::<Framing>()
+            .and_then(|f| f.check_max_frame(self.conversation.max_frame).map(|()| f))
+            .map_err(|e| Failure::script(format!("set_framing: {e}")))?;
+        lock(&self.state).connection()?.set_framing(framing);
+        Ok(())
+    }
+
+    fn recv_exact(&mut self, n: INT, ms: Option<INT>) -> NativeResult<Dynamic> {
+        let max_frame = self.conversation.max_frame;
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= max_frame)
+            .ok_or_else(|| {
+                Failure::script(format!(
+                    "recv_exact({n}): the size must be from 0 to --max-frame ({max_frame} bytes)"
+                ))
+            })?;
+        let timeout = self.timeout(ms);
+        let what = message::byte_count(n);
+        let missing = format!("of the {what} asked for");
+        let bytes = self.expect_with(
+            timeout,
+            &what,
+            Some(&missing),
+            |c, wait| c.recv_exact(n, wait),
+            |m| m,
+        )?;
+        Ok(message::to_dynamic(&bytes))
+    }
+
+    fn recv_until(&mut self, seq: Dynamic, ms: Option<INT>) -> NativeResult<Dynamic> {
+        let seq = message::to_bytes(seq);
+        if seq.is_empty() {
+            return Err(Failure::script("recv_until: the sequence to wait for is empty").into());
+        }
+        let timeout = self.timeout(ms);
+        let what = format!("bytes up to {}", message::display(&seq));
+        let missing = format!("without {}", message::display(&seq));
+        let bytes = self.expect_with(
+            timeout,
+            &what,
+            Some(&missing),
+            |c, wait| c.recv_until(&seq, wait),
+            |m| m,
+        )?;
+        Ok(message::to_dynamic(&bytes))
+    }
+
+    fn recv_line(&mut self, ms: Option<INT>) -> NativeResult<Dynamic> {
+        let timeout = self.timeout(ms);
+        let line = self.expect_with(
+            timeout,
+            "a line",
+            Some("without a line end"),
+            |c, wait| c.recv_until(b"\n", wait),
+            |m| m,
+        )?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        Ok(message::to_dynamic(line))
+    }
+
+    fn expect_stream(
+        &mut self,
+        ctx: &NativeCallContext,
+        pattern: &str,
+        ms: Option<INT>,
+    ) -> NativeResult<Array> {
+        let timeout = self.timeout(ms);
+        let regex = self.conversation.regex(pattern)?;
+        let what = format!("bytes matching /{pattern}/");
+        let outcome = self.expect_with(
+            timeout,
+            &what,
+            Some("with no match"),
+            |c, wait| c.recv_match(&regex, wait),
+            |(bytes, _)| bytes,
+        );
+        engine::note_assertion(ctx, "expect_stream", outcome.is_ok());
+        let (bytes, groups) = outcome?;
+        Ok(groups
+            .into_iter()
+            .map(|group| group.map_or(Dynamic::UNIT, |g| message::to_dynamic(&bytes[g])))
+            .collect())
     }
 
     fn expect_close(
@@ -594,7 +736,7 @@ impl Peer {
             ))
             .with_values(
                 "the connection closed".into(),
-                match self.pending() {
+                match self.pending(None) {
                     Some(pending) => format!("still open, with {pending}"),
                     None => "still open".into(),
                 },
@@ -619,39 +761,37 @@ impl Peer {
     }
 }
 
+/// Registers a conversation function twice: as a method of `Connection`
+/// values, and as a global function acting on the default connection.
+/// `ctx` first when the function needs the call's context.
+macro_rules! conversation_fn {
+    ($engine:ident, $default:ident, $name:literal, ctx $ctx:ident, |$p:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {{
+        $engine.register_fn(
+            $name,
+            |$ctx: NativeCallContext, $p: &mut Peer $(, $arg: $ty)*| $body,
+        );
+        let default = $default.clone();
+        $engine.register_fn($name, move |$ctx: NativeCallContext $(, $arg: $ty)*| {
+            let $p = &mut default()?;
+            $body
+        });
+    }};
+    ($engine:ident, $default:ident, $name:literal, |$p:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {{
+        $engine.register_fn($name, |$p: &mut Peer $(, $arg: $ty)*| $body);
+        let default = $default.clone();
+        $engine.register_fn($name, move |$($arg: $ty),*| {
+            let $p = &mut default()?;
+            $body
+        });
+    }};
+}
+
 /// The conversation functions. Global ones act on the default connection;
 /// the same names are methods of `Connection` values from `connect()`.
 fn register(engine: &mut Engine, current: &Slot) {
     engine
         .register_type_with_name::<Peer>("Connection")
-        .register_fn("to_string", Peer::describe)
-        .register_fn("send", Peer::send)
-        .register_fn("recv", |p: &mut Peer| p.recv(None))
-        .register_fn("recv", |p: &mut Peer, ms: INT| p.recv(Some(millis(ms))))
-        .register_fn("recv_blob", |p: &mut Peer| p.recv_blob(None))
-        .register_fn("recv_blob", |p: &mut Peer, ms: INT| {
-            p.recv_blob(Some(millis(ms)))
-        })
-        .register_fn("try_recv", |p: &mut Peer| p.try_recv(Duration::ZERO))
-        .register_fn("try_recv", |p: &mut Peer, ms: INT| p.try_recv(millis(ms)))
-        .register_fn(
-            "expect",
-            |ctx: NativeCallContext, p: &mut Peer, pattern: &str| p.expect(&ctx, pattern, None),
-        )
-        .register_fn(
-            "expect",
-            |ctx: NativeCallContext, p: &mut Peer, pattern: &str, ms: INT| {
-                p.expect(&ctx, pattern, Some(millis(ms)))
-            },
-        )
-        .register_fn("expect_close", |ctx: NativeCallContext, p: &mut Peer| {
-            p.expect_close(&ctx, None)
-        })
-        .register_fn(
-            "expect_close",
-            |ctx: NativeCallContext, p: &mut Peer, ms: INT| p.expect_close(&ctx, Some(millis(ms))),
-        )
-        .register_fn("close", Peer::close);
+        .register_fn("to_string", Peer::describe);
 
     // The default connection, for the global forms.
     let slot = current.clone();
@@ -662,43 +802,46 @@ fn register(engine: &mut Engine, current: &Slot) {
             .ok_or_else(|| Failure::script("no conversation is running").into())
     };
 
-    let d = default.clone();
-    engine.register_fn("send", move |value: Dynamic| d()?.send(value));
-    let d = default.clone();
-    engine.register_fn("recv", move || d()?.recv(None));
-    let d = default.clone();
-    engine.register_fn("recv", move |ms: INT| d()?.recv(Some(millis(ms))));
-    let d = default.clone();
-    engine.register_fn("recv_blob", move || d()?.recv_blob(None));
-    let d = default.clone();
-    engine.register_fn("recv_blob", move |ms: INT| d()?.recv_blob(Some(millis(ms))));
-    let d = default.clone();
-    engine.register_fn("try_recv", move || d()?.try_recv(Duration::ZERO));
-    let d = default.clone();
-    engine.register_fn("try_recv", move |ms: INT| d()?.try_recv(millis(ms)));
-    let d = default.clone();
-    engine.register_fn("expect", move |ctx: NativeCallContext, pattern: &str| {
-        d()?.expect(&ctx, pattern, None)
-    });
-    let d = default.clone();
-    engine.register_fn(
-        "expect",
-        move |ctx: NativeCallContext, pattern: &str, ms: INT| {
-            d()?.expect(&ctx, pattern, Some(millis(ms)))
-        },
-    );
-    let d = default.clone();
-    engine.register_fn("expect_close", move |ctx: NativeCallContext| {
-        d()?.expect_close(&ctx, None)
-    });
-    let d = default.clone();
-    engine.register_fn("expect_close", move |ctx: NativeCallContext, ms: INT| {
-        d()?.expect_close(&ctx, Some(millis(ms)))
-    });
-    let d = default.clone();
-    engine.register_fn("close", move || -> NativeResult<()> {
-        d()?.close();
-        Ok(())
+    conversation_fn!(engine, default, "send", |p, value: Dynamic| p.send(value));
+    conversation_fn!(engine, default, "send_raw", |p, value: Dynamic| p
+        .send_raw(value));
+    conversation_fn!(engine, default, "set_framing", |p, framing: &str| p
+        .set_framing(framing));
+    conversation_fn!(engine, default, "recv", |p| p.recv(None));
+    conversation_fn!(engine, default, "recv", |p, ms: INT| p
+        .recv(Some(millis(ms))));
+    conversation_fn!(engine, default, "recv_blob", |p| p.recv_blob(None));
+    conversation_fn!(engine, default, "recv_blob", |p, ms: INT| p
+        .recv_blob(Some(millis(ms))));
+    conversation_fn!(engine, default, "try_recv", |p| p.try_recv(Duration::ZERO));
+    conversation_fn!(engine, default, "try_recv", |p, ms: INT| p
+        .try_recv(millis(ms)));
+    conversation_fn!(engine, default, "recv_exact", |p, n: INT| p
+        .recv_exact(n, None));
+    conversation_fn!(engine, default, "recv_exact", |p, n: INT, ms: INT| p
+        .recv_exact(n, Some(ms)));
+    conversation_fn!(engine, default, "recv_until", |p, seq: Dynamic| p
+        .recv_until(seq, None));
+    conversation_fn!(engine, default, "recv_until", |p, seq: Dynamic, ms: INT| p
+        .recv_until(seq, Some(ms)));
+    conversation_fn!(engine, default, "recv_line", |p| p.recv_line(None));
+    conversation_fn!(engine, default, "recv_line", |p, ms: INT| p
+        .recv_line(Some(ms)));
+    conversation_fn!(engine, default, "expect", ctx ctx, |p, pattern: &str| p
+        .expect(&ctx, pattern, None));
+    conversation_fn!(engine, default, "expect", ctx ctx, |p, pattern: &str, ms: INT| p
+        .expect(&ctx, pattern, Some(millis(ms))));
+    conversation_fn!(engine, default, "expect_stream", ctx ctx, |p, pattern: &str| p
+        .expect_stream(&ctx, pattern, None));
+    conversation_fn!(engine, default, "expect_stream", ctx ctx, |p, pattern: &str, ms: INT| p
+        .expect_stream(&ctx, pattern, Some(ms)));
+    conversation_fn!(engine, default, "expect_close", ctx ctx, |p| p
+        .expect_close(&ctx, None));
+    conversation_fn!(engine, default, "expect_close", ctx ctx, |p, ms: INT| p
+        .expect_close(&ctx, Some(millis(ms))));
+    conversation_fn!(engine, default, "close", |p| {
+        p.close();
+        NativeResult::Ok(())
     });
 
     let slot = current.clone();

@@ -446,7 +446,11 @@ mod tests {
             ServerScript::from_source("mock.rhai", script, &Limits::default(), Verbosity::Quiet)
                 .unwrap_or_else(|e| panic!("{}\n{script}", e.render())),
         );
-        let mut hooks = script.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut hooks = script.connection(
+            "127.0.0.1:1".parse().unwrap(),
+            &crate::framing::Framing::Line,
+            1 << 20,
+        );
         messages
             .iter()
             .map(|m| {

@@ -187,6 +187,19 @@ impl ServerConnection {
         Ok(())
     }
 
+    /// Queues bytes as they are, no framing added.
+    pub(super) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+        self.messages_out += 1;
+        self.transcript.record(Direction::Sent, bytes);
+    }
+
+    /// Cuts the rest of the stream, and frames later sends, with `framing`.
+    pub(super) fn reframe(&mut self, framing: Framing) {
+        self.decoder.reframe(framing.clone());
+        self.framing = framing;
+    }
+
     /// Whether the write buffer has grown past what it keeps between replies.
     pub(super) fn has_much_to_write(&self) -> bool {
         self.out.len() - self.out_sent > KEEP_WRITE_CAPACITY

@@ -11,11 +11,10 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connection::{ConnError, Event, ServerConnection};
-use super::hooks::{Action, ConnectionHooks, HookFailure, MessageLimit, Reply};
+use super::hooks::{Action, ConnectionHooks, HookFailure, Reply};
 use super::room::{Inbox, Room};
 use super::shutdown::StopSignal;
 use crate::console;
-use crate::framing::Framing;
 use crate::transcript::Verbosity;
 
 /// Why a connection ended.
@@ -36,7 +35,7 @@ pub(super) async fn serve_connection(
     let mut connection = ServerConnection::new(stream, peer, options, stop);
     let mut hooks = shared
         .script
-        .connection(peer, message_limit(&options.framing));
+        .connection(peer, &options.framing, options.max_frame);
     if options.verbosity == Verbosity::Verbose {
         console::err(&format!("{peer} connected"));
     }
@@ -107,18 +106,6 @@ pub(super) async fn serve_connection(
         .messages_out
         .fetch_add(connection.messages_out, Ordering::Relaxed);
     counts.errors.fetch_add(errors, Ordering::Relaxed);
-}
-
-/// The largest message the framing can carry, when it has a limit.
-fn message_limit(framing: &Framing) -> Option<MessageLimit> {
-    let (max, name) = match framing {
-        Framing::Len { width, .. } => (width.max_len(), width.framing_name()),
-        _ => return None,
-    };
-    Some(MessageLimit {
-        max: usize::try_from(max).unwrap_or(usize::MAX),
-        framing: name,
-    })
 }
 
 async fn converse(
@@ -206,6 +193,13 @@ async fn perform(
                     connection.flush().await?;
                 }
             }
+            Action::SendRaw(bytes) => {
+                connection.queue_raw(bytes.as_bytes());
+                if connection.has_much_to_write() {
+                    connection.flush().await?;
+                }
+            }
+            Action::Reframe(framing) => connection.reframe(framing),
             Action::Sleep(pause) => {
                 connection.flush().await?;
                 Box::pin(connection.pause(pause)).await;

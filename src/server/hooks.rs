@@ -21,6 +21,7 @@ use rhai::{ImmutableString, Scope};
 use crate::console;
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
 use crate::error::Error;
+use crate::framing::Framing;
 use crate::memory::{self, Budget};
 use crate::message::{self, Outgoing};
 use crate::server::room::{Room, SharedStore, StoreError};
@@ -45,6 +46,10 @@ pub(crate) enum Action {
     Sleep(Duration),
     /// To every other connection of the server.
     Broadcast(Bytes),
+    /// Bytes as they are, no framing added (`send_raw`).
+    SendRaw(Outgoing),
+    /// The framing from the next message on (`set_framing`).
+    Reframe(Framing),
 }
 
 /// How long a hook may hold its worker thread before the worker's other
@@ -59,6 +64,20 @@ const HANDOFF_RETRY: Duration = Duration::from_millis(50);
 pub(crate) struct MessageLimit {
     pub(crate) max: usize,
     pub(crate) framing: &'static str,
+}
+
+impl MessageLimit {
+    /// The largest message `framing` can carry, when it has a limit.
+    pub(crate) fn of(framing: &Framing) -> Option<MessageLimit> {
+        let (max, name) = match framing {
+            Framing::Len { width, .. } => (width.max_len(), width.framing_name()),
+            _ => return None,
+        };
+        Some(MessageLimit {
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+            framing: name,
+        })
+    }
 }
 
 #[cold]
@@ -77,6 +96,7 @@ struct HookCall {
     peer: Option<Arc<str>>,
     reply: Reply,
     limit: Option<MessageLimit>,
+    max_frame: usize,
     /// When the call began: one clock read per call, so that operations
     /// that each take long (a match over megabytes) count from the start.
     started: Option<Instant>,
@@ -96,6 +116,7 @@ impl HookCall {
             close: false,
         },
         limit: None,
+        max_frame: 0,
         started: None,
         next_handoff: None,
         memory_start: 0,
@@ -106,6 +127,16 @@ impl HookCall {
     #[inline]
     fn send(&mut self, message: Outgoing) -> Result<(), String> {
         self.reply.send(self.limit, message)
+    }
+
+    /// Takes `framing` for the rest of the connection: later sends of this
+    /// call, and the messages that follow.
+    fn reframe(&mut self, framing: &str) -> Result<(), String> {
+        let framing = framing.parse::<Framing>()?;
+        framing.check_max_frame(self.max_frame)?;
+        self.limit = MessageLimit::of(&framing);
+        self.reply.actions.push(Action::Reframe(framing));
+        Ok(())
     }
 
     fn broadcast(&mut self, message: bytes::Bytes) -> Result<(), String> {
@@ -350,11 +381,13 @@ impl ServerScript {
     pub(crate) fn connection(
         self: &Arc<Self>,
         peer: SocketAddr,
-        limit: Option<MessageLimit>,
+        framing: &Framing,
+        max_frame: usize,
     ) -> ConnectionHooks {
         self.budget.join();
         ConnectionHooks {
-            limit,
+            limit: MessageLimit::of(framing),
+            max_frame,
             kept: 0,
             unmeasured: 0,
             script: self.clone(),
@@ -478,6 +511,17 @@ fn server_engine(
     engine.register_fn("send", |value: Dynamic| -> NativeResult<()> {
         with_current("send()", |call| call.send(Outgoing::from_value(value)))?
             .map_err(|e| Failure::script(format!("send(): {e}")).into())
+    });
+    engine.register_fn("send_raw", |value: Dynamic| -> NativeResult<()> {
+        with_current("send_raw()", |call| {
+            call.reply
+                .actions
+                .push(Action::SendRaw(Outgoing::from_value(value)));
+        })
+    });
+    engine.register_fn("set_framing", |framing: &str| -> NativeResult<()> {
+        with_current("set_framing()", |call| call.reframe(framing))?
+            .map_err(|e| Failure::script(format!("set_framing(): {e}")).into())
     });
     // Rhai's own `sleep` would block the worker thread: these only record
     // the pause, for the connection to wait it out afterwards. A float is
@@ -631,6 +675,8 @@ pub(crate) struct ConnectionHooks {
     /// when the script kept no reference to it.
     spare_text: ImmutableString,
     limit: Option<MessageLimit>,
+    /// `--max-frame`, which a framing set by the script must respect.
+    max_frame: usize,
     /// Bytes this connection's variables held when last measured, and
     /// what its calls have grown (or shrunk) by since.
     kept: usize,
@@ -683,6 +729,7 @@ impl ConnectionHooks {
             std::mem::swap(&mut call.reply.actions, &mut self.spare);
             call.reply.close = false;
             call.limit = self.limit;
+            call.max_frame = self.max_frame;
             call.started = Some(Instant::now());
             call.next_handoff = None;
             call.memory_start = start;
@@ -696,6 +743,8 @@ impl ConnectionHooks {
             call.peer = None;
             (std::mem::take(&mut call.reply), call.limit)
         });
+        // `set_framing` holds for the calls that follow.
+        self.limit = limit;
         self.account_memory(memory::thread_net().wrapping_sub(start));
         let context = || format!("in hook `{hook}` for {}", self.peer);
         let error = match result {
@@ -785,8 +834,8 @@ mod tests {
     #[test]
     fn each_connection_has_its_own_variables() {
         let script = script("let n = 0; fn on_message(m) { n += 1; `${n} ${m}` }");
-        let mut a = script.connection("127.0.0.1:1".parse().unwrap(), None);
-        let mut b = script.connection("127.0.0.1:2".parse().unwrap(), None);
+        let mut a = script.connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20);
+        let mut b = script.connection("127.0.0.1:2".parse().unwrap(), &Framing::Line, 1 << 20);
         assert_eq!(sends(&a.on_message(b"x").unwrap()), vec![b"1 x"]);
         assert_eq!(sends(&a.on_message(b"y").unwrap()), vec![b"2 y"]);
         assert_eq!(sends(&b.on_message(b"z").unwrap()), vec![b"1 z"]);
@@ -797,7 +846,7 @@ mod tests {
         // Message strings are reused between calls: never one a script holds.
         let script =
             script(r#"let last = ""; fn on_message(m) { let prev = last; last = m; prev }"#);
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20);
         let first: &[u8] = b"the first message, long enough to live on the heap";
         c.on_message(first).unwrap();
         let reply = c
@@ -810,7 +859,7 @@ mod tests {
     fn sends_sleeps_and_return_value_keep_their_order() {
         let script = script(r#"fn on_message(m) { send("a"); sleep(5); close(); ["b", (), "c"] }"#);
         let reply = script
-            .connection("127.0.0.1:1".parse().unwrap(), None)
+            .connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20)
             .on_message(b"x")
             .unwrap();
         assert_eq!(
@@ -829,7 +878,7 @@ mod tests {
     fn a_runaway_hook_is_stopped_with_its_name() {
         let script = script_with_max_ops("fn on_message(m) { loop {} }", 10_000);
         let err = script
-            .connection("127.0.0.1:1".parse().unwrap(), None)
+            .connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20)
             .on_message(b"x")
             .unwrap_err()
             .error;
@@ -844,7 +893,7 @@ mod tests {
             "fn on_message(m) { let n = 0; for i in 0..300 { n += i } n }",
             2_000,
         );
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20);
         for _ in 0..20 {
             assert_eq!(sends(&c.on_message(b"x").unwrap()), vec![b"44850"]);
         }
@@ -854,8 +903,8 @@ mod tests {
     fn scripts_on_one_thread_keep_to_their_own_functions() {
         let a = script(r#"fn on_message(m) { helper() } fn helper() { "a" }"#);
         let b = script(r#"fn on_message(m) { helper() } fn helper() { "b" }"#);
-        let mut ca = a.connection("127.0.0.1:1".parse().unwrap(), None);
-        let mut cb = b.connection("127.0.0.1:2".parse().unwrap(), None);
+        let mut ca = a.connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20);
+        let mut cb = b.connection("127.0.0.1:2".parse().unwrap(), &Framing::Line, 1 << 20);
         for _ in 0..3 {
             assert_eq!(sends(&ca.on_message(b"x").unwrap()), vec![b"a"]);
             assert_eq!(sends(&cb.on_message(b"x").unwrap()), vec![b"b"]);
@@ -867,7 +916,7 @@ mod tests {
         let script = script(
             r#"let n = 0; fn on_message(m) { n += 1; if m == "bad" { throw "no" } `${n}` }"#,
         );
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20);
         assert_eq!(sends(&c.on_message(b"ok").unwrap()), vec![b"1"]);
         let text = c.on_message(b"bad").unwrap_err().error.render();
         assert!(text.contains("t.rhai:1:"), "{text}");
@@ -878,7 +927,7 @@ mod tests {
     fn functions_called_by_names_from_peers_do_not_grow_the_cache_without_end() {
         let script =
             script(r#"fn on_message(m) { let r = "none"; try { r = call(Fn(m)); } catch {} r }"#);
-        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut c = script.connection("127.0.0.1:1".parse().unwrap(), &Framing::Line, 1 << 20);
         for i in 0..3 * MAX_CACHED_RESOLUTIONS {
             let name = format!("f{i}");
             assert_eq!(

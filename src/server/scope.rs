@@ -699,8 +699,8 @@ let spare = table;
         let script = Arc::new(script.unwrap());
         let peer = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let (mut a, mut b) = (
-            script.connection(peer(1), None),
-            script.connection(peer(2), None),
+            script.connection(peer(1), &crate::framing::Framing::Line, 1 << 20),
+            script.connection(peer(2), &crate::framing::Framing::Line, 1 << 20),
         );
         let mut out = vec![
             describe(a.on_connect()),
@@ -712,7 +712,7 @@ let spare = table;
             describe(a.on_disconnect()),
             describe(b.on_disconnect()),
         ];
-        let mut c = script.connection(peer(3), None);
+        let mut c = script.connection(peer(3), &crate::framing::Framing::Line, 1 << 20);
         out.push(describe(c.on_message(b"5")));
         out
     }

@@ -461,8 +461,11 @@ fn a_hook_is_checked_too() {
             crate::transcript::Verbosity::Quiet,
         )
         .unwrap();
-        let mut hooks =
-            std::sync::Arc::new(script).connection("127.0.0.1:1".parse().unwrap(), None);
+        let mut hooks = std::sync::Arc::new(script).connection(
+            "127.0.0.1:1".parse().unwrap(),
+            &crate::framing::Framing::Line,
+            1 << 20,
+        );
         hooks.on_message(b"63").unwrap_err().error.render()
     });
     assert!(rendered.contains("script nests too deeply"), "{rendered}");

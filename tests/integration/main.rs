@@ -18,4 +18,5 @@ mod server;
 mod sharing;
 mod shutdown;
 mod stack;
+mod streams;
 mod support;
