@@ -528,7 +528,8 @@ impl Peer {
                 let waited = humantime::format_duration(timeout);
                 Err(match self.pending(missing) {
                     Some(pending) => Failure::expectation(format!(
-                        "timed out after {waited} waiting for {what}: only part of it arrived"
+                        "timed out after {waited} waiting for {what}: only part of {} arrived",
+                        if missing.is_none() { "one" } else { "it" }
                     ))
                     .with_values(what.to_string(), pending),
                     None => {
