@@ -11,6 +11,7 @@ mod isolation;
 mod load;
 mod manual;
 mod memory;
+mod protocols;
 mod record;
 mod runner;
 mod scripts;
