@@ -172,18 +172,61 @@ fn kept_ranges(text: &str, keep: Option<&str>) -> Vec<Range<usize>> {
     ranges
 }
 
+/// Status codes and protocol keywords: a conversation is about them, so a
+/// different one on a replay is a failure, never a value that varied.
+struct ProtocolWords {
+    /// A reply code opening a message (SMTP, FTP): `250 OK`, `250-8BITMIME`.
+    reply_code: Regex,
+    /// An HTTP status line's version and code.
+    status_line: Regex,
+    /// A request line's version.
+    request_version: Regex,
+    /// A word of capitals (`STARTTLS`, `8BITMIME`, `SMTPUTF8`); kept when
+    /// it has at most one digit, as ids and hashes in capitals have more.
+    capitals: Regex,
+}
+
+static PROTOCOL_WORDS: LazyLock<ProtocolWords> = LazyLock::new(|| ProtocolWords {
+    reply_code: anchored("[1-5][0-9]{2}(?:[ -]|$)"),
+    status_line: anchored(r"HTTP/[0-9](?:\.[0-9])? [1-5][0-9]{2}\b"),
+    request_version: Regex::new(r" HTTP/[0-9](?:\.[0-9])?$").expect("built-in pattern"),
+    capitals: Regex::new(r"\b[A-Z0-9]*[A-Z][A-Z0-9]*[A-Z][A-Z0-9]*\b").expect("built-in pattern"),
+});
+
+/// Where `text` holds status codes and keywords to keep literal.
+fn protocol_ranges(text: &str) -> Vec<Range<usize>> {
+    let words = &*PROTOCOL_WORDS;
+    let mut ranges = Vec::new();
+    if words.reply_code.is_match(text) {
+        ranges.push(0..3);
+    }
+    ranges.extend(words.status_line.find(text).map(|m| m.range()));
+    ranges.extend(words.request_version.find(text).map(|m| m.range()));
+    ranges.extend(
+        words
+            .capitals
+            .find_iter(text)
+            .filter(|m| m.as_str().bytes().filter(u8::is_ascii_digit).count() <= 1)
+            .map(|m| m.range()),
+    );
+    ranges
+}
+
 /// A regex (anchored `^…$`) that matches `text` with every variable-looking
 /// value replaced by a pattern for its kind, or `None` when nothing in
 /// `text` looks variable. `keep` is text to leave literal wherever it
-/// appears as whole words (what the client just sent).
+/// appears as whole words (what the client just sent); status codes and
+/// protocol keywords stay literal too.
 pub(crate) fn generalise(text: &str, keep: Option<&str>) -> Option<String> {
     let kept = kept_ranges(text, keep);
+    // Only skipped, never an obstacle: an HTTP date still covers its `GMT`.
+    let protocol = protocol_ranges(text);
     let mut pattern = String::from("^");
     let mut literal_from = 0;
     let mut generalised = false;
     let mut at = 0;
     'scan: while at < text.len() {
-        if let Some(range) = kept.iter().find(|r| r.start == at) {
+        if let Some(range) = kept.iter().chain(&protocol).find(|r| r.start == at) {
             at = range.end;
             continue;
         }
@@ -317,6 +360,32 @@ mod tests {
         assert_eq!(generalise("add 2 3", Some("add 2 3")), None);
         // Only whole words: a sent `1` does not pin the 1 inside 1000.
         assert_eq!(generalise("1 of 1000", Some("1")).unwrap(), r"^1 of \d+$");
+    }
+
+    #[test]
+    fn status_codes_and_keywords_stay_literal() {
+        assert_eq!(general("250 OK"), None);
+        assert_eq!(general("250-8BITMIME"), None);
+        assert_eq!(general("250-SMTPUTF8"), None);
+        assert_eq!(general("250-SIZE 33554432").unwrap(), r"^250-SIZE \d+$");
+        assert_eq!(
+            general("220 mx.local ESMTP 4.2 ready").unwrap(),
+            r"^220 mx\.local ESMTP \d+\.\d+ ready$"
+        );
+        assert_eq!(general("HTTP/1.1 404 Not Found"), None);
+        assert_eq!(
+            general("HTTP/1.0 200 OK, 12 bytes").unwrap(),
+            r"^HTTP/1\.0 200 OK, \d+ bytes$"
+        );
+        assert_eq!(general("GET /index.html HTTP/1.1"), None);
+        assert_eq!(general("+OK"), None);
+        assert_eq!(general("VALUE k 0 5").unwrap(), r"^VALUE k \d+ \d+$");
+        assert_eq!(general("END"), None);
+        // Capitals with many digits are ids, not keywords.
+        assert_eq!(general("ID A7F3K9Q2"), Some(r"^ID [0-9A-Za-z]+$".into()));
+        // Not at the start, or not three digits: a value.
+        assert_eq!(general("took 250 ms").unwrap(), r"^took \d+ ms$");
+        assert_eq!(general("2500 left").unwrap(), r"^\d+ left$");
     }
 
     #[test]
