@@ -141,7 +141,7 @@ pub(crate) fn register(engine: &mut Engine) {
         .register_fn(
             "resp_decode",
             |ctx: NativeCallContext, msg: Dynamic| -> NativeResult<Dynamic> {
-                let bytes = bytes_of(&ctx, "resp_decode", msg)?;
+                let bytes = bytes_of("resp_decode", msg)?;
                 // The count comes from a pass over the headers alone, so a
                 // reply of a million empty values is refused before a
                 // million values are built.
@@ -156,20 +156,14 @@ pub(crate) fn register(engine: &mut Engine) {
                 resp::decode(&bytes).map_err(|e| peer("resp_decode", &e))
             },
         )
-        .register_fn(
-            "http_parse",
-            |ctx: NativeCallContext, msg: Dynamic| -> NativeResult<Map> {
-                let bytes = bytes_of(&ctx, "http_parse", msg)?;
-                http::parse_request(&bytes).map_err(|e| peer("http_parse", &e))
-            },
-        )
-        .register_fn(
-            "http_parse_response",
-            |ctx: NativeCallContext, msg: Dynamic| -> NativeResult<Map> {
-                let bytes = bytes_of(&ctx, "http_parse_response", msg)?;
-                http::parse_response(&bytes).map_err(|e| peer("http_parse_response", &e))
-            },
-        )
+        .register_fn("http_parse", |msg: Dynamic| -> NativeResult<Map> {
+            let bytes = bytes_of("http_parse", msg)?;
+            http::parse_request(&bytes).map_err(|e| peer("http_parse", &e))
+        })
+        .register_fn("http_parse_response", |msg: Dynamic| -> NativeResult<Map> {
+            let bytes = bytes_of("http_parse_response", msg)?;
+            http::parse_response(&bytes).map_err(|e| peer("http_parse_response", &e))
+        })
         .register_fn("http_response", |status: INT| -> NativeResult<Blob> {
             http_response(status, &Map::new(), Dynamic::from(""))
         })
@@ -210,13 +204,10 @@ pub(crate) fn register(engine: &mut Engine) {
                 smtp_reply(code, &lines)
             },
         )
-        .register_fn(
-            "smtp_parse",
-            |ctx: NativeCallContext, msg: Dynamic| -> NativeResult<Map> {
-                let bytes = bytes_of(&ctx, "smtp_parse", msg)?;
-                smtp::parse_reply(&bytes).map_err(|e| peer("smtp_parse", &e))
-            },
-        );
+        .register_fn("smtp_parse", |msg: Dynamic| -> NativeResult<Map> {
+            let bytes = bytes_of("smtp_parse", msg)?;
+            smtp::parse_reply(&bytes).map_err(|e| peer("smtp_parse", &e))
+        });
 }
 
 /// A peer's bytes that do not parse: a wrong reply, like a failed `expect`.
@@ -229,12 +220,12 @@ fn script(function: &str, error: &ProtocolError) -> Box<rhai::EvalAltResult> {
     Failure::script(format!("{function}(): {error}")).into()
 }
 
-/// A message as bytes: a string or a blob, as `recv()` gives them.
-fn bytes_of(ctx: &NativeCallContext, function: &str, msg: Dynamic) -> NativeResult<Blob> {
+/// A message as bytes, a string or a blob as `recv()` gives them, without
+/// copying: messages may be megabytes.
+fn bytes_of(function: &str, msg: Dynamic) -> NativeResult<bytes::Bytes> {
     if msg.is_string() || msg.is_blob() {
-        return Ok(message::to_bytes(msg).to_vec());
+        return Ok(message::to_bytes(msg));
     }
-    let _ = ctx;
     Err(Failure::script(format!(
         "{function}(): expects a message (a string or a blob), not {}",
         msg.type_name()
@@ -392,6 +383,74 @@ mod tests {
             ),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn hostile_messages_fail_as_wrong_replies() {
+        let engine = engine();
+        for (msg, message) in [
+            (
+                "*1\r\n".repeat(100_000),
+                "resp_decode(): RESP: arrays nested more than 64 deep",
+            ),
+            (
+                "$99999999999\r\nab".to_string(),
+                "resp_decode(): RESP: incomplete message: 16 bytes, and more were announced",
+            ),
+        ] {
+            let mut scope = Scope::new();
+            scope.push("msg", msg);
+            let error = engine
+                .eval_with_scope::<rhai::Dynamic>(&mut scope, "resp_decode(msg)")
+                .expect_err(message);
+            match *error {
+                EvalAltResult::ErrorRuntime(value, _) => {
+                    let failure = value.cast::<Failure>();
+                    assert_eq!(failure.kind, FailureKind::Expectation);
+                    assert_eq!(failure.message, message);
+                }
+                other => panic!("{other}"),
+            }
+        }
+        let mut scope = Scope::new();
+        scope.push(
+            "msg",
+            format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(70_000)),
+        );
+        let error = engine
+            .eval_with_scope::<rhai::Dynamic>(&mut scope, "http_parse(msg)")
+            .expect_err("long head");
+        assert!(error.to_string().contains("Failure"), "{error}");
+    }
+
+    #[test]
+    fn a_binary_body_goes_through_exactly() {
+        let mut scope = Scope::new();
+        // Under the engine's blob limit of 100,000 items, which is not
+        // this module's to lift.
+        let body: Vec<u8> = (0..=255).cycle().take(90_000).collect();
+        scope.push("body", body.clone());
+        let back = engine()
+            .eval_with_scope::<rhai::Blob>(
+                &mut scope,
+                r#"let r = http_parse_response(http_response(200, #{"Content-Type": "application/octet-stream"}, body));
+                   assert(r.headers["content-length"] == "90000");
+                   r.body"#,
+            )
+            .unwrap();
+        assert_eq!(back, body);
+        assert_eq!(
+            eval::<String>(
+                r#"let r = http_parse("GET / HTTP/1.1\r\nHOST: h\r\n\r\n"); r.headers.host"#
+            ),
+            "h"
+        );
+        let (kind, message) = failure(r#"resp_reply(#{a: 1})"#);
+        assert_eq!(kind, FailureKind::Script);
+        assert_eq!(
+            message,
+            "resp_reply(): RESP: item 0 is a map other than #{simple: text} or #{error: text}, which has no RESP form here"
+        );
     }
 
     #[test]
