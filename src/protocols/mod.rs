@@ -29,7 +29,7 @@ pub(crate) enum ProtocolError {
         size: usize,
         max: usize,
     },
-    #[error("{protocol}: incomplete message: {have} bytes, and more were announced")]
+    #[error("{protocol}: the message does not end within its {have} bytes")]
     Incomplete { protocol: &'static str, have: usize },
     #[error("{protocol}: {extra} bytes after the end of the message: {near}")]
     Trailing {
@@ -126,6 +126,13 @@ fn whole(protocol: &'static str, bytes: &[u8], len: Option<usize>) -> Result<(),
 }
 
 /// The script functions: pure, so the same in client and server scripts.
+///
+/// ```text
+/// send_raw(resp(["SET", "k", blob]));          resp_decode(msg)  // "OK", 42, (), [..], #{error}
+/// send_raw(http_request("GET", "/", "host"));  http_parse_response(msg).status
+/// let req = http_parse(msg);                   send_raw(http_response(200, #{"X": 1}, body))
+/// send(smtp_reply(250, ["mx", "8BITMIME"]));   smtp_parse(msg).lines
+/// ```
 pub(crate) fn register(engine: &mut Engine) {
     engine
         .register_fn("resp", |args: Array| -> NativeResult<Blob> {
@@ -239,7 +246,7 @@ fn status_code(function: &str, status: INT) -> NativeResult<INT> {
         return Ok(status);
     }
     Err(Failure::script(format!(
-        "{function}(): status {status} is not a three-digit code (100 to 999)"
+        "{function}(): {status} is not a three-digit code (100 to 999)"
     ))
     .into())
 }
@@ -346,7 +353,7 @@ mod tests {
         assert_eq!(kind, FailureKind::Expectation);
         assert_eq!(
             message,
-            "resp_decode(): RESP: incomplete message: 6 bytes, and more were announced"
+            "resp_decode(): RESP: the message does not end within its 6 bytes"
         );
         let (kind, message) = failure(r#"resp_decode(":1\r\n:2\r\n")"#);
         assert_eq!(kind, FailureKind::Expectation);
@@ -395,7 +402,7 @@ mod tests {
             ),
             (
                 "$99999999999\r\nab".to_string(),
-                "resp_decode(): RESP: incomplete message: 16 bytes, and more were announced",
+                "resp_decode(): RESP: the message does not end within its 16 bytes",
             ),
         ] {
             let mut scope = Scope::new();
@@ -481,7 +488,7 @@ mod tests {
         assert_eq!(kind, FailureKind::Script);
         assert_eq!(
             message,
-            "http_response(): status 42 is not a three-digit code (100 to 999)"
+            "http_response(): 42 is not a three-digit code (100 to 999)"
         );
         let (kind, _) = failure(r#"http_request("GET", "/a b", "h")"#);
         assert_eq!(kind, FailureKind::Script);
@@ -489,7 +496,7 @@ mod tests {
         assert_eq!(kind, FailureKind::Expectation);
         assert_eq!(
             message,
-            "http_parse(): HTTP: incomplete message: 16 bytes, and more were announced"
+            "http_parse(): HTTP: the message does not end within its 16 bytes"
         );
     }
 
