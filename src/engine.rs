@@ -287,6 +287,7 @@ pub(crate) fn new_engine(limits: &Limits, params: Params, script_dir: Option<&Pa
     });
     register_common(&mut engine, params);
     crate::builtins::register(&mut engine);
+    crate::protocols::register(&mut engine);
     engine
 }
 
