@@ -10,6 +10,8 @@ use std::str::FromStr;
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::protocols::{ProtocolError, http, resp};
+
 /// How the byte stream is cut into messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -25,6 +27,11 @@ pub(crate) enum Framing {
     /// blocks of protocols that announce a size first (memcached, RESP).
     /// Sends add nothing.
     Fixed(usize),
+    /// One whole RESP (Redis) value, nested arrays and all; sends add nothing.
+    Resp,
+    /// One whole HTTP/1.1 request or response, head and body (by
+    /// Content-Length, chunked, or to the close); sends add nothing.
+    Http,
 }
 
 /// Width of a length prefix.
@@ -71,6 +78,8 @@ pub(crate) enum FrameError {
     Truncated { pending: usize },
     #[error("message of {size} bytes does not fit a {width}-byte length prefix")]
     TooLongForPrefix { size: usize, width: usize },
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
 }
 
 impl FromStr for Framing {
@@ -83,6 +92,8 @@ impl FromStr for Framing {
         };
         match (kind, rest) {
             ("line", None) => Ok(Framing::Line),
+            ("resp", None) => Ok(Framing::Resp),
+            ("http", None) => Ok(Framing::Http),
             ("raw", None) => Ok(Framing::Raw),
             ("delim", Some(seq)) => {
                 let delimiter = unescape(seq)?;
@@ -121,7 +132,7 @@ impl FromStr for Framing {
                 Err(_) => Err(format!("`{text}` needs a size in bytes, e.g. bytes:16")),
             },
             _ => Err(format!(
-                "unknown framing `{text}`: use line, raw, delim:SEQ, len:u8|u16|u32[:be|le] or bytes:N"
+                "unknown framing `{text}`: use line, raw, delim:SEQ, len:u8|u16|u32[:be|le], bytes:N, resp or http"
             )),
         }
     }
@@ -142,6 +153,8 @@ impl fmt::Display for Framing {
                 write!(f, "len:{width}:{}", if *big_endian { "be" } else { "le" })
             }
             Framing::Fixed(size) => write!(f, "bytes:{size}"),
+            Framing::Resp => f.write_str("resp"),
+            Framing::Http => f.write_str("http"),
         }
     }
 }
@@ -375,6 +388,8 @@ impl Decoder {
                 check_size(*size, self.max_frame)?;
                 Ok((buf.len() >= *size).then(|| Frame::whole(*size)))
             }
+            Framing::Resp => Ok(resp::frame_len(buf, self.max_frame)?.map(Frame::whole)),
+            Framing::Http => Ok(http_len(buf, false, self.max_frame)?.map(Frame::whole)),
         }
     }
 
@@ -396,12 +411,29 @@ impl Decoder {
                 Ok(Some(frame))
             }
             Framing::Delim(_) | Framing::Raw => Ok(Some(Frame::whole(buf.len()))),
-            Framing::Len { .. } | Framing::Fixed(_) => {
+            // A response without a length ends with the close.
+            Framing::Http if http_len(buf, true, self.max_frame)?.is_some() => {
+                Ok(Some(Frame::whole(buf.len())))
+            }
+            Framing::Len { .. } | Framing::Fixed(_) | Framing::Resp | Framing::Http => {
                 let pending = buf.len();
                 buf.clear();
                 Err(FrameError::Truncated { pending })
             }
         }
+    }
+}
+
+/// The length of the HTTP message at the front of `buf`: a response if it
+/// starts like one, else a request, so one framing serves both roles.
+fn http_len(buf: &[u8], eof: bool, max: usize) -> Result<Option<usize>, ProtocolError> {
+    if buf.starts_with(b"HTTP/") {
+        http::response_len(buf, eof, max, false)
+    } else if b"HTTP/".starts_with(&buf[..buf.len().min(5)]) && !eof {
+        // Too little to tell yet.
+        Ok(None)
+    } else {
+        http::request_len(buf, max)
     }
 }
 
@@ -477,8 +509,8 @@ pub(crate) fn encode(
             }
             out.extend_from_slice(message);
         }
-        // A fixed size says how much to read; what we send is up to us.
-        Framing::Fixed(_) => out.extend_from_slice(message),
+        // These say how much to read; a send is already whole.
+        Framing::Fixed(_) | Framing::Resp | Framing::Http => out.extend_from_slice(message),
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::error::Error;
 use crate::framing::{self, Decoder, FrameError, Framing};
 use crate::net::resolve;
+use crate::protocols::ProtocolError;
 
 /// Bytes asked for per read. With `raw` framing this is the largest
 /// message one read can deliver (the tutorial reads 1024).
@@ -166,6 +167,23 @@ impl FrameReader {
                 value: groups,
                 consumed: whole.end(),
             })
+        })
+    }
+
+    /// One whole message of a protocol, its length told by `len` from the
+    /// bytes at the front (and whether the peer has closed).
+    pub(crate) fn parsed(
+        &mut self,
+        stream: &TcpStream,
+        timeout: Duration,
+        mut len: impl FnMut(&[u8], bool) -> Result<Option<usize>, ProtocolError>,
+    ) -> Result<Received, RecvError> {
+        self.read(stream, Some(timeout), |decoder, buf, eof| {
+            let Some(n) = len(buf, eof).map_err(FrameError::from)? else {
+                return Ok(None);
+            };
+            decoder.reset();
+            Ok(Some(buf.split_to(n).freeze()))
         })
     }
 
@@ -378,6 +396,19 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Received, RecvError> {
         self.reader.until(&self.stream, seq, timeout)
+    }
+
+    /// One whole protocol message, as `len` measures it.
+    pub(crate) fn recv_parsed(
+        &mut self,
+        timeout: Duration,
+        len: impl FnMut(&[u8], bool) -> Result<Option<usize>, ProtocolError>,
+    ) -> Result<Received, RecvError> {
+        self.reader.parsed(&self.stream, timeout, len)
+    }
+
+    pub(crate) fn max_frame(&self) -> usize {
+        self.reader.max_frame
     }
 
     /// The bytes through the first match of `regex`, and where its groups

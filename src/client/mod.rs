@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use regex::bytes::Regex;
-use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FLOAT, INT, NativeCallContext, Position};
+use rhai::{
+    Array, Blob, Dynamic, Engine, EvalAltResult, FLOAT, INT, Map, NativeCallContext, Position,
+};
 use serde_json::{Value, json};
 
 use crate::client::connection::{Connection, RETRY_PAUSE, Received, RecvError};
@@ -24,6 +26,7 @@ use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Sc
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message;
+use crate::protocols::{self, ProtocolError, http, resp, smtp};
 use crate::report::events::{TestEvents, message_fields};
 use crate::transcript::{Direction, Transcript, Verbosity};
 
@@ -362,6 +365,8 @@ impl Conversation {
         );
         Ok(PeerState {
             connection: Some(connection),
+            addr: Arc::from(addr),
+            head_sent: false,
             label: (number > 1).then(|| Arc::from(format!("#{number}"))),
             number,
         })
@@ -411,6 +416,10 @@ pub(crate) struct Peer {
 struct PeerState {
     /// `None` once the script called `close()`.
     connection: Option<Connection>,
+    /// The address as the script or `--connect` gave it: an HTTP request's Host.
+    addr: Arc<str>,
+    /// The last request `send_http` sent was a HEAD: its reply has no body.
+    head_sent: bool,
     /// `#2`, `#3`... in the transcript; the default connection has none.
     label: Option<Arc<str>>,
     number: usize,
@@ -420,6 +429,8 @@ impl PeerState {
     fn closed() -> Self {
         PeerState {
             connection: None,
+            addr: Arc::from(""),
+            head_sent: false,
             label: None,
             number: 0,
         }
@@ -559,6 +570,8 @@ impl Peer {
                 "of a length-prefixed frame not yet complete".to_string()
             }
             (None, framing @ Framing::Fixed(_)) => format!("of a {framing} message"),
+            (None, Framing::Resp) => "of a RESP value not yet complete".to_string(),
+            (None, Framing::Http) => "of an HTTP message not yet complete".to_string(),
             (None, Framing::Raw) => "not yet delivered".to_string(),
         };
         let head = message::head(pending, PENDING_SHOWN);
@@ -719,6 +732,66 @@ impl Peer {
             .collect())
     }
 
+    /// One whole message of a protocol, measured by `len` from the bytes
+    /// at the front (with --max-frame, and whether the peer closed).
+    fn recv_protocol(
+        &mut self,
+        ms: Option<INT>,
+        what: &str,
+        len: impl Fn(&[u8], bool, usize) -> Result<Option<usize>, ProtocolError>,
+    ) -> NativeResult<Bytes> {
+        let timeout = self.timeout(ms);
+        let missing = format!("of {what} not yet complete");
+        self.expect_with(
+            timeout,
+            what,
+            Some(&missing),
+            |c, wait| {
+                let max = c.max_frame();
+                c.recv_parsed(wait, |buf, eof| len(buf, eof, max))
+            },
+            |m| m,
+        )
+    }
+
+    fn recv_resp(&mut self, ctx: &NativeCallContext, ms: Option<INT>) -> NativeResult<Dynamic> {
+        let bytes =
+            self.recv_protocol(ms, "a RESP value", |buf, _, max| resp::frame_len(buf, max))?;
+        protocols::decode_resp("recv_resp", ctx, &bytes)
+    }
+
+    fn recv_smtp(&mut self, ms: Option<INT>) -> NativeResult<Map> {
+        let bytes =
+            self.recv_protocol(ms, "an SMTP reply", |buf, _, max| smtp::reply_len(buf, max))?;
+        smtp::parse_reply(&bytes).map_err(|e| protocols::peer("recv_smtp", &e))
+    }
+
+    fn recv_http(&mut self, ms: Option<INT>) -> NativeResult<Map> {
+        let head = std::mem::take(&mut lock(&self.state).head_sent);
+        let bytes = self.recv_protocol(ms, "an HTTP response", |buf, eof, max| {
+            http::response_len(buf, eof, max, head)
+        })?;
+        http::parse_response(&bytes).map_err(|e| protocols::peer("recv_http", &e))
+    }
+
+    /// A request with Host (the address connected to) and Content-Length
+    /// filled in, unless `headers` has them.
+    fn send_http(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &Map,
+        body: Dynamic,
+    ) -> NativeResult<()> {
+        let host = {
+            let mut state = lock(&self.state);
+            state.head_sent = method.eq_ignore_ascii_case("HEAD");
+            state.addr.clone()
+        };
+        let request = protocols::http_request(method, path, &host, headers, body)?;
+        self.send_raw(Dynamic::from_blob(request))
+    }
+
     fn expect_close(
         &mut self,
         ctx: &NativeCallContext,
@@ -840,6 +913,28 @@ fn register(engine: &mut Engine, current: &Slot) {
         .expect_close(&ctx, None));
     conversation_fn!(engine, default, "expect_close", ctx ctx, |p, ms: INT| p
         .expect_close(&ctx, Some(millis(ms))));
+    conversation_fn!(engine, default, "recv_resp", ctx ctx, |p| p.recv_resp(&ctx, None));
+    conversation_fn!(engine, default, "recv_resp", ctx ctx, |p, ms: INT| p
+        .recv_resp(&ctx, Some(ms)));
+    conversation_fn!(engine, default, "recv_smtp", |p| p.recv_smtp(None));
+    conversation_fn!(engine, default, "recv_smtp", |p, ms: INT| p
+        .recv_smtp(Some(ms)));
+    conversation_fn!(engine, default, "recv_http", |p| p.recv_http(None));
+    conversation_fn!(engine, default, "recv_http", |p, ms: INT| p
+        .recv_http(Some(ms)));
+    conversation_fn!(
+        engine,
+        default,
+        "send_http",
+        |p, method: &str, path: &str| p.send_http(method, path, &Map::new(), Dynamic::from(""))
+    );
+    conversation_fn!(
+        engine,
+        default,
+        "send_http",
+        |p, method: &str, path: &str, headers: Map, body: Dynamic| p
+            .send_http(method, path, &headers, body)
+    );
     conversation_fn!(engine, default, "close", |p| {
         p.close();
         NativeResult::Ok(())

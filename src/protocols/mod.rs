@@ -149,18 +149,7 @@ pub(crate) fn register(engine: &mut Engine) {
             "resp_decode",
             |ctx: NativeCallContext, msg: Dynamic| -> NativeResult<Dynamic> {
                 let bytes = bytes_of("resp_decode", msg)?;
-                // The count comes from a pass over the headers alone, so a
-                // reply of a million empty values is refused before a
-                // million values are built.
-                let values = resp::count_values(&bytes).map_err(|e| peer("resp_decode", &e))?;
-                let limit = ctx.engine().max_array_size();
-                if limit > 0 && values > limit {
-                    return Err(Failure::script(format!(
-                        "resp_decode(): {values} values is more than the array limit of {limit}"
-                    ))
-                    .into());
-                }
-                resp::decode(&bytes).map_err(|e| peer("resp_decode", &e))
+                decode_resp("resp_decode", &ctx, &bytes)
             },
         )
         .register_fn("http_parse", |msg: Dynamic| -> NativeResult<Map> {
@@ -217,8 +206,27 @@ pub(crate) fn register(engine: &mut Engine) {
         });
 }
 
+/// A whole RESP value for a script. The count comes from a pass over the
+/// headers alone, so a reply of a million empty values is refused before a
+/// million values are built.
+pub(crate) fn decode_resp(
+    function: &str,
+    ctx: &NativeCallContext,
+    bytes: &[u8],
+) -> NativeResult<Dynamic> {
+    let values = resp::count_values(bytes).map_err(|e| peer(function, &e))?;
+    let limit = ctx.engine().max_array_size();
+    if limit > 0 && values > limit {
+        return Err(Failure::script(format!(
+            "{function}(): {values} values is more than the array limit of {limit}"
+        ))
+        .into());
+    }
+    resp::decode(bytes).map_err(|e| peer(function, &e))
+}
+
 /// A peer's bytes that do not parse: a wrong reply, like a failed `expect`.
-fn peer(function: &str, error: &ProtocolError) -> Box<rhai::EvalAltResult> {
+pub(crate) fn peer(function: &str, error: &ProtocolError) -> Box<rhai::EvalAltResult> {
     Failure::expectation(format!("{function}(): {error}")).into()
 }
 
@@ -260,7 +268,7 @@ fn http_response(status: INT, headers: &Map, body: Dynamic) -> NativeResult<Blob
     ))
 }
 
-fn http_request(
+pub(crate) fn http_request(
     method: &str,
     path: &str,
     host: &str,
