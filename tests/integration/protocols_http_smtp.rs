@@ -124,7 +124,11 @@ fn curl_echoes(size: usize) {
         output.to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&curl.stderr);
-    assert!(curl.status.success(), "curl: {stderr}\nmock: {}", server.stderr());
+    assert!(
+        curl.status.success(),
+        "curl: {stderr}\nmock: {}",
+        server.stderr()
+    );
     assert!(!stderr.contains("Excess"), "{stderr}");
     let got = std::fs::read(&output).unwrap();
     assert_eq!(got.len(), sent.len());
@@ -185,7 +189,14 @@ fn curl_reuses_one_connection_to_the_mock_for_two_urls() {
 fn smtp_conversation_against_aiosmtpd() {
     let port = closed_port();
     let mut command = Command::new("python3");
-    command.args(["-u", "-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+    command.args([
+        "-u",
+        "-m",
+        "aiosmtpd",
+        "-n",
+        "-l",
+        &format!("127.0.0.1:{port}"),
+    ]);
     let server = Running::start(command, None);
     tcpscript()
         .args([
@@ -200,7 +211,10 @@ fn smtp_conversation_against_aiosmtpd() {
         .success();
     // aiosmtpd printed the message it accepted, the dot-stuffing undone.
     let printed = server.wait_stdout("END MESSAGE");
-    assert!(printed.contains("Subject: tcpscript says hello"), "{printed}");
+    assert!(
+        printed.contains("Subject: tcpscript says hello"),
+        "{printed}"
+    );
     assert!(
         printed.contains("\nHello Bob,\n.a line that starts with a dot\n"),
         "{printed}"
