@@ -12,6 +12,7 @@ mod load;
 mod manual;
 mod memory;
 mod protocols;
+mod protocols_http_smtp;
 mod record;
 mod runner;
 mod scripts;

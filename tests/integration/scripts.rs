@@ -114,7 +114,13 @@ fn tutorial_server_answers_nc_style_lines_and_raw_messages_in_kind() {
 
 #[test]
 fn every_shipped_script_compiles_and_is_run_by_this_file() {
-    let this_file = include_str!("scripts.rs");
+    // The protocol scripts run against real peers, in their own files.
+    let this_file = [
+        include_str!("scripts.rs"),
+        include_str!("protocols.rs"),
+        include_str!("protocols_http_smtp.rs"),
+    ]
+    .concat();
     let mut names = Vec::new();
     for entry in std::fs::read_dir(repo_path("scripts")).unwrap() {
         let path = entry.unwrap().path();
