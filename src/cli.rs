@@ -286,7 +286,7 @@ impl Command {
 
 fn run_server(args: ServerArgs) -> Result<(), Error> {
     let verbosity = args.common.verbosity();
-    let limits = args.limits.limits();
+    let limits = args.limits.limits().with_max_frame(args.common.max_frame);
     let script = match (&args.script, args.echo) {
         (Some(path), _) => ServerScript::load(
             path,
@@ -348,7 +348,8 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         limits: Limits {
             max_operations: args.max_ops,
             ..Limits::default()
-        },
+        }
+        .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
     };
     let until = match (args.duration, args.iterations) {
@@ -408,7 +409,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 
 fn run_test(args: TestArgs) -> Result<(), Error> {
     let verbosity = args.common.verbosity();
-    let limits = args.limits.limits();
+    let limits = args.limits.limits().with_max_frame(args.common.max_frame);
     runner::run(TestOptions {
         clients: args.clients,
         client: ClientOptions {
@@ -420,7 +421,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             max_frame: args.common.max_frame,
             params: args.common.params(),
             verbosity,
-            limits: Limits::default(),
+            limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
         },
         server: args.server.map(|path| {

@@ -30,7 +30,8 @@ pub fn calc_array_sizes(array: &crate::Array) -> (usize, usize, usize) {
                 mx += m;
                 sx += s;
             }
-            Union::Blob(ref a, ..) => ax += 1 + a.len(),
+            // tcpscript: a blob's bytes count as bytes, with strings'.
+            Union::Blob(ref a, ..) => sx += a.len(),
             #[cfg(not(feature = "no_object"))]
             Union::Map(ref m, ..) => {
                 let (a, m, s) = calc_map_sizes(m);
@@ -73,7 +74,8 @@ pub fn calc_map_sizes(map: &crate::Map) -> (usize, usize, usize) {
                 sx += s;
             }
             #[cfg(not(feature = "no_index"))]
-            Union::Blob(ref a, ..) => ax += 1 + a.len(),
+            // tcpscript: a blob's bytes count as bytes, with strings'.
+            Union::Blob(ref a, ..) => sx += a.len(),
             Union::Map(ref m, ..) => {
                 let (a, m, s) = calc_map_sizes(m);
                 ax += a;
@@ -105,7 +107,8 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
         #[cfg(not(feature = "no_index"))]
         Union::Array(ref arr, ..) => calc_array_sizes(arr),
         #[cfg(not(feature = "no_index"))]
-        Union::Blob(ref blob, ..) => (blob.len(), 0, 0),
+        // tcpscript: a blob's bytes count as bytes, with strings'.
+        Union::Blob(ref blob, ..) => (0, 0, blob.len()),
         #[cfg(not(feature = "no_object"))]
         Union::Map(ref map, ..) => calc_map_sizes(map),
         Union::Str(ref s, ..) => (0, 0, s.len()),

@@ -80,6 +80,17 @@ fn is_numeric(typ: TypeId) -> bool {
     false
 }
 
+/// tcpscript: joined bytes of a string and a blob, as a string when they
+/// are UTF-8 and as a blob otherwise, so that no byte becomes U+FFFD.
+#[cfg(not(feature = "no_index"))]
+#[must_use]
+pub(crate) fn text_or_blob(bytes: crate::Blob) -> Dynamic {
+    match String::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(err) => Dynamic::from_blob(err.into_bytes()),
+    }
+}
+
 /// Build in common binary operator implementations to avoid the cost of calling a registered function.
 ///
 /// The return function will be registered as a _method_, so the first parameter cannot be consumed.
@@ -437,7 +448,7 @@ pub fn get_builtin_binary_op_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Option<
                         #[cfg(not(feature = "unchecked"))]
                         _ctx.unwrap()
                             .engine()
-                            .throw_on_size((b1.len() + b2.len(), 0, 0))?;
+                            .throw_on_size((0, 0, b1.len() + b2.len()))?; // tcpscript: bytes
 
                         let mut blob = b1.clone();
                         blob.extend(b2);
@@ -630,7 +641,7 @@ pub fn get_builtin_binary_op_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Option<
                         #[cfg(not(feature = "unchecked"))]
                         _ctx.unwrap()
                             .engine()
-                            .throw_on_size((blob.len() + x.len(), 0, 0))?;
+                            .throw_on_size((0, 0, blob.len() + x.len()))?; // tcpscript: bytes
 
                         blob.extend(x.as_bytes());
                         Ok(Dynamic::from_blob(blob))
@@ -970,7 +981,7 @@ pub fn get_builtin_op_assignment_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Opt
                     #[cfg(not(feature = "unchecked"))]
                     _ctx.unwrap()
                         .engine()
-                        .throw_on_size((blob1.len() + blob2.len(), 0, 0))?;
+                        .throw_on_size((0, 0, blob1.len() + blob2.len()))?; // tcpscript: bytes
 
                     append(blob1, blob2);
 
@@ -1089,7 +1100,7 @@ pub fn get_builtin_op_assignment_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Opt
                     #[cfg(not(feature = "unchecked"))]
                     _ctx.unwrap()
                         .engine()
-                        .throw_on_size((blob.len() + 1, 0, 0))?;
+                        .throw_on_size((0, 0, blob.len() + 1))?; // tcpscript: bytes
 
                     push(blob, x);
 
@@ -1113,7 +1124,7 @@ pub fn get_builtin_op_assignment_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Opt
                     #[cfg(not(feature = "unchecked"))]
                     _ctx.unwrap()
                         .engine()
-                        .throw_on_size((blob.len() + 1, 0, 0))?;
+                        .throw_on_size((0, 0, blob.len() + 1))?; // tcpscript: bytes
 
                     append_char(blob, x);
 
@@ -1142,7 +1153,7 @@ pub fn get_builtin_op_assignment_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Opt
                     #[cfg(not(feature = "unchecked"))]
                     _ctx.unwrap()
                         .engine()
-                        .throw_on_size((blob.len() + s.len(), 0, 0))?;
+                        .throw_on_size((0, 0, blob.len() + s.len()))?; // tcpscript: bytes
 
                     append_str(blob, s);
 
@@ -1151,6 +1162,38 @@ pub fn get_builtin_op_assignment_fn(op: &Token, x: &Dynamic, y: &Dynamic) -> Opt
                 CHECKED_BUILD,
             ))
         }
+
+        // tcpscript: string += blob keeps every byte, the variable becoming
+        // a blob when they are not UTF-8, as `char += string` makes a string.
+        #[cfg(not(feature = "no_index"))]
+        (Union::Str(..), Union::Blob(..), PlusAssign) => Some((
+            |_ctx, args| {
+                let joined = {
+                    let blob = &*args[1].as_blob_ref().unwrap();
+
+                    if blob.is_empty() {
+                        return Ok(Dynamic::UNIT);
+                    }
+
+                    let s = &*args[0].as_immutable_string_ref().unwrap();
+
+                    #[cfg(not(feature = "unchecked"))]
+                    _ctx.unwrap()
+                        .engine()
+                        .throw_on_size((0, 0, s.len() + blob.len()))?;
+
+                    let mut bytes = Vec::with_capacity(s.len() + blob.len());
+                    bytes.extend_from_slice(s.as_bytes());
+                    bytes.extend_from_slice(blob);
+                    text_or_blob(bytes)
+                };
+
+                *args[0].write_lock::<Dynamic>().unwrap() = joined;
+
+                Ok(Dynamic::UNIT)
+            },
+            CHECKED_BUILD,
+        )),
 
         _ => None,
     }

@@ -83,7 +83,7 @@ pub mod blob_functions {
 
         // Check if blob will be over max size limit
         #[cfg(not(feature = "unchecked"))]
-        _ctx.engine().throw_on_size((len, 0, 0))?;
+        _ctx.engine().throw_on_size((0, 0, len))?; // tcpscript: bytes
 
         let byte = u8::try_from(value & 0x00ff).unwrap();
         Ok(vec![byte; len])
@@ -370,7 +370,8 @@ pub mod blob_functions {
 
         // Check if blob will be over max size limit
         #[cfg(not(feature = "unchecked"))]
-        if _ctx.engine().max_array_size() > 0 && len > _ctx.engine().max_array_size() {
+        // tcpscript: bytes, measured against the string limit
+        if _ctx.engine().max_string_size() > 0 && len > _ctx.engine().max_string_size() {
             return Err(crate::ERR::ErrorDataTooLarge(
                 "Size of BLOB".to_string(),
                 crate::Position::NONE,

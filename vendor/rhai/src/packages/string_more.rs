@@ -114,48 +114,47 @@ mod string_functions {
     pub mod blob_functions {
         use crate::Blob;
 
+        // tcpscript: string + blob keeps every byte: a string when the
+        // bytes are UTF-8, else a blob (upstream replaced them with U+FFFD).
         #[rhai_fn(name = "+")]
-        pub fn add_append(string: ImmutableString, utf8: Blob) -> ImmutableString {
+        pub fn add_append(string: ImmutableString, utf8: Blob) -> Dynamic {
             if utf8.is_empty() {
-                return string;
+                return string.into();
             }
-
-            let s = String::from_utf8_lossy(&utf8);
-
-            if string.is_empty() {
-                match s {
-                    std::borrow::Cow::Borrowed(_) => String::from_utf8(utf8).unwrap().into(),
-                    std::borrow::Cow::Owned(_) => s.into_owned().into(),
-                }
-            } else {
-                let mut x = string.into_owned();
-                x += s.as_ref();
-                x.into()
-            }
+            let mut bytes = Vec::with_capacity(string.len() + utf8.len());
+            bytes.extend_from_slice(string.as_bytes());
+            bytes.extend_from_slice(&utf8);
+            crate::func::builtin::text_or_blob(bytes)
         }
-        #[rhai_fn(name = "+=", name = "append")]
-        pub fn add(string: &mut ImmutableString, utf8: Blob) {
+        // tcpscript: a string cannot hold bytes that are not UTF-8, so they
+        // are refused instead of replaced; `+=` makes the string a blob
+        // instead (a built-in in `func/builtin.rs`, tried first).
+        #[rhai_fn(name = "+=", name = "append", return_raw)]
+        pub fn add(string: &mut ImmutableString, utf8: Blob) -> RhaiResultOf<()> {
             if utf8.is_empty() {
-                return;
+                return Ok(());
             }
-
-            let mut s = <ImmutableString as AsRef<SmartString>>::as_ref(string).clone();
-            s.push_str(&String::from_utf8_lossy(&utf8));
-            *string = s.into();
-        }
-        #[rhai_fn(name = "+")]
-        pub fn add_prepend(utf8: Blob, string: &str) -> ImmutableString {
-            let s = String::from_utf8_lossy(&utf8);
-            let mut s = match s {
-                std::borrow::Cow::Borrowed(_) => String::from_utf8(utf8).unwrap(),
-                std::borrow::Cow::Owned(_) => s.into_owned(),
+            let Ok(text) = std::str::from_utf8(&utf8) else {
+                return Err(crate::ERR::ErrorMismatchDataType(
+                    String::new(),
+                    "a blob that is not UTF-8, which a string cannot hold (`+` or `+=` gives a blob)"
+                        .to_string(),
+                    crate::Position::NONE,
+                )
+                .into());
             };
 
-            if !string.is_empty() {
-                s += string;
-            }
-
-            s.into()
+            let mut s = <ImmutableString as AsRef<SmartString>>::as_ref(string).clone();
+            s.push_str(text);
+            *string = s.into();
+            Ok(())
+        }
+        // tcpscript: blob + string keeps every byte, as string + blob does.
+        #[rhai_fn(name = "+")]
+        pub fn add_prepend(utf8: Blob, string: &str) -> Dynamic {
+            let mut bytes = utf8;
+            bytes.extend_from_slice(string.as_bytes());
+            crate::func::builtin::text_or_blob(bytes)
         }
 
         /// Convert the string into an UTF-8 encoded byte-stream as a BLOB.
