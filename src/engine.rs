@@ -799,6 +799,11 @@ pub(crate) fn compile_source(
                 diagnostic.notes.push(capture_help(&name));
                 return Err(Error::Script(Box::new(diagnostic)));
             }
+            if let Some(invalid) = crate::patterns::invalid_pattern(&ast) {
+                let mut diagnostic = Diagnostic::new(invalid.message());
+                diagnostic.location = script.location(&script.path, invalid.position);
+                return Err(Error::Script(Box::new(diagnostic)));
+            }
             ast.set_source(script.path.as_str());
             script.ast = Arc::new(ast);
             Ok(script)
