@@ -1023,6 +1023,7 @@ mod tests {
         assert!(err.to_string().contains("not UTF-8"), "{err}");
         // Interpolation shows a blob as before.
         assert_eq!(string(r#"`<${bad}>`"#), "<[ff]>");
+        assert_eq!(string(r#"let b = bad; b += 0; `${b}`"#), "[ff00]");
     }
 
     #[test]
