@@ -384,9 +384,9 @@ fn pad_with_string(
 }
 
 /// Items, map properties and string bytes, counted as Rhai's limits count
-/// them: every value inside an array or map is one item or property, a
-/// blob's bytes count as array items (and a blob inside another value one
-/// more), strings by their bytes.
+/// them: every value inside an array or map is one item or property, and
+/// strings and blobs by their bytes (the vendored Rhai counts a blob's
+/// bytes with strings', see `vendor/README.md`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sizes {
     arrays: usize,
@@ -416,7 +416,7 @@ impl Sizes {
         }
         if let Some(blob) = value.read_lock::<Blob>() {
             return Sizes {
-                arrays: blob.len().saturating_add(1),
+                strings: blob.len(),
                 ..Sizes::default()
             };
         }
@@ -455,8 +455,7 @@ impl Sizes {
 }
 
 /// `array.pad(len, item)`: Rhai checks first too, but its arithmetic
-/// overflows (a panic in debug builds) for a large `len` and a big item,
-/// and it counts a blob item one short of what it checks afterwards.
+/// overflows (a panic in debug builds) for a large `len` and a big item.
 fn pad_array(
     ctx: NativeCallContext,
     array: &mut Array,
@@ -746,7 +745,8 @@ mod tests {
     /// engine with small limits. A message only an override gives also
     /// shows that the override, not Rhai's function, ran.
     fn refused(script: &str, message: &str) {
-        // A 400-byte string, and a blob past the limits no script could build.
+        // A 400-byte string, and a blob of more bytes than an array may
+        // hold items.
         let mut scope = Scope::new();
         scope.push("big", "x".repeat(400));
         scope.push("bytes", vec![0_u8; 11]);

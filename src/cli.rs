@@ -297,7 +297,7 @@ fn check_framing(common: &CommonArgs) -> Result<(), Error> {
 fn run_server(args: ServerArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
-    let limits = args.limits.limits();
+    let limits = args.limits.limits().with_max_frame(args.common.max_frame);
     let script = match (&args.script, args.echo) {
         (Some(path), _) => ServerScript::load(
             path,
@@ -360,7 +360,8 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         limits: Limits {
             max_operations: args.max_ops,
             ..Limits::default()
-        },
+        }
+        .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
     };
     let until = match (args.duration, args.iterations) {
@@ -421,7 +422,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 fn run_test(args: TestArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
-    let limits = args.limits.limits();
+    let limits = args.limits.limits().with_max_frame(args.common.max_frame);
     runner::run(TestOptions {
         clients: args.clients,
         client: ClientOptions {
@@ -433,7 +434,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             max_frame: args.common.max_frame,
             params: args.common.params(),
             verbosity,
-            limits: Limits::default(),
+            limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
         },
         server: args.server.map(|path| {

@@ -61,6 +61,18 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Room for whole messages: a script holds a message of up to
+    /// `--max-frame` bytes as one string or blob, and may join two of them
+    /// (a reply quoting a request, a message and its continuation). Bytes
+    /// held stay bounded by the allocator's count and `--max-memory`
+    /// (see `memory`), whatever this allows one value.
+    pub(crate) fn with_max_frame(mut self, max_frame: usize) -> Self {
+        self.max_string_size = self.max_string_size.max(max_frame.saturating_mul(2));
+        self
+    }
+}
+
 /// Default for `--max-memory`: far more than any mock server needs, and
 /// well inside what a CI machine can spare.
 pub(crate) const DEFAULT_MAX_MEMORY: usize = 128 * 1024 * 1024;
@@ -788,6 +800,11 @@ pub(crate) fn compile_source(
                 diagnostic.notes.push(capture_help(&name));
                 return Err(Error::Script(Box::new(diagnostic)));
             }
+            if let Some(invalid) = crate::patterns::invalid_pattern(&ast) {
+                let mut diagnostic = Diagnostic::new(invalid.message());
+                diagnostic.location = script.location(&script.path, invalid.position);
+                return Err(Error::Script(Box::new(diagnostic)));
+            }
             ast.set_source(script.path.as_str());
             script.ast = Arc::new(ast);
             Ok(script)
@@ -910,4 +927,116 @@ pub(crate) fn diagnose(err: &EvalAltResult, script: &Script, context: Option<&st
 /// The hook itself is already named by the context note.
 fn is_hook_call(context: Option<&str>, name: &str) -> bool {
     context.is_some_and(|c| c.contains(&format!("`{name}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use rhai::Scope;
+
+    use super::*;
+
+    fn engine(limits: &Limits) -> Engine {
+        new_engine(limits, Params::default(), None)
+    }
+
+    /// `script`'s value, with `big` a blob of 300,000 bytes (three times
+    /// the array limit) and `bad` the blob `[ff]`, not UTF-8.
+    fn eval(limits: &Limits, script: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        let mut scope = Scope::new();
+        let big: Blob = (0..300_000_u32).map(|i| (i % 251) as u8).collect();
+        scope.push("big", big);
+        scope.push("bad", vec![0xff_u8]);
+        engine(limits).eval_with_scope::<Dynamic>(&mut scope, script)
+    }
+
+    fn value(script: &str) -> Dynamic {
+        eval(&Limits::default(), script).unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    fn blob(script: &str) -> Blob {
+        value(script)
+            .into_blob()
+            .unwrap_or_else(|t| panic!("{script}: a {t}"))
+    }
+
+    fn string(script: &str) -> String {
+        value(script)
+            .into_string()
+            .unwrap_or_else(|t| panic!("{script}: a {t}"))
+    }
+
+    #[test]
+    fn blob_bytes_count_as_bytes_not_items() {
+        assert_eq!(value("big.len()").as_int(), Ok(300_000));
+        assert_eq!(value("let b = big; b.len()").as_int(), Ok(300_000));
+        assert_eq!(value("big.to_blob().len()").as_int(), Ok(300_000));
+        assert_eq!(value("big.extract(1..200_001).len()").as_int(), Ok(200_000));
+        assert_eq!(value("big.extract(250_000).len()").as_int(), Ok(50_000));
+        assert_eq!(value("big[299_999]").as_int(), Ok(299_999 % 251));
+        assert_eq!(value("let b = big; b == big").as_bool(), Ok(true));
+        assert_eq!(value("(big + big).len()").as_int(), Ok(600_000));
+        assert_eq!(
+            value("let b = big; b += big; b.len()").as_int(),
+            Ok(600_000)
+        );
+        assert_eq!(value("[big, big].len()").as_int(), Ok(2));
+        assert_eq!(value("#{ b: big }.b.len()").as_int(), Ok(300_000));
+    }
+
+    #[test]
+    fn blob_bytes_are_held_to_the_string_limit() {
+        let limits = Limits {
+            max_string_size: 400_000,
+            ..Limits::default()
+        };
+        for script in [
+            "big + big",
+            "let b = big; b += big; b",
+            "blob(400_001)",
+            "[big, big]",
+            "\"x\" + big + big",
+        ] {
+            let err = eval(&limits, script).expect_err(script);
+            assert!(
+                matches!(*err, EvalAltResult::ErrorDataTooLarge(..)),
+                "{script}: {err}"
+            );
+        }
+        assert!(eval(&limits, "blob(400_000).len()").is_ok());
+    }
+
+    #[test]
+    fn a_string_and_a_blob_join_without_losing_a_byte() {
+        assert_eq!(blob(r#""ab" + bad"#), b"ab\xff");
+        assert_eq!(blob(r#"bad + "ab""#), b"\xffab");
+        assert_eq!(blob(r#"let s = "ab"; s += bad; s"#), b"ab\xff");
+        assert_eq!(blob(r#"let b = bad; b += "ab"; b"#), b"\xffab");
+        assert_eq!(blob(r#"("ab" + big).extract(2)"#), blob("big"));
+        assert_eq!(blob(r#"(big + "ab").extract(0, 300_000)"#), blob("big"));
+        // Text that is UTF-8 either way stays text, as a message would.
+        assert_eq!(string(r#""ab" + "é".to_blob()"#), "abé");
+        assert_eq!(string(r#""é".to_blob() + "ab""#), "éab");
+        assert_eq!(string(r#"let s = "ab"; s += "é".to_blob(); s"#), "abé");
+        assert_eq!(string(r#"let s = "ab"; s.append("é".to_blob()); s"#), "abé");
+        // A string cannot hold the bytes, and is not changed into a blob
+        // by a method: refused rather than replaced with U+FFFD.
+        let err = eval(&Limits::default(), r#"let s = "ab"; s.append(bad); s"#).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        // Interpolation shows a blob as before.
+        assert_eq!(string(r#"`<${bad}>`"#), "<[ff]>");
+        assert_eq!(string(r#"let b = bad; b += 0; `${b}`"#), "[ff00]");
+    }
+
+    #[test]
+    fn the_string_limit_has_room_for_two_messages() {
+        let default = Limits::default().max_string_size;
+        assert_eq!(
+            Limits::default().with_max_frame(1024).max_string_size,
+            default
+        );
+        assert_eq!(
+            Limits::default().with_max_frame(256 << 20).max_string_size,
+            512 << 20
+        );
+    }
 }

@@ -14,6 +14,7 @@ mod manual; // manual mode: the tutorial's programs on stdin
 mod memory; // memory in bytes: the counting allocator, footprints, the server's budget
 mod message; // bytes <-> script values, and how messages are displayed
 mod net; // addresses, listening sockets, the open-file limit
+mod patterns; // regular expression literals checked when a script compiles
 pub(crate) mod protocols; // RESP, HTTP/1.1 and SMTP replies: framing, parsing, building, and their script functions
 mod record; // --record: a manual session written down as a script that replays it
 mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations

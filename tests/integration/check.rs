@@ -3,7 +3,7 @@
 use predicates::str::contains;
 
 use crate::bad_input::{TOO_LARGE, fifo, not_a_script, too_large};
-use crate::support::{script, shipped, tcpscript};
+use crate::support::{closed_port, script, shipped, tcpscript};
 
 #[test]
 fn shipped_scripts_compile() {
@@ -75,4 +75,65 @@ fn a_directory_is_not_a_script() {
 fn a_script_over_the_size_limit_is_not_compiled() {
     let large = too_large("large.rhai");
     refused(large.path(), TOO_LARGE);
+}
+
+#[test]
+fn an_invalid_pattern_literal_is_a_compile_error_at_the_literal() {
+    let bad = script("send(\"PING\");\nexpect(\"+PONG\");\n");
+    tcpscript()
+        .args(["check", bad.path()])
+        .assert()
+        .code(3)
+        .stderr(contains(
+            "error: invalid regular expression given to expect(): \
+             repetition operator missing expression",
+        ))
+        .stderr(contains(format!("--> {}:2:8", bad.path())))
+        .stderr(contains("2 | expect(\"+PONG\");"))
+        .stderr(contains("1 of 1 scripts failed to check"));
+}
+
+#[test]
+fn invalid_patterns_given_to_methods_and_matches_are_reported() {
+    for (source, at) in [
+        ("let c = connect(\"x:1\");\nc.expect(\"(\");\n", "2:10"),
+        (
+            "fn on_message(m) {\n    if m.matches(\"[\") { m }\n}\n",
+            "2:18",
+        ),
+        (
+            "fn on_message(m) {\n    captures(m, \"a{2,1}\")\n}\n",
+            "2:17",
+        ),
+    ] {
+        let bad = script(source);
+        tcpscript()
+            .args(["check", bad.path()])
+            .assert()
+            .code(3)
+            .stderr(contains("invalid regular expression given to"))
+            .stderr(contains(format!("--> {}:{at}", bad.path())));
+    }
+}
+
+/// Every command compiles the script first: the pattern is refused before
+/// a connection is tried (the port is closed, which would be exit code 4)
+/// or a server listens.
+#[test]
+fn an_invalid_pattern_literal_stops_a_script_before_it_runs() {
+    let client = script("expect(\"+PONG\");\n");
+    let addr = format!("127.0.0.1:{}", closed_port());
+    tcpscript()
+        .args(["client", client.path(), "--connect", &addr])
+        .assert()
+        .code(3)
+        .stderr(contains("invalid regular expression given to expect()"))
+        .stderr(contains(format!("--> {}:1:8", client.path())));
+    let server = script("fn on_message(m) { m.matches(\"(\") }\n");
+    tcpscript()
+        .args(["server", server.path(), "--listen", "127.0.0.1:0"])
+        .assert()
+        .code(3)
+        .stderr(contains("invalid regular expression given to matches()"))
+        .stderr(contains(format!("--> {}:1:30", server.path())));
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary over real loopback sockets.
 
 mod bad_input;
+mod binary;
 mod builtins;
 mod check;
 mod client;
