@@ -8,14 +8,14 @@ mod console; // stdout and stderr lines through bounded queues: output never blo
 mod diagnostic; // rustc-like error reports pointing into scripts
 mod engine; // Rhai engine set-up, compilation, common functions, error mapping
 pub mod error; // error kinds and the exit-code table
-mod framing; // what one message is: line, raw, delim, len
+mod framing; // what one message is: line, raw, delim, len, bytes, resp, http
 mod load; // load mode: many virtual users running a conversation in a loop
 mod manual; // manual mode: the tutorial's programs on stdin
 mod memory; // memory in bytes: the counting allocator, footprints, the server's budget
 mod message; // bytes <-> script values, and how messages are displayed
 mod net; // addresses, listening sockets, the open-file limit
 mod patterns; // regular expression literals checked when a script compiles
-pub(crate) mod protocols; // RESP, HTTP/1.1 and SMTP replies: framing, parsing, building, and their script functions
+mod protocols; // RESP, HTTP/1.1 and SMTP replies: framing, parsing, building, and their script functions
 mod record; // --record: a manual session written down as a script that replays it
 mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 mod runner; // `tcpscript test`: client scripts as test cases, with reports
