@@ -270,6 +270,10 @@ pub(crate) struct Decoder {
     max_frame: usize,
     /// Bytes at the front of the buffer already known to hold no delimiter.
     scanned: usize,
+    /// How far the `resp` and `http` framings got through a message not
+    /// yet whole, so that each read does not parse it all again.
+    resp: resp::Resume,
+    http: http::Resume,
 }
 
 impl Decoder {
@@ -278,6 +282,8 @@ impl Decoder {
             framing,
             max_frame,
             scanned: 0,
+            resp: resp::Resume::default(),
+            http: http::Resume::default(),
         }
     }
 
@@ -285,13 +291,15 @@ impl Decoder {
     /// is: what already arrived is the start of the next message.
     pub(crate) fn reframe(&mut self, framing: Framing) {
         self.framing = framing;
-        self.scanned = 0;
+        self.reset();
     }
 
     /// Forgets how far it searched: the front of the buffer was taken by
     /// something else (a stream read).
     pub(crate) fn reset(&mut self) {
         self.scanned = 0;
+        self.resp = resp::Resume::default();
+        self.http = http::Resume::default();
     }
 
     /// The next complete message in `buf`, removing it from `buf`.
@@ -388,8 +396,12 @@ impl Decoder {
                 check_size(*size, self.max_frame)?;
                 Ok((buf.len() >= *size).then(|| Frame::whole(*size)))
             }
-            Framing::Resp => Ok(resp::frame_len(buf, self.max_frame)?.map(Frame::whole)),
-            Framing::Http => Ok(http_len(buf, false, self.max_frame)?.map(Frame::whole)),
+            Framing::Resp => Ok(
+                resp::frame_len_resuming(buf, self.max_frame, &mut self.resp)?.map(Frame::whole),
+            ),
+            Framing::Http => {
+                Ok(http_len(buf, false, self.max_frame, &mut self.http)?.map(Frame::whole))
+            }
         }
     }
 
@@ -401,7 +413,7 @@ impl Decoder {
         if buf.is_empty() {
             return Ok(None);
         }
-        self.scanned = 0;
+        self.reset();
         match &self.framing {
             Framing::Line => {
                 let mut frame = Frame::whole(buf.len());
@@ -412,7 +424,7 @@ impl Decoder {
             }
             Framing::Delim(_) | Framing::Raw => Ok(Some(Frame::whole(buf.len()))),
             // A response without a length ends with the close.
-            Framing::Http if http_len(buf, true, self.max_frame)?.is_some() => {
+            Framing::Http if http_len(buf, true, self.max_frame, &mut self.http)?.is_some() => {
                 Ok(Some(Frame::whole(buf.len())))
             }
             Framing::Len { .. } | Framing::Fixed(_) | Framing::Resp | Framing::Http => {
@@ -426,14 +438,19 @@ impl Decoder {
 
 /// The length of the HTTP message at the front of `buf`: a response if it
 /// starts like one, else a request, so one framing serves both roles.
-fn http_len(buf: &[u8], eof: bool, max: usize) -> Result<Option<usize>, ProtocolError> {
+fn http_len(
+    buf: &[u8],
+    eof: bool,
+    max: usize,
+    resume: &mut http::Resume,
+) -> Result<Option<usize>, ProtocolError> {
     if buf.starts_with(b"HTTP/") {
-        http::response_len(buf, eof, max, false)
+        http::response_len_resuming(buf, eof, max, false, resume)
     } else if b"HTTP/".starts_with(&buf[..buf.len().min(5)]) && !eof {
         // Too little to tell yet.
         Ok(None)
     } else {
-        http::request_len(buf, max)
+        http::request_len_resuming(buf, max, resume)
     }
 }
 

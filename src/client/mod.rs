@@ -738,7 +738,7 @@ impl Peer {
         &mut self,
         ms: Option<INT>,
         what: &str,
-        len: impl Fn(&[u8], bool, usize) -> Result<Option<usize>, ProtocolError>,
+        mut len: impl FnMut(&[u8], bool, usize) -> Result<Option<usize>, ProtocolError>,
     ) -> NativeResult<Bytes> {
         let timeout = self.timeout(ms);
         let missing = format!("of {what} not yet complete");
@@ -768,8 +768,9 @@ impl Peer {
 
     fn recv_http(&mut self, ms: Option<INT>) -> NativeResult<Map> {
         let head = std::mem::take(&mut lock(&self.state).head_sent);
+        let mut resume = http::Resume::default();
         let bytes = self.recv_protocol(ms, "an HTTP response", |buf, eof, max| {
-            http::response_len(buf, eof, max, head)
+            http::response_len_resuming(buf, eof, max, head, &mut resume)
         })?;
         http::parse_response(&bytes).map_err(|e| protocols::peer("recv_http", &e))
     }

@@ -56,11 +56,54 @@ enum Body {
 /// The length of the first complete request at the front of `buf`, body
 /// included; `None` until it has all arrived.
 pub(crate) fn request_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
+    request_len_resuming(buf, max, &mut Resume::default())
+}
+
+/// Where a chunked body not yet whole had got to: the chunks already
+/// complete need no second look when more bytes arrive, so a body of many
+/// small chunks trickling in is walked once, not once per read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Resume {
+    /// Where the next chunk's size line starts; 0 before the body.
+    chunk: usize,
+}
+
+/// [`request_len`] carrying on from `resume`, the state a previous call
+/// on the same buffer (grown since) left; reset it once a request is taken.
+pub(crate) fn request_len_resuming(
+    buf: &[u8],
+    max: usize,
+    resume: &mut Resume,
+) -> Result<Option<usize>, ProtocolError> {
+    let found = message_len(buf, max, resume, |head| {
+        request_line(head.start)?;
+        Ok(Some(body_of(head, true)?))
+    });
+    if !matches!(found, Ok(None)) {
+        *resume = Resume::default();
+    }
+    found
+}
+
+/// The length of the message at the front of `buf`: `body` says, from its
+/// head, how its body is delimited (`None`: it has none).
+fn message_len(
+    buf: &[u8],
+    max: usize,
+    resume: &mut Resume,
+    body: impl FnOnce(&Head) -> Result<Option<Body>, ProtocolError>,
+) -> Result<Option<usize>, ProtocolError> {
     let Some(head) = head(buf, max)? else {
         return Ok(None);
     };
-    request_line(head.start)?;
-    body_end(buf, &head, body_of(&head, true)?, false, max)
+    match body(&head)? {
+        None => Ok(Some(head.len)),
+        Some(Body::Chunked) => {
+            resume.chunk = resume.chunk.max(head.len);
+            chunks(buf, &mut resume.chunk, max, |_| {})
+        }
+        Some(body) => body_end(buf, &head, body, false, max),
+    }
 }
 
 /// The length of the first complete response at the front of `buf`. A
@@ -73,14 +116,39 @@ pub(crate) fn response_len(
     max: usize,
     head_request: bool,
 ) -> Result<Option<usize>, ProtocolError> {
-    let Some(head) = head(buf, max)? else {
-        return Ok(None);
+    response_len_resuming(buf, eof, max, head_request, &mut Resume::default())
+}
+
+/// [`response_len`] carrying on from `resume`, as [`request_len_resuming`].
+pub(crate) fn response_len_resuming(
+    buf: &[u8],
+    eof: bool,
+    max: usize,
+    head_request: bool,
+    resume: &mut Resume,
+) -> Result<Option<usize>, ProtocolError> {
+    let found = message_len(buf, max, resume, |head| {
+        let (_, status, _) = status_line(head.start)?;
+        if head_request || bodiless(status) {
+            return Ok(None);
+        }
+        Ok(Some(body_of(head, false)?))
+    });
+    let found = match found {
+        // Delimited by the close: whole only then.
+        Ok(None) if eof => match head(buf, max)? {
+            Some(head) if matches!(body_of(&head, false), Ok(Body::Close)) => {
+                within(PROTOCOL, buf.len(), max)?;
+                Ok(Some(buf.len()))
+            }
+            _ => Ok(None),
+        },
+        found => found,
     };
-    let (_, status, _) = status_line(head.start)?;
-    if head_request || bodiless(status) {
-        return Ok(Some(head.len));
+    if !matches!(found, Ok(None)) {
+        *resume = Resume::default();
     }
-    body_end(buf, &head, body_of(&head, false)?, eof, max)
+    found
 }
 
 /// Statuses whose responses never have a body.
@@ -102,7 +170,7 @@ fn body_end(
             within(PROTOCOL, end, max)?;
             Ok((buf.len() >= end).then_some(end))
         }
-        Body::Chunked => chunks(buf, head.len, max, |_| {}),
+        Body::Chunked => chunks(buf, &mut head.len.clone(), max, |_| {}),
         Body::Close => {
             within(PROTOCOL, buf.len(), max)?;
             Ok(eof.then_some(buf.len()))
@@ -168,7 +236,7 @@ fn body_bytes(bytes: &[u8], head: &Head, body: Body) -> Result<Vec<u8>, Protocol
         Body::Close => rest.to_vec(),
         Body::Chunked => {
             let mut body = Vec::new();
-            chunks(bytes, head.len, usize::MAX, |data| {
+            chunks(bytes, &mut head.len.clone(), usize::MAX, |data| {
                 body.extend_from_slice(data);
             })?;
             body
@@ -379,11 +447,13 @@ fn body_of(head: &Head, request: bool) -> Result<Body, ProtocolError> {
 /// size, never scanned.
 fn chunks(
     buf: &[u8],
-    mut pos: usize,
+    resume: &mut usize,
     max: usize,
     mut data: impl FnMut(&[u8]),
 ) -> Result<Option<usize>, ProtocolError> {
+    // `resume` stays at the size line of the first chunk not yet whole.
     loop {
+        let pos = *resume;
         let limit = pos.saturating_add(MAX_CHUNK_LINE).min(max);
         let Some((line, next)) = chunk_line(buf, pos, limit, max)? else {
             return Ok(None);
@@ -397,7 +467,7 @@ fn chunks(
         let (Some(chunk), Some(after)) = (buf.get(next..end), buf.get(end..)) else {
             return Ok(None);
         };
-        pos = match after {
+        *resume = match after {
             [b'\r', b'\n', ..] => end + 2,
             [b'\n', ..] => end + 1,
             [] | [b'\r'] => return Ok(None),
@@ -1008,5 +1078,35 @@ mod tests {
                 let _ = parse_response(&bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    #[test]
+    fn resuming_walks_a_chunked_body_once() {
+        let mut request = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..50 {
+            request.extend_from_slice(b"3;x=y\r\nabc\r\n");
+        }
+        request.extend_from_slice(b"0\r\nTrailer: t\r\n\r\n");
+        let mut resume = Resume::default();
+        let mut furthest = 0;
+        for end in 0..request.len() {
+            assert_eq!(
+                request_len_resuming(&request[..end], 1 << 20, &mut resume),
+                Ok(None)
+            );
+            assert!(resume.chunk >= furthest, "went back at {end}");
+            furthest = resume.chunk;
+        }
+        assert!(furthest > request.len() / 2, "it kept no place: {furthest}");
+        assert_eq!(
+            request_len_resuming(&request, 1 << 20, &mut resume),
+            Ok(Some(request.len()))
+        );
+        assert_eq!(resume.chunk, 0);
     }
 }

@@ -42,38 +42,61 @@ struct Scan {
 /// `None` if it has not all arrived, an error if it is malformed or
 /// would be longer than `max` bytes.
 pub(crate) fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
-    Ok(scan(buf, max)?.map(|scan| scan.len))
+    frame_len_resuming(buf, max, &mut Resume::default())
+}
+
+/// How far [`frame_len_resuming`] got through a value not yet whole: the
+/// values already complete need no second look when more bytes arrive, so
+/// a big array trickling in byte by byte is walked once, not once per read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Resume {
+    /// Where the next header starts.
+    pos: usize,
+    values: usize,
+    /// Items still to come in each open aggregate, innermost last.
+    owed: Vec<usize>,
+}
+
+/// [`frame_len`] carrying on from `resume`, the state a previous call on
+/// the same buffer (grown since) left; reset it once a value is taken.
+pub(crate) fn frame_len_resuming(
+    buf: &[u8],
+    max: usize,
+    resume: &mut Resume,
+) -> Result<Option<usize>, ProtocolError> {
+    let found = scan(buf, max, resume);
+    if !matches!(found, Ok(None)) {
+        *resume = Resume::default();
+    }
+    Ok(found?.map(|scan| scan.len))
 }
 
 /// How many values `bytes`, one whole RESP value, decodes into (every
 /// level counted): known from the headers, before anything is built.
 pub(crate) fn count_values(bytes: &[u8]) -> Result<usize, ProtocolError> {
-    let scan = scan(bytes, usize::MAX)?;
+    let scan = scan(bytes, usize::MAX, &mut Resume::default())?;
     whole(PROTOCOL, bytes, scan.as_ref().map(|s| s.len))?;
     Ok(scan.map_or(0, |s| s.values))
 }
 
-fn scan(buf: &[u8], max: usize) -> Result<Option<Scan>, ProtocolError> {
-    let mut pos = 0;
-    let mut values = 0_usize;
-    // Items still to come in each open aggregate, innermost last; never
-    // longer than MAX_DEPTH, so the walk needs no recursion.
-    let mut owed: Vec<usize> = Vec::new();
+fn scan(buf: &[u8], max: usize, state: &mut Resume) -> Result<Option<Scan>, ProtocolError> {
+    // `owed` never grows past MAX_DEPTH, so the walk needs no recursion.
+    let Resume { pos, values, owed } = state;
     loop {
-        let Some(header) = header_at(buf, pos, max)? else {
+        let Some(header) = header_at(buf, *pos, max)? else {
             return Ok(None);
         };
-        values += 1;
-        pos = header.next;
+        let mut next = header.next;
         match header.body {
             Body::Scalar => {}
             Body::Bulk(len) => {
-                let end = body_end(pos, len, max)?;
+                let end = body_end(next, len, max)?;
                 if buf.len() < end {
+                    // Resumed at this header once the rest has come.
                     return Ok(None);
                 }
-                check_bulk_end(buf, pos, len)?;
-                pos = end;
+                check_bulk_end(buf, next, len)?;
+                next = end;
             }
             Body::Items(0) => {}
             Body::Items(count) => {
@@ -82,17 +105,26 @@ fn scan(buf: &[u8], max: usize) -> Result<Option<Scan>, ProtocolError> {
                 }
                 within(
                     PROTOCOL,
-                    count.saturating_mul(MIN_VALUE).saturating_add(pos),
+                    count.saturating_mul(MIN_VALUE).saturating_add(next),
                     max,
                 )?;
                 owed.push(count);
+                *values += 1;
+                *pos = next;
                 continue;
             }
         }
+        *values += 1;
+        *pos = next;
         // A value is complete: it may complete the aggregates around it.
         loop {
             match owed.last_mut() {
-                None => return Ok(Some(Scan { len: pos, values })),
+                None => {
+                    return Ok(Some(Scan {
+                        len: *pos,
+                        values: *values,
+                    }));
+                }
                 Some(left) => {
                     *left -= 1;
                     if *left > 0 {
@@ -816,5 +848,37 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    /// Fed byte by byte through one `Resume`, a value is found exactly
+    /// when it is whole, and the walk never goes back to the start.
+    #[test]
+    fn resuming_finds_the_value_when_whole_and_keeps_its_place() {
+        let mut value = b"*3\r\n$5\r\nhe\r\nl\r\n*2\r\n:1\r\n$-1\r\n+OK\r\n".to_vec();
+        let whole = value.len();
+        value.extend_from_slice(b"+next\r\n");
+        let mut resume = Resume::default();
+        let mut furthest = 0;
+        for end in 0..whole {
+            assert_eq!(
+                frame_len_resuming(&value[..end], 1024, &mut resume),
+                Ok(None)
+            );
+            assert!(resume.pos >= furthest, "went back at {end}");
+            furthest = resume.pos;
+        }
+        assert!(furthest > whole / 2, "it kept no place: {furthest}");
+        assert_eq!(
+            frame_len_resuming(&value, 1024, &mut resume),
+            Ok(Some(whole))
+        );
+        // Found: it starts afresh for the next value.
+        assert_eq!(resume.pos, 0);
+        assert_eq!(frame_len(&value[whole..], 1024), Ok(Some(7)));
     }
 }
