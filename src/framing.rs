@@ -271,7 +271,13 @@ pub(crate) struct Decoder {
     /// Bytes at the front of the buffer already known to hold no delimiter.
     scanned: usize,
     /// How far the `resp` and `http` framings got through a message not
-    /// yet whole, so that each read does not parse it all again.
+    /// yet whole, so that each read does not parse it all again. Boxed,
+    /// and only for them: every idle connection holds a decoder.
+    progress: Option<Box<Progress>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
     resp: resp::Resume,
     http: http::Resume,
 }
@@ -282,8 +288,7 @@ impl Decoder {
             framing,
             max_frame,
             scanned: 0,
-            resp: resp::Resume::default(),
-            http: http::Resume::default(),
+            progress: None,
         }
     }
 
@@ -298,8 +303,13 @@ impl Decoder {
     /// something else (a stream read).
     pub(crate) fn reset(&mut self) {
         self.scanned = 0;
-        self.resp = resp::Resume::default();
-        self.http = http::Resume::default();
+        if let Some(progress) = &mut self.progress {
+            **progress = Progress::default();
+        }
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        self.progress.get_or_insert_default()
     }
 
     /// The next complete message in `buf`, removing it from `buf`.
@@ -396,11 +406,15 @@ impl Decoder {
                 check_size(*size, self.max_frame)?;
                 Ok((buf.len() >= *size).then(|| Frame::whole(*size)))
             }
-            Framing::Resp => Ok(
-                resp::frame_len_resuming(buf, self.max_frame, &mut self.resp)?.map(Frame::whole),
-            ),
+            Framing::Resp => {
+                let max = self.max_frame;
+                let resume = &mut self.progress().resp;
+                Ok(resp::frame_len_resuming(buf, max, resume)?.map(Frame::whole))
+            }
             Framing::Http => {
-                Ok(http_len(buf, false, self.max_frame, &mut self.http)?.map(Frame::whole))
+                let max = self.max_frame;
+                let resume = &mut self.progress().http;
+                Ok(http_len(buf, false, max, resume)?.map(Frame::whole))
             }
         }
     }
@@ -424,7 +438,9 @@ impl Decoder {
             }
             Framing::Delim(_) | Framing::Raw => Ok(Some(Frame::whole(buf.len()))),
             // A response without a length ends with the close.
-            Framing::Http if http_len(buf, true, self.max_frame, &mut self.http)?.is_some() => {
+            Framing::Http
+                if http_len(buf, true, self.max_frame, &mut http::Resume::default())?.is_some() =>
+            {
                 Ok(Some(Frame::whole(buf.len())))
             }
             Framing::Len { .. } | Framing::Fixed(_) | Framing::Resp | Framing::Http => {
