@@ -25,7 +25,7 @@ pub(crate) use failure::describe;
 
 /// Why TLS could not be set up: before any connection, so a usage error.
 #[derive(Debug, Error)]
-pub(crate) enum TlsError {
+pub enum TlsError {
     #[error("cannot read `{path}`: {source}")]
     Read {
         path: PathBuf,
