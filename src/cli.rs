@@ -431,6 +431,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
+        if args.tls.tls {
+            // Manual mode reads on a second thread through a clone of the
+            // socket, which a TLS session cannot be split into (yet).
+            return Err(Error::Usage(
+                "--tls needs a SCRIPT for now: manual mode does not speak TLS yet".into(),
+            ));
+        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
@@ -456,6 +463,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         }
         .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
+        tls: client_tls(&args.tls)?,
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -512,6 +520,20 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--tls`: the configuration every connection of the command shares.
+fn client_tls(args: &ClientTlsArgs) -> Result<Option<crate::tls::blocking::Client>, Error> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let options = args.options();
+    if options.insecure {
+        crate::console::err(
+            "warning: --insecure: the server's certificate is not verified; anyone in the middle can read and change this conversation",
+        );
+    }
+    Ok(Some(crate::tls::blocking::Client::new(options)?))
+}
+
 fn run_test(args: TestArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
@@ -529,6 +551,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             verbosity,
             limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
+            tls: None,
         },
         server: args.server.map(|path| {
             (
