@@ -355,6 +355,8 @@ pub(crate) struct Connection {
     reader: FrameReader,
     framing: Framing,
     peer: SocketAddr,
+    /// How long the TLS handshake took; `None` on plain TCP.
+    handshake: Option<Duration>,
     /// Reused for every send so a conversation does not allocate per message.
     out: Vec<u8>,
 }
@@ -383,15 +385,18 @@ impl Connection {
                         // Conversations are many small messages: never
                         // wait to coalesce them.
                         let _ = stream.set_nodelay(true);
-                        let transport = match tls {
-                            None => Transport::Plain(stream),
-                            Some(tls) => {
-                                let left = timeout.saturating_sub(started.elapsed());
-                                let session = tls.handshake(stream, addr, left)?;
-                                Transport::Tls(Box::new(session))
-                            }
+                        let Some(tls) = tls else {
+                            let transport = Transport::Plain(stream);
+                            return Ok(Self::over(transport, peer, framing, max_frame));
                         };
-                        return Ok(Self::over(transport, peer, framing, max_frame));
+                        let shaking = Instant::now();
+                        let left = timeout.saturating_sub(shaking - started);
+                        let session = tls.handshake(stream, addr, left)?;
+                        let transport = Transport::Tls(Box::new(session));
+                        return Ok(Connection {
+                            handshake: Some(shaking.elapsed()),
+                            ..Self::over(transport, peer, framing, max_frame)
+                        });
                     }
                     Err(e) => last_error = Some(e),
                 }
@@ -433,8 +438,14 @@ impl Connection {
             transport,
             framing,
             peer,
+            handshake: None,
             out: Vec::new(),
         }
+    }
+
+    /// How long the TLS handshake took; `None` on plain TCP.
+    pub(crate) fn handshake_time(&self) -> Option<Duration> {
+        self.handshake
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {

@@ -65,6 +65,8 @@ pub(crate) struct Conversed {
     /// The kept part of the transcript, formatted.
     pub(crate) transcript: Vec<String>,
     pub(crate) elapsed: Duration,
+    /// Each TLS handshake's time, apart from the conversation (load mode).
+    pub(crate) handshakes: Vec<Duration>,
 }
 
 /// A compiled client script and an engine to run it, as many times as
@@ -139,6 +141,7 @@ impl ClientScript {
                 sent: 0,
                 received: 0,
                 opened: 0,
+                handshakes: Vec::new(),
             }),
             patterns: Mutex::new(HashMap::new()),
             events: events.clone(),
@@ -147,7 +150,7 @@ impl ClientScript {
         let result = conversation
             .open_default()
             .and_then(|()| self.converse(&conversation, events));
-        let log = lock(&conversation.log);
+        let mut log = lock(&conversation.log);
         let result = result.map(|()| Summary {
             sent: log.sent,
             received: log.received,
@@ -157,6 +160,7 @@ impl ClientScript {
             result,
             transcript: log.transcript.all(),
             elapsed: started.elapsed(),
+            handshakes: std::mem::take(&mut log.handshakes),
         }
     }
 
@@ -260,6 +264,7 @@ struct Log {
     received: u64,
     /// Connections opened so far, to number the next one.
     opened: usize,
+    handshakes: Vec<Duration>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -363,6 +368,7 @@ impl Conversation {
         let number = {
             let mut log = lock(&self.log);
             log.opened += 1;
+            log.handshakes.extend(connection.handshake_time());
             log.opened
         };
         self.emit(

@@ -444,7 +444,7 @@ fn tls_info_is_unit_on_plain_tcp() {
 }
 
 #[test]
-fn load_mode_speaks_tls_on_every_connection() {
+fn load_mode_speaks_tls_on_every_connection_and_times_handshakes_apart() {
     let pki = Pki::new();
     let server = python_server(&pki, false);
     let s = script(
@@ -457,9 +457,47 @@ fn load_mode_speaks_tls_on_every_connection() {
         "2",
         "--iterations",
         "6",
+        "--json",
     ];
-    client(&s, server.port, &args).assert().success();
+    let output = client(&s, server.port, &args)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(figures["passed"], 6, "{figures}");
+    let handshake = &figures["handshake_ms"];
+    assert_eq!(handshake["count"], 6, "{figures}");
+    let p50 = handshake["p50"].as_f64().unwrap();
+    assert!(
+        p50 > 0.0 && p50 <= figures["latency_ms"]["max"].as_f64().unwrap(),
+        "{figures}"
+    );
     server.wait_stderr_count("closed cleanly", 6);
+}
+
+#[test]
+fn load_mode_on_plain_tcp_reports_no_handshakes() {
+    let server = Running::server(&["--echo"]);
+    let s = script("send(\"hi\");\nassert_eq(recv(), \"hi\");\n");
+    let output = tcpscript()
+        .args([
+            "client",
+            s.path(),
+            "--iterations",
+            "2",
+            "--json",
+            "--connect",
+        ])
+        .arg(server.addr())
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(figures.get("handshake_ms").is_none(), "{figures}");
 }
 
 #[test]
