@@ -23,3 +23,4 @@ mod shutdown;
 mod stack;
 mod streams;
 mod support;
+mod tls_server;
