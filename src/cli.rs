@@ -401,6 +401,11 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
         (None, false) => {
+            if args.tls.tls {
+                return Err(Error::Usage(
+                    "--tls needs a SCRIPT or --echo: manual mode does not speak TLS".into(),
+                ));
+            }
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
                 framing: args.common.framing.unwrap_or(Framing::Line),
@@ -414,6 +419,11 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         Some(framing) => framing,
         None => script.declared_framing()?.unwrap_or(Framing::Line),
     };
+    // A certificate that cannot be used is a usage error before listening.
+    let tls = match args.tls.options() {
+        Some(options) => Some(crate::tls::server_config(&options)?),
+        None => None,
+    };
     server::run(
         script,
         ServerOptions {
@@ -424,6 +434,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             verbosity,
             hook_timeout: args.limits.hook_timeout,
         },
+        tls,
     )
 }
 

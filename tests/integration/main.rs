@@ -24,3 +24,4 @@ mod stack;
 mod streams;
 mod support;
 mod tls_client;
+mod tls_server;
