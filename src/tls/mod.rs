@@ -94,14 +94,12 @@ pub(crate) fn install_provider() {
 pub(crate) struct ServerSetup {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) fingerprint: String,
-    /// The throwaway CA, PEM, when one was made (for `tcpscript test`).
-    pub(crate) ca_pem: Option<String>,
 }
 
 pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError> {
     install_provider();
-    let (chain, key, ca_pem) = match &options.identity {
-        Some((cert, key)) => (certs::load_chain(cert)?, certs::load_key(key)?, None),
+    let (chain, key) = match &options.identity {
+        Some((cert, key)) => (certs::load_chain(cert)?, certs::load_key(key)?),
         None => {
             let made = certs::throwaway(&options.sans)?;
             if let Some(path) = &options.ca_out {
@@ -110,7 +108,7 @@ pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError
                     source,
                 })?;
             }
-            (vec![made.leaf], made.key, Some(made.ca_pem))
+            (vec![made.leaf], made.key)
         }
     };
     let fingerprint = certs::fingerprint(&chain[0]);
@@ -135,7 +133,6 @@ pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError
     Ok(ServerSetup {
         config: Arc::new(config),
         fingerprint,
-        ca_pem,
     })
 }
 
