@@ -150,6 +150,11 @@ impl<S: Transport> ServerConnection<S> {
         Poll::Pending
     }
 
+    /// What `tls_info()` returns to this connection's hooks.
+    pub(super) fn tls_info(&self) -> Option<rhai::Map> {
+        self.stream.tls_info()
+    }
+
     /// Hands a received message to `hook` straight from the read buffer,
     /// then drops it from there.
     pub(super) fn handle<T>(&mut self, frame: Frame, hook: impl FnOnce(&[u8]) -> T) -> T {

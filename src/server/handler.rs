@@ -24,21 +24,19 @@ enum End {
     Idle(Duration),
 }
 
-/// Serves one connection, plain or TLS (handshake done); `tls` is what
-/// `tls_info()` returns to its hooks.
+/// Serves one connection, plain or TLS (its handshake done).
 pub(super) async fn serve_connection<S: Transport>(
     stream: S,
     peer: SocketAddr,
     shared: &Shared,
     stop: StopSignal,
-    tls: Option<rhai::Map>,
 ) {
     let options = &shared.options;
     let mut connection = ServerConnection::new(stream, peer, options, stop);
     let mut hooks = shared
         .script
         .connection(peer, &options.framing, options.max_frame);
-    if let Some(tls) = tls {
+    if let Some(tls) = connection.tls_info() {
         hooks.set_tls_info(tls);
     }
     if options.verbosity == Verbosity::Verbose {

@@ -33,11 +33,7 @@ pub(super) async fn serve_tls_connection(
     // then holds only the conversation.
     let handshake = Box::pin(handshake(stream, acceptor, &shared.options, &mut stop)).await;
     match handshake {
-        Ok(stream) => {
-            let (_, session) = stream.get_ref();
-            let info = crate::tls::info::map(session, session.server_name());
-            serve_connection(stream, peer, shared, stop, Some(info)).await;
-        }
+        Ok(stream) => serve_connection(stream, peer, shared, stop).await,
         Err(reason) => {
             // One line, whatever the verbosity: the peer never got a
             // conversation, and the summary counts it as an error.

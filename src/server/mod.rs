@@ -196,7 +196,7 @@ async fn serve(
                     // as if TLS did not exist.
                     match shared.tls.clone() {
                         None => tokio::spawn(async move {
-                            handler::serve_connection(stream, peer, &shared, stop, None).await;
+                            handler::serve_connection(stream, peer, &shared, stop).await;
                             drop(done);
                         }),
                         Some(acceptor) => tokio::spawn(async move {

@@ -25,6 +25,9 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether what [`Transport::write_now`] accepted is all in the
     /// socket, pushing more of it there if not.
     fn flushed_now(&mut self) -> io::Result<bool>;
+
+    /// What `tls_info()` returns: `None` over plain TCP.
+    fn tls_info(&self) -> Option<rhai::Map>;
 }
 
 impl Transport for TcpStream {
@@ -42,6 +45,11 @@ impl Transport for TcpStream {
     #[inline]
     fn flushed_now(&mut self) -> io::Result<bool> {
         Ok(true)
+    }
+
+    #[inline]
+    fn tls_info(&self) -> Option<rhai::Map> {
+        None
     }
 }
 
@@ -68,5 +76,10 @@ impl Transport for TlsStream<TcpStream> {
             Poll::Ready(result) => result.map(|()| true),
             Poll::Pending => Ok(false),
         }
+    }
+
+    fn tls_info(&self) -> Option<rhai::Map> {
+        let session = self.get_ref().1;
+        Some(crate::tls::info::map(session, session.server_name()))
     }
 }
