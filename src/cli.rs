@@ -93,6 +93,95 @@ impl CommonArgs {
     }
 }
 
+/// The server's TLS flags.
+#[derive(Debug, Args)]
+pub struct ServerTlsArgs {
+    /// Serve TLS: with --tls-cert and --tls-key, that certificate; without,
+    /// a throwaway CA and a leaf for localhost, 127.0.0.1 and ::1
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// Certificate chain, PEM, leaf first (with --tls-key)
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert, PEM
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_cert"])]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Another name or IP address for the throwaway leaf; repeatable
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "tls",
+        conflicts_with = "tls_cert"
+    )]
+    pub(crate) tls_san: Vec<String>,
+    /// Write the throwaway CA here, PEM, for clients to trust (--tls-ca)
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls",
+        conflicts_with = "tls_cert"
+    )]
+    pub(crate) tls_ca_out: Option<PathBuf>,
+    /// Require client certificates signed by these CAs, PEM (mutual TLS)
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// An ALPN protocol to offer, e.g. h2, http/1.1; repeatable, in order of preference
+    #[arg(long, value_name = "PROTO", requires = "tls")]
+    pub(crate) tls_alpn: Vec<String>,
+}
+
+impl ServerTlsArgs {
+    /// `None` without `--tls`.
+    pub(crate) fn options(&self) -> Option<crate::tls::ServerTls> {
+        self.tls.then(|| crate::tls::ServerTls {
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            sans: self.tls_san.clone(),
+            ca_out: self.tls_ca_out.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            alpn: self.tls_alpn.clone(),
+        })
+    }
+}
+
+/// The client's TLS flags. Without `--tls` they configure a later `starttls()`.
+#[derive(Debug, Args)]
+pub struct ClientTlsArgs {
+    /// Speak TLS, verifying the server against the system's roots and --tls-ca
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// Also trust the CAs in this PEM file; repeatable
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_ca: Vec<PathBuf>,
+    /// Do not verify the server's certificate at all (said on stderr)
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// The name to verify and send as SNI [default: the host of --connect]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tls_servername: Option<String>,
+    /// An ALPN protocol to offer; repeatable, in order of preference
+    #[arg(long, value_name = "PROTO")]
+    pub(crate) tls_alpn: Vec<String>,
+    /// Client certificate chain, PEM (with --tls-key), for mutual TLS
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert, PEM
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// What to verify and offer, whether TLS starts at once or later.
+    pub(crate) fn options(&self) -> crate::tls::ClientTls {
+        crate::tls::ClientTls {
+            ca: self.tls_ca.clone(),
+            insecure: self.insecure,
+            servername: self.tls_servername.clone(),
+            alpn: self.tls_alpn.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Server script with on_connect / on_message / on_disconnect hooks
@@ -105,6 +194,8 @@ pub struct ServerArgs {
     pub(crate) echo: bool,
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
+    #[command(flatten)]
+    pub(crate) tls: ServerTlsArgs,
     #[command(flatten)]
     pub(crate) record: RecordArgs,
     #[command(flatten)]
@@ -145,6 +236,8 @@ pub struct ClientArgs {
     /// Load mode: start at most this many conversations per second
     #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
     #[command(flatten)]
     pub(crate) record: RecordArgs,
     #[command(flatten)]
@@ -308,6 +401,11 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
         (None, false) => {
+            if args.tls.tls {
+                return Err(Error::Usage(
+                    "--tls needs a SCRIPT or --echo: manual mode does not speak TLS".into(),
+                ));
+            }
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
                 framing: args.common.framing.unwrap_or(Framing::Line),
@@ -321,6 +419,11 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         Some(framing) => framing,
         None => script.declared_framing()?.unwrap_or(Framing::Line),
     };
+    // A certificate that cannot be used is a usage error before listening.
+    let tls = match args.tls.options() {
+        Some(options) => Some(crate::tls::server_config(&options)?),
+        None => None,
+    };
     server::run(
         script,
         ServerOptions {
@@ -331,6 +434,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             verbosity,
             hook_timeout: args.limits.hook_timeout,
         },
+        tls,
     )
 }
 
@@ -338,6 +442,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
+        if args.tls.tls {
+            // Manual mode reads on a second thread through a clone of the
+            // socket, which a TLS session cannot be split into (yet).
+            return Err(Error::Usage(
+                "--tls needs a SCRIPT for now: manual mode does not speak TLS yet".into(),
+            ));
+        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
@@ -363,6 +474,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         }
         .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
+        tls: client_tls(&args.tls)?,
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -419,6 +531,20 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--tls`: the configuration every connection of the command shares.
+fn client_tls(args: &ClientTlsArgs) -> Result<Option<crate::tls::blocking::Client>, Error> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let options = args.options();
+    if options.insecure {
+        crate::console::err(
+            "warning: --insecure: the server's certificate is not verified; anyone in the middle can read and change this conversation",
+        );
+    }
+    Ok(Some(crate::tls::blocking::Client::new(options)?))
+}
+
 fn run_test(args: TestArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
@@ -436,6 +562,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             verbosity,
             limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
+            tls: None,
         },
         server: args.server.map(|path| {
             (

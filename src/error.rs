@@ -53,6 +53,12 @@ pub enum Error {
     Bind { addr: String, source: io::Error },
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
+    /// TLS cannot be set up from the flags given (a missing or bad PEM file).
+    #[error("{0}")]
+    TlsSetup(#[from] crate::tls::TlsError),
+    /// The TLS handshake failed; `reason` is one line from `tls::describe`.
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Handshake { addr: String, reason: String },
     /// A usage problem found while a script ran (a missing `--set` parameter).
     #[error("{0}")]
     ScriptUsage(Box<Diagnostic>),
@@ -97,10 +103,14 @@ impl Error {
             | Error::ReadFile { .. }
             | Error::ScriptFile { .. }
             | Error::WriteFile { .. }
+            | Error::TlsSetup(_)
             | Error::ScriptUsage(_) => exit::USAGE,
             Error::Script(_) => exit::SCRIPT,
             Error::Failed(_) => exit::FAILED,
-            Error::Bind { .. } | Error::Connect { .. } | Error::Network(_) => exit::NETWORK,
+            Error::Bind { .. }
+            | Error::Connect { .. }
+            | Error::Handshake { .. }
+            | Error::Network(_) => exit::NETWORK,
             Error::System { .. } => exit::SYSTEM,
             Error::TestsFailed { code, .. } => *code,
         }

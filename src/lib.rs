@@ -21,4 +21,5 @@ mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 mod runner; // `tcpscript test`: client scripts as test cases, with reports
 mod server; // scripted server: listener, connections, hooks, shared room and store
 mod stack; // the native stack under script code: sized threads, a depth check, no recursion over data
+mod tls; // TLS on rustls: configurations from flags, throwaway certificates, failures in one line
 mod transcript; // the `> sent` / `< received` record of a conversation

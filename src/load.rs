@@ -40,6 +40,8 @@ pub(crate) enum Until {
 struct Tally {
     /// Conversation durations in microseconds.
     latency: Histogram<u64>,
+    /// TLS handshake durations in microseconds, apart from the above.
+    handshake: Histogram<u64>,
     passed: u64,
     failed: u64,
     sent: u64,
@@ -54,6 +56,8 @@ impl Tally {
             // 1 µs to an hour, 3 significant digits.
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static histogram bounds are valid"),
+            handshake: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds are valid"),
             passed: 0,
             failed: 0,
             sent: 0,
@@ -64,6 +68,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         let _ = self.latency.add(&other.latency);
+        let _ = self.handshake.add(&other.handshake);
         self.passed += other.passed;
         self.failed += other.failed;
         self.sent += other.sent;
@@ -159,6 +164,10 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
                     let micros = conversed.elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
                     let _ = tally.latency.record(micros);
+                    for handshake in &conversed.handshakes {
+                        let micros = handshake.as_micros().clamp(1, u64::MAX as u128) as u64;
+                        let _ = tally.handshake.record(micros);
+                    }
                     match conversed.result {
                         Ok(summary) => {
                             tally.passed += 1;
@@ -267,6 +276,8 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     let per_second = conversations as f64 / seconds;
     let messages = tally.sent + tally.received;
     let quantile = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
+    let handshake = |q: f64| tally.handshake.value_at_quantile(q) as f64 / 1000.0;
+    let tls = !tally.handshake.is_empty();
     let mut failures: Vec<(&String, u64)> = tally
         .failures
         .iter()
@@ -275,7 +286,7 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
 
     if options.json {
-        let summary = json!({
+        let mut summary = json!({
             "event": "load",
             "concurrency": options.concurrency,
             "duration": seconds,
@@ -296,6 +307,15 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
                 .map(|(message, count)| json!({ "message": message, "count": count }))
                 .collect::<Vec<_>>(),
         });
+        if tls {
+            summary["handshake_ms"] = json!({
+                "count": tally.handshake.len(),
+                "p50": handshake(0.5),
+                "p90": handshake(0.9),
+                "p99": handshake(0.99),
+                "max": tally.handshake.max() as f64 / 1000.0,
+            });
+        }
         println!("{summary}");
         return;
     }
@@ -315,6 +335,15 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
         quantile(0.99),
         tally.latency.max() as f64 / 1000.0
     ));
+    if tls {
+        crate::console::err(&format!(
+            "TLS handshake (within the above): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            handshake(0.5),
+            handshake(0.9),
+            handshake(0.99),
+            tally.handshake.max() as f64 / 1000.0
+        ));
+    }
     crate::console::err(&format!("{} passed, {} failed", tally.passed, tally.failed));
     for (message, count) in failures {
         crate::console::err(&format!(

@@ -174,6 +174,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         options.max_frame,
         options.timeout,
         options.connect_retry,
+        None,
     )?;
     if options.verbosity >= Verbosity::Normal {
         crate::console::err(&format!("connected to {}", connection.peer()));
@@ -181,7 +182,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
             crate::console::err(&format!("recording to {}", record.path.display()));
         }
     }
-    let stream = connection
+    let mut stream = connection
         .stream()
         .try_clone()
         .map_err(|source| Error::System {
@@ -195,7 +196,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         let mut frames = FrameReader::new(framing, max_frame);
         let stdout = io::stdout();
         loop {
-            match frames.next(&stream, None) {
+            match frames.next(&mut stream, None) {
                 Ok(Received::Message(m)) => {
                     let _ = print_message(&mut stdout.lock(), &m);
                     if arrived_tx.send(Ok(m)).is_err() {

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::framing::{self, Decoder, FrameError, Framing};
 use crate::net::resolve;
 use crate::protocols::ProtocolError;
+use crate::tls::{self, blocking::TlsStream};
 
 /// Bytes asked for per read. With `raw` framing this is the largest
 /// message one read can deliver (the tutorial reads 1024).
@@ -86,7 +87,7 @@ impl FrameReader {
     /// used only where a person is at the other end).
     pub(crate) fn next(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Source,
         timeout: Option<Duration>,
     ) -> Result<Received, RecvError> {
         self.read(stream, timeout, |decoder, buf, eof| {
@@ -100,7 +101,7 @@ impl FrameReader {
     /// Exactly `n` bytes, whatever the framing.
     pub(crate) fn exact(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Source,
         n: usize,
         timeout: Duration,
     ) -> Result<Received, RecvError> {
@@ -121,7 +122,7 @@ impl FrameReader {
     /// The bytes before the first `seq`, which is consumed too.
     pub(crate) fn until(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Source,
         seq: &[u8],
         timeout: Duration,
     ) -> Result<Received, RecvError> {
@@ -153,7 +154,7 @@ impl FrameReader {
     /// before it: consumed through the end of the match.
     pub(crate) fn matching(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Source,
         regex: &Regex,
         timeout: Duration,
     ) -> Result<Received<Matched>, RecvError> {
@@ -174,7 +175,7 @@ impl FrameReader {
     /// bytes at the front (and whether the peer has closed).
     pub(crate) fn parsed(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Source,
         timeout: Duration,
         mut len: impl FnMut(&[u8], bool) -> Result<Option<usize>, ProtocolError>,
     ) -> Result<Received, RecvError> {
@@ -192,7 +193,7 @@ impl FrameReader {
     /// than --max-frame unread bytes, and `slack` for a terminator.
     fn take<T>(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Source,
         timeout: Duration,
         slack: usize,
         mut find: impl FnMut(&[u8]) -> Option<Taken<T>>,
@@ -220,7 +221,7 @@ impl FrameReader {
     /// (then `cut` has a last look, told so) or `timeout` passes.
     fn read<T>(
         &mut self,
-        mut stream: &TcpStream,
+        stream: &mut impl Source,
         timeout: Option<Duration>,
         mut cut: impl FnMut(&mut Decoder, &mut BytesMut, bool) -> Result<Option<T>, RecvError>,
     ) -> Result<Received<T>, RecvError> {
@@ -286,33 +287,117 @@ fn check_size(size: usize, max_frame: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// A connected, framed stream.
+/// What a framed read reads from: a byte stream whose reads can be given
+/// a deadline.
+pub(crate) trait Source: Read {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Source for TcpStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+/// The seam between plain TCP and TLS: a `Connection` reads and writes
+/// through this, and reaches the socket under it for deadlines and
+/// shutdown.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(tls) => tls.tcp(),
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buf),
+            Transport::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(buf),
+            Transport::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(_) => Ok(()),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+impl Source for Transport {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+}
+
+/// A connected, framed stream, over plain TCP or TLS.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TcpStream,
+    transport: Transport,
     reader: FrameReader,
     framing: Framing,
     peer: SocketAddr,
+    /// How long the TLS handshake took; `None` on plain TCP.
+    handshake: Option<Duration>,
     /// Reused for every send so a conversation does not allocate per message.
     out: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects to `addr`; while `retry` lasts, a refused connect is tried again.
+    /// Connects to `addr`; while `retry` lasts, a refused connect is tried
+    /// again. With `tls`, the handshake follows within what is left of
+    /// `timeout`.
     pub(crate) fn connect(
         addr: &str,
         framing: Framing,
         max_frame: usize,
         timeout: Duration,
         retry: Option<Duration>,
+        tls: Option<&tls::blocking::Client>,
     ) -> Result<Self, Error> {
         let targets = resolve(addr)?;
         let give_up = Instant::now() + retry.unwrap_or_default();
         loop {
             let mut last_error = None;
             for target in &targets {
+                let started = Instant::now();
                 match TcpStream::connect_timeout(target, timeout) {
-                    Ok(stream) => return Self::from_stream(stream, framing, max_frame),
+                    Ok(stream) => {
+                        let peer = peer_of(&stream)?;
+                        // Conversations are many small messages: never
+                        // wait to coalesce them.
+                        let _ = stream.set_nodelay(true);
+                        let Some(tls) = tls else {
+                            let transport = Transport::Plain(stream);
+                            return Ok(Self::over(transport, peer, framing, max_frame));
+                        };
+                        let shaking = Instant::now();
+                        let left = timeout.saturating_sub(shaking - started);
+                        let session = tls.handshake(stream, addr, left)?;
+                        let transport = Transport::Tls(Box::new(session));
+                        return Ok(Connection {
+                            handshake: Some(shaking.elapsed()),
+                            ..Self::over(transport, peer, framing, max_frame)
+                        });
+                    }
                     Err(e) => last_error = Some(e),
                 }
             }
@@ -331,44 +416,67 @@ impl Connection {
         }
     }
 
+    /// A plain TCP connection already made (manual mode's accepted client).
     pub(crate) fn from_stream(
         stream: TcpStream,
         framing: Framing,
         max_frame: usize,
     ) -> Result<Self, Error> {
-        let peer = stream.peer_addr().map_err(|source| Error::Connect {
-            addr: "peer".into(),
-            source,
-        })?;
-        // Conversations are many small messages: never wait to coalesce them.
+        let peer = peer_of(&stream)?;
         let _ = stream.set_nodelay(true);
-        Ok(Connection {
+        Ok(Self::over(
+            Transport::Plain(stream),
+            peer,
+            framing,
+            max_frame,
+        ))
+    }
+
+    fn over(transport: Transport, peer: SocketAddr, framing: Framing, max_frame: usize) -> Self {
+        Connection {
             reader: FrameReader::new(framing.clone(), max_frame),
-            stream,
+            transport,
             framing,
             peer,
+            handshake: None,
             out: Vec::new(),
-        })
+        }
+    }
+
+    /// How long the TLS handshake took; `None` on plain TCP.
+    pub(crate) fn handshake_time(&self) -> Option<Duration> {
+        self.handshake
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
     }
 
+    /// The socket, under TLS if there is any.
     pub(crate) fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.transport.tcp()
+    }
+
+    /// `tls_info()`: what the handshake settled; `None` on plain TCP.
+    pub(crate) fn tls_info(&self) -> Option<rhai::Map> {
+        match &self.transport {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => Some(tls.info()),
+        }
     }
 
     pub(crate) fn send(&mut self, message: &[u8]) -> Result<(), RecvError> {
         self.out.clear();
         framing::encode(&self.framing, message, &mut self.out)?;
-        self.stream.write_all(&self.out)?;
+        self.transport.write_all(&self.out)?;
+        self.transport.flush()?;
         Ok(())
     }
 
     /// Sends the bytes as they are, no framing added.
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), RecvError> {
-        self.stream.write_all(bytes)?;
+        self.transport.write_all(bytes)?;
+        self.transport.flush()?;
         Ok(())
     }
 
@@ -387,7 +495,7 @@ impl Connection {
         n: usize,
         timeout: Duration,
     ) -> Result<Received, RecvError> {
-        self.reader.exact(&self.stream, n, timeout)
+        self.reader.exact(&mut self.transport, n, timeout)
     }
 
     pub(crate) fn recv_until(
@@ -395,7 +503,7 @@ impl Connection {
         seq: &[u8],
         timeout: Duration,
     ) -> Result<Received, RecvError> {
-        self.reader.until(&self.stream, seq, timeout)
+        self.reader.until(&mut self.transport, seq, timeout)
     }
 
     /// One whole protocol message, as `len` measures it.
@@ -404,7 +512,7 @@ impl Connection {
         timeout: Duration,
         len: impl FnMut(&[u8], bool) -> Result<Option<usize>, ProtocolError>,
     ) -> Result<Received, RecvError> {
-        self.reader.parsed(&self.stream, timeout, len)
+        self.reader.parsed(&mut self.transport, timeout, len)
     }
 
     pub(crate) fn max_frame(&self) -> usize {
@@ -418,7 +526,7 @@ impl Connection {
         regex: &Regex,
         timeout: Duration,
     ) -> Result<Received<Matched>, RecvError> {
-        self.reader.matching(&self.stream, regex, timeout)
+        self.reader.matching(&mut self.transport, regex, timeout)
     }
 
     /// Bytes received that do not make a whole message yet.
@@ -427,22 +535,35 @@ impl Connection {
     }
 
     pub(crate) fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {
-        self.reader.next(&self.stream, Some(timeout))
+        self.reader.next(&mut self.transport, Some(timeout))
     }
 
     /// Waits with no deadline: only for a person at the other end.
     pub(crate) fn recv_untimed(&mut self) -> Result<Received, RecvError> {
-        self.reader.next(&self.stream, None)
+        self.reader.next(&mut self.transport, None)
     }
 
     /// Ends our side (the peer reads end of stream) but keeps reading.
-    pub(crate) fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+    pub(crate) fn shutdown_write(&mut self) {
+        if let Transport::Tls(tls) = &mut self.transport {
+            tls.close_notify();
+        }
+        let _ = self.stream().shutdown(Shutdown::Write);
     }
 
-    pub(crate) fn close(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+    pub(crate) fn close(&mut self) {
+        if let Transport::Tls(tls) = &mut self.transport {
+            tls.close_notify();
+        }
+        let _ = self.stream().shutdown(Shutdown::Both);
     }
+}
+
+fn peer_of(stream: &TcpStream) -> Result<SocketAddr, Error> {
+    stream.peer_addr().map_err(|source| Error::Connect {
+        addr: "peer".into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -494,7 +615,7 @@ mod tests {
             chunk in 1usize..50,
             ops in proptest::collection::vec(op(), 0..40),
         ) {
-            let (reader, mut writer) = pair();
+            let (mut reader, mut writer) = pair();
             let sent = stream_bytes.clone();
             let writing = std::thread::spawn(move || {
                 for piece in sent.chunks(chunk) {
@@ -516,7 +637,7 @@ mod tests {
                             frames.reframe(framing.clone());
                             current = framing.clone();
                         }
-                        if let Received::Message(m) = frames.next(&reader, Some(wait)).unwrap() {
+                        if let Received::Message(m) = frames.next(&mut reader, Some(wait)).unwrap() {
                             consumed.extend_from_slice(&m);
                             match framing {
                                 Framing::Line => consumed.push(b'\n'),
@@ -526,13 +647,13 @@ mod tests {
                         }
                     }
                     Op::Exact(n) => {
-                        if let Received::Message(m) = frames.exact(&reader, n, wait).unwrap() {
+                        if let Received::Message(m) = frames.exact(&mut reader, n, wait).unwrap() {
                             prop_assert_eq!(m.len(), n);
                             consumed.extend_from_slice(&m);
                         }
                     }
                     Op::Until(seq) => {
-                        if let Received::Message(m) = frames.until(&reader, &seq, wait).unwrap() {
+                        if let Received::Message(m) = frames.until(&mut reader, &seq, wait).unwrap() {
                             prop_assert!(memchr::memmem::find(&m, &seq).is_none());
                             consumed.extend_from_slice(&m);
                             consumed.extend_from_slice(&seq);
@@ -541,7 +662,7 @@ mod tests {
                     Op::Match(pattern) => {
                         let regex = Regex::new(pattern).unwrap();
                         if let Received::Message((m, groups)) =
-                            frames.matching(&reader, &regex, wait).unwrap()
+                            frames.matching(&mut reader, &regex, wait).unwrap()
                         {
                             let whole = groups[0].clone().unwrap();
                             prop_assert_eq!(whole.end, m.len());
@@ -553,7 +674,7 @@ mod tests {
             }
             let _writer = writing.join().unwrap();
             let rest = stream_bytes.len() - consumed.len();
-            match frames.exact(&reader, rest, Duration::from_secs(5)).unwrap() {
+            match frames.exact(&mut reader, rest, Duration::from_secs(5)).unwrap() {
                 Received::Message(m) => consumed.extend_from_slice(&m),
                 other => panic!("the rest did not arrive: {other:?}"),
             }

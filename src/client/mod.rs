@@ -28,6 +28,7 @@ use crate::framing::Framing;
 use crate::message;
 use crate::protocols::{self, ProtocolError, http, resp, smtp};
 use crate::report::events::{TestEvents, message_fields};
+use crate::tls;
 use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// Everything `tcpscript client SCRIPT` needs, parsed from the command line.
@@ -45,6 +46,8 @@ pub(crate) struct ClientOptions {
     pub(crate) limits: Limits,
     /// `--case-timeout`: how long one run may take in all; `None`: no limit.
     pub(crate) case_timeout: Option<Duration>,
+    /// `--tls`: every connection of a run speaks TLS, `connect()`'s too.
+    pub(crate) tls: Option<tls::blocking::Client>,
 }
 
 /// What a passing conversation did.
@@ -62,6 +65,8 @@ pub(crate) struct Conversed {
     /// The kept part of the transcript, formatted.
     pub(crate) transcript: Vec<String>,
     pub(crate) elapsed: Duration,
+    /// Each TLS handshake's time, apart from the conversation (load mode).
+    pub(crate) handshakes: Vec<Duration>,
 }
 
 /// A compiled client script and an engine to run it, as many times as
@@ -130,11 +135,13 @@ impl ClientScript {
             connect_retry: self.options.connect_retry,
             framing: self.framing.clone(),
             max_frame: self.options.max_frame,
+            tls: self.options.tls.clone(),
             log: Mutex::new(Log {
                 transcript: Transcript::keeping(keep, self.options.verbosity, String::new()),
                 sent: 0,
                 received: 0,
                 opened: 0,
+                handshakes: Vec::new(),
             }),
             patterns: Mutex::new(HashMap::new()),
             events: events.clone(),
@@ -143,7 +150,7 @@ impl ClientScript {
         let result = conversation
             .open_default()
             .and_then(|()| self.converse(&conversation, events));
-        let log = lock(&conversation.log);
+        let mut log = lock(&conversation.log);
         let result = result.map(|()| Summary {
             sent: log.sent,
             received: log.received,
@@ -153,6 +160,7 @@ impl ClientScript {
             result,
             transcript: log.transcript.all(),
             elapsed: started.elapsed(),
+            handshakes: std::mem::take(&mut log.handshakes),
         }
     }
 
@@ -241,6 +249,7 @@ struct Conversation {
     connect_retry: Option<Duration>,
     framing: Framing,
     max_frame: usize,
+    tls: Option<tls::blocking::Client>,
     log: Mutex<Log>,
     /// Compiled `expect` patterns: a pattern in a loop is compiled once.
     patterns: Mutex<HashMap<String, Regex>>,
@@ -255,6 +264,7 @@ struct Log {
     received: u64,
     /// Connections opened so far, to number the next one.
     opened: usize,
+    handshakes: Vec<Duration>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -353,10 +363,12 @@ impl Conversation {
             self.max_frame,
             timeout.max(Duration::from_millis(1)),
             self.connect_retry.map(|retry| self.clamp(retry).0),
+            self.tls.as_ref(),
         )?;
         let number = {
             let mut log = lock(&self.log);
             log.opened += 1;
+            log.handshakes.extend(connection.handshake_time());
             log.opened
         };
         self.emit(
@@ -380,7 +392,7 @@ impl Conversation {
     }
 
     fn close_all(&self) {
-        if let Some(connection) = lock(&self.default).connection.take() {
+        if let Some(mut connection) = lock(&self.default).connection.take() {
             connection.shutdown_write();
         }
     }
@@ -822,9 +834,18 @@ impl Peer {
     }
 
     fn close(&mut self) {
-        if let Some(connection) = lock(&self.state).connection.take() {
+        if let Some(mut connection) = lock(&self.state).connection.take() {
             connection.close();
         }
+    }
+
+    /// `tls_info()`: what the handshake settled, `()` on plain TCP.
+    fn tls_info(&mut self) -> NativeResult<Dynamic> {
+        let mut state = lock(&self.state);
+        Ok(state
+            .connection()?
+            .tls_info()
+            .map_or(Dynamic::UNIT, Dynamic::from_map))
     }
 
     fn describe(&mut self) -> String {
@@ -936,6 +957,7 @@ fn register(engine: &mut Engine, current: &Slot) {
         |p, method: &str, path: &str, headers: Map, body: Dynamic| p
             .send_http(method, path, &headers, body)
     );
+    conversation_fn!(engine, default, "tls_info", |p| p.tls_info());
     conversation_fn!(engine, default, "close", |p| {
         p.close();
         NativeResult::Ok(())

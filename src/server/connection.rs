@@ -1,7 +1,8 @@
 //! The socket of one server connection: messages cut out of what arrives,
 //! replies framed and written with backpressure, and a close that does not
 //! destroy replies still in flight. Every wait here gives way to the
-//! server's hard stop.
+//! server's hard stop. Written once for plain TCP and TLS alike: see
+//! [`Transport`] for the little that differs.
 
 use std::cell::RefCell;
 use std::io;
@@ -11,8 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::transport::Transport;
 
 use super::ServerOptions;
 use super::room::Inbox;
@@ -62,8 +65,8 @@ pub(super) enum Event {
     Idle,
 }
 
-pub(super) struct ServerConnection {
-    stream: TcpStream,
+pub(super) struct ServerConnection<S> {
+    stream: S,
     decoder: Decoder,
     framing: Framing,
     /// Received bytes not yet cut into a message.
@@ -83,14 +86,14 @@ pub(super) struct ServerConnection {
     pub(super) messages_out: u64,
 }
 
-impl ServerConnection {
+impl<S: Transport> ServerConnection<S> {
     pub(super) fn new(
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
         options: &ServerOptions,
         stop: StopSignal,
     ) -> Self {
-        let _ = stream.set_nodelay(true);
+        let _ = stream.socket().set_nodelay(true);
         ServerConnection {
             stream,
             decoder: Decoder::new(options.framing.clone(), options.max_frame),
@@ -147,6 +150,11 @@ impl ServerConnection {
         Poll::Pending
     }
 
+    /// What `tls_info()` returns to this connection's hooks.
+    pub(super) fn tls_info(&self) -> Option<rhai::Map> {
+        self.stream.tls_info()
+    }
+
     /// Hands a received message to `hook` straight from the read buffer,
     /// then drops it from there.
     pub(super) fn handle<T>(&mut self, frame: Frame, hook: impl FnOnce(&[u8]) -> T) -> T {
@@ -171,6 +179,12 @@ impl ServerConnection {
                     let filled = read.filled();
                     self.buf.extend_from_slice(filled);
                     Poll::Ready(Ok(filled.len()))
+                }
+                // TLS: a peer that closes without close_notify (Python's
+                // `ssl`, many HTTP clients) has simply closed; a message it
+                // cut short is still caught by the framing at the end.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(0))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
@@ -223,31 +237,34 @@ impl ServerConnection {
     /// making progress and is not cut off), and the hard stop of a
     /// shutdown gives up at once, as does any write after it.
     pub(super) async fn flush(&mut self) -> Result<(), ConnError> {
-        match self.write_now()? {
-            0 => Ok(()),
-            // Boxed, as every rarely taken wait of a connection: its task
-            // holds room for its largest wait, and ten thousand idle
-            // connections each hold one.
-            _ => Box::pin(self.flush_waiting()).await,
+        if self.write_now()? {
+            return Ok(());
         }
+        // Boxed, as every rarely taken wait of a connection: its task
+        // holds room for its largest wait, and ten thousand idle
+        // connections each hold one.
+        Box::pin(self.flush_waiting()).await
     }
 
-    /// Writes what the socket takes without waiting; returns what is left.
-    /// Usually the socket takes it all at once: callers on the hot path try
-    /// this first and build no future unless something is left.
-    pub(super) fn write_now(&mut self) -> Result<usize, ConnError> {
+    /// Writes what the socket takes without waiting; true once all of it
+    /// is written. Usually the socket takes it all at once: callers on the
+    /// hot path try this first and build no future unless something is
+    /// left.
+    pub(super) fn write_now(&mut self) -> Result<bool, ConnError> {
         while self.out_sent < self.out.len() {
-            match self.stream.try_write(&self.out[self.out_sent..]) {
+            match self.stream.write_now(&self.out[self.out_sent..]) {
+                Ok(0) => break,
                 Ok(n) => self.out_sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
             }
         }
-        let left = self.out.len() - self.out_sent;
-        if left == 0 {
-            self.discard_output();
+        if self.out_sent < self.out.len() {
+            return Ok(false);
         }
-        Ok(left)
+        self.discard_output();
+        // TLS records made of it may still wait for room in the socket.
+        Ok(self.stream.flushed_now()?)
     }
 
     /// Forgets what is queued (written, or given up on).
@@ -263,13 +280,13 @@ impl ServerConnection {
     /// has left something.
     #[cold]
     pub(super) async fn flush_waiting(&mut self) -> Result<(), ConnError> {
-        while !self.out.is_empty() {
+        while !self.write_now()? {
             if self.stop.is_hard() {
                 self.discard_output();
                 return Err(ConnError::Stopped);
             }
             let stalled = tokio::select! {
-                ready = self.stream.writable() => {
+                ready = self.stream.socket().writable() => {
                     ready?;
                     false
                 }
@@ -277,26 +294,31 @@ impl ServerConnection {
                     self.discard_output();
                     return Err(ConnError::Stopped);
                 }
-                stalled = stall(&self.stream, self.write_timeout) => stalled,
+                stalled = stall(self.stream.socket(), self.write_timeout) => stalled,
             };
             if stalled {
                 return Err(ConnError::NotReading(
                     self.write_timeout.unwrap_or_default(),
                 ));
             }
-            self.write_now()?;
         }
         Ok(())
     }
 
-    /// Sends our FIN, then drains briefly so unread input does not turn
-    /// the close into a reset that could destroy replies still in flight.
+    /// Sends our FIN (TLS: close_notify first), then drains briefly so
+    /// unread input does not turn the close into a reset that could destroy
+    /// replies still in flight.
     pub(super) async fn close(&mut self) {
-        let _ = self.stream.shutdown().await;
+        // Plain TCP shuts down at once; TLS may wait to write close_notify.
+        tokio::select! {
+            biased;
+            _ = tokio::time::timeout(CLOSE_LINGER, self.stream.shutdown()) => {}
+            _ = self.stop.hard() => {}
+        }
         if self.eof || self.stop.is_hard() {
             return;
         }
-        let stream = &self.stream;
+        let stream = self.stream.socket();
         let drain = async {
             loop {
                 if stream.readable().await.is_err() {

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use super::Shared;
 use super::connection::{ConnError, Event, ServerConnection};
 use super::hooks::{Action, ConnectionHooks, HookFailure, Reply};
 use super::room::{Inbox, Room};
 use super::shutdown::StopSignal;
+use super::transport::Transport;
 use crate::console;
 use crate::transcript::Verbosity;
 
@@ -25,8 +24,9 @@ enum End {
     Idle(Duration),
 }
 
-pub(super) async fn serve_connection(
-    stream: TcpStream,
+/// Serves one connection, plain or TLS (its handshake done).
+pub(super) async fn serve_connection<S: Transport>(
+    stream: S,
     peer: SocketAddr,
     shared: &Shared,
     stop: StopSignal,
@@ -36,6 +36,9 @@ pub(super) async fn serve_connection(
     let mut hooks = shared
         .script
         .connection(peer, &options.framing, options.max_frame);
+    if let Some(tls) = connection.tls_info() {
+        hooks.set_tls_info(tls);
+    }
     if options.verbosity == Verbosity::Verbose {
         console::err(&format!("{peer} connected"));
     }
@@ -108,8 +111,8 @@ pub(super) async fn serve_connection(
     counts.errors.fetch_add(errors, Ordering::Relaxed);
 }
 
-async fn converse(
-    connection: &mut ServerConnection,
+async fn converse<S: Transport>(
+    connection: &mut ServerConnection<S>,
     hooks: &mut ConnectionHooks,
     member: &mut Option<Member>,
     shared: &Shared,
@@ -164,8 +167,8 @@ async fn converse(
 
 /// A hook failed: its error is reported at once, then what it had sent
 /// before failing still goes out, and the connection ends.
-async fn failed(
-    connection: &mut ServerConnection,
+async fn failed<S: Transport>(
+    connection: &mut ServerConnection<S>,
     member: Option<&Member>,
     mut failure: HookFailure,
 ) -> ConnError {
@@ -178,8 +181,8 @@ async fn failed(
 }
 
 /// Carries out a hook's reply; true when the script asked to close.
-async fn perform(
-    connection: &mut ServerConnection,
+async fn perform<S: Transport>(
+    connection: &mut ServerConnection<S>,
     member: Option<&Member>,
     reply: &mut Reply,
 ) -> Result<bool, ConnError> {
@@ -211,7 +214,7 @@ async fn perform(
             }
         }
     }
-    if connection.write_now()? > 0 {
+    if !connection.write_now()? {
         Box::pin(connection.flush_waiting()).await?;
     }
     Ok(reply.close)

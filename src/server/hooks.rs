@@ -106,6 +106,8 @@ struct HookCall {
     memory_start: isize,
     /// What the connection's variables held before the call (an estimate).
     kept: usize,
+    /// `tls_info()` of a TLS connection, lent by it for the call.
+    tls: Option<Box<rhai::Map>>,
 }
 
 impl HookCall {
@@ -121,6 +123,7 @@ impl HookCall {
         next_handoff: None,
         memory_start: 0,
         kept: 0,
+        tls: None,
     };
 
     /// Queues a message, refusing what the framing cannot carry.
@@ -395,6 +398,7 @@ impl ServerScript {
             peer: peer.to_string().into(),
             spare: Vec::new(),
             spare_text: ImmutableString::new(),
+            tls: None,
         }
     }
 }
@@ -556,6 +560,13 @@ fn server_engine(
             call.peer.as_deref().unwrap_or_default().to_string()
         })
     });
+    engine.register_fn("tls_info", || {
+        with_current("tls_info()", |call| {
+            call.tls
+                .as_deref()
+                .map_or(Dynamic::UNIT, |map| Dynamic::from_map(map.clone()))
+        })
+    });
     engine.register_fn("log", move |value: Dynamic| {
         if verbosity >= Verbosity::Normal {
             let who = CURRENT
@@ -681,6 +692,9 @@ pub(crate) struct ConnectionHooks {
     /// what its calls have grown (or shrunk) by since.
     kept: usize,
     unmeasured: isize,
+    /// What a TLS handshake settled, for `tls_info()`; boxed, so a plain
+    /// connection pays one pointer for it.
+    tls: Option<Box<rhai::Map>>,
 }
 
 impl Drop for ConnectionHooks {
@@ -690,6 +704,11 @@ impl Drop for ConnectionHooks {
 }
 
 impl ConnectionHooks {
+    /// What `tls_info()` returns in this connection's hooks.
+    pub(crate) fn set_tls_info(&mut self, info: rhai::Map) {
+        self.tls = Some(Box::new(info));
+    }
+
     /// Hands back a carried-out reply so the next call can reuse its list.
     pub(crate) fn recycle(&mut self, mut reply: Reply) {
         reply.actions.clear();
@@ -734,6 +753,7 @@ impl ConnectionHooks {
             call.next_handoff = None;
             call.memory_start = start;
             call.kept = kept;
+            call.tls = self.tls.take();
         });
         memory::set_ceiling(start.saturating_add_unsigned(memory::FLOOR.saturating_sub(kept)));
         let result = call_on_this_thread(&self.script, &mut self.scope, hook, args);
@@ -741,6 +761,7 @@ impl ConnectionHooks {
         let (mut reply, limit) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
             call.peer = None;
+            self.tls = call.tls.take();
             (std::mem::take(&mut call.reply), call.limit)
         });
         // `set_framing` holds for the calls that follow.

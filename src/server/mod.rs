@@ -4,10 +4,12 @@
 
 mod connection; // one connection's socket: framed reads, bounded writes, close
 mod handler; // one connection's life: hooks called, replies carried out
+mod handshake; // --tls: each connection's handshake, in its own task
 pub(crate) mod hooks; // server scripts: per-connection state and hook calls
 pub(crate) mod room; // what connections share: the roster and the shared store
 mod scope; // what each connection gets of the top-level variables: copied, shared, or copied on first use
 mod shutdown; // signals, the grace period, the hard stop, the summary counts
+mod transport; // plain TCP or TLS: what the one connection loop needs of each
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,8 @@ struct Shared {
     script: Arc<ServerScript>,
     options: ServerOptions,
     counts: Counts,
+    /// `--tls`: every connection's handshake starts from this.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -59,7 +63,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 /// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.
-pub(crate) fn run(script: ServerScript, options: ServerOptions) -> Result<(), Error> {
+/// With `tls`, every connection speaks TLS.
+pub(crate) fn run(
+    script: ServerScript,
+    options: ServerOptions,
+    tls: Option<crate::tls::ServerSetup>,
+) -> Result<(), Error> {
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let listener = bind(&options.listen).await?;
@@ -70,6 +79,10 @@ pub(crate) fn run(script: ServerScript, options: ServerOptions) -> Result<(), Er
         let stop = shutdown::signal()?;
         // Tests and CI wait for this exact line: it means connects will succeed.
         crate::console::err(&format!("listening on {local}"));
+        if let Some(tls) = &tls {
+            // For a peer to pin, or to compare with what it was shown.
+            crate::console::err(&format!("tls fingerprint SHA256 {}", tls.fingerprint));
+        }
         let fd_limit = raise_open_file_limit();
         if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
             console::err(&format!(
@@ -78,7 +91,8 @@ pub(crate) fn run(script: ServerScript, options: ServerOptions) -> Result<(), Er
                 fd_limit.saturating_sub(16)
             ));
         }
-        let summary = serve(listener, script, options, stop).await;
+        let acceptor = tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
+        let summary = serve(listener, script, options, acceptor, stop).await;
         console::err(&summary);
         Ok(())
     });
@@ -133,7 +147,7 @@ pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Back
     // Sized for scripts: the script's values may be dropped on it at the end.
     let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
-            runtime.block_on(serve(listener, script, options, async {
+            runtime.block_on(serve(listener, script, options, None, async {
                 let _ = stopped.await;
             }));
         })
@@ -154,12 +168,14 @@ async fn serve(
     listener: TcpListener,
     script: ServerScript,
     options: ServerOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()>,
 ) -> String {
     let shared = Arc::new(Shared {
         script: Arc::new(script),
         options,
         counts: Counts::default(),
+        tls,
     });
     let stopping = Stopping::new();
     // Each connection holds a sender; when all are dropped, all are done.
@@ -176,10 +192,19 @@ async fn serve(
                     let shared = shared.clone();
                     let stop = stopping.watch();
                     let done = done_tx.clone();
-                    tokio::spawn(async move {
-                        handler::serve_connection(stream, peer, &shared, stop).await;
-                        drop(done);
-                    });
+                    // Two kinds of task: a plain connection's stays as small
+                    // as if TLS did not exist.
+                    match shared.tls.clone() {
+                        None => tokio::spawn(async move {
+                            handler::serve_connection(stream, peer, &shared, stop).await;
+                            drop(done);
+                        }),
+                        Some(acceptor) => tokio::spawn(async move {
+                            handshake::serve_tls_connection(stream, peer, &shared, stop, acceptor)
+                                .await;
+                            drop(done);
+                        }),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors, usually: wait for some to free

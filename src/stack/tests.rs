@@ -492,6 +492,7 @@ fn a_client_script_is_checked_too() {
         verbosity: crate::transcript::Verbosity::Quiet,
         limits: Limits::default(),
         case_timeout: None,
+        tls: None,
     };
     // The connection waits in the listener's backlog: nothing is read.
     let rendered = on_thread(SMALL_THREAD, || {

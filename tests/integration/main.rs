@@ -23,3 +23,5 @@ mod shutdown;
 mod stack;
 mod streams;
 mod support;
+mod tls_client;
+mod tls_server;

@@ -1,0 +1,344 @@
+//! `tcpscript server --tls` against TLS clients tcpscript did not write:
+//! `openssl s_client`, `curl` and Python's `ssl`, each verifying the
+//! server against the throwaway CA it wrote with `--tls-ca-out`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
+
+use crate::support::{Running, repo_path, script, shipped, tcpscript};
+
+/// A server with `--tls --tls-ca-out DIR/ca.pem` plus `args`.
+fn tls_server(dir: &Path, args: &[&str]) -> (Running, PathBuf) {
+    let ca = dir.join("ca.pem");
+    let mut all = args.to_vec();
+    all.extend(["--tls", "--tls-ca-out", ca.to_str().unwrap()]);
+    (Running::server(&all), ca)
+}
+
+/// `openssl s_client` sending `input`, reading until the server closes.
+fn s_client(port: u16, ca: &Path, extra: &[&str], input: &str) -> Output {
+    let mut child = s_client_command(port, ca, extra)
+        .arg("-ign_eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn s_client_command(port: u16, ca: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-CAfile", ca.to_str().unwrap(), "-verify_return_error"])
+        .args(extra);
+    command
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The value of `tls fingerprint SHA256 ...` on the server's stderr.
+fn announced_fingerprint(server: &Running) -> String {
+    let stderr = server.wait_stderr("tls fingerprint SHA256 ");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("tls fingerprint SHA256 "))
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// `openssl x509 -fingerprint -sha256` of the first certificate in `pem`.
+fn openssl_fingerprint(dir: &Path, pem: &str) -> String {
+    let begin = pem
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end_marker = "-----END CERTIFICATE-----";
+    let end = pem[begin..].find(end_marker).unwrap() + begin + end_marker.len();
+    let path = dir.join("served.pem");
+    std::fs::write(&path, format!("{}\n", &pem[begin..end])).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = text(&out.stdout);
+    out.trim()
+        .split_once('=')
+        .expect("Fingerprint=...")
+        .1
+        .to_string()
+}
+
+#[test]
+fn openssl_s_client_verifies_the_throwaway_ca_and_gets_the_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = tls_server(dir.path(), &["--echo"]);
+    // The echo server never closes: s_client keeps its stdin open and is
+    // killed once the echo is back.
+    let mut client = Running::start(
+        s_client_command(server.port, &ca, &["-servername", "localhost"]),
+        None,
+    );
+    client.write_stdin("hello over tls\n");
+    let stdout = client.wait_stdout("\nhello over tls\n");
+    assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
+}
+
+#[test]
+fn the_announced_fingerprint_is_the_served_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script("fn on_message(msg) { close(); msg }");
+    let (server, ca) = tls_server(dir.path(), &[s.path()]);
+    let out = s_client(server.port, &ca, &["-showcerts"], "hi\n");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
+    assert_eq!(
+        announced_fingerprint(&server),
+        openssl_fingerprint(dir.path(), &stdout)
+    );
+    // Printed right after `listening on`.
+    let stderr = server.stderr();
+    let mut lines = stderr.lines();
+    assert!(
+        lines.next().unwrap().starts_with("listening on "),
+        "{stderr}"
+    );
+    assert!(
+        lines.next().unwrap().starts_with("tls fingerprint SHA256 "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hooks_see_what_the_handshake_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        r#"
+fn on_message(msg) {
+    let tls = tls_info();
+    close();
+    `${msg} ${tls.version} alpn=${tls.alpn} sni=${tls.sni} client=${tls.peer_fingerprint}`
+}
+"#,
+    );
+    let (server, ca) = tls_server(dir.path(), &[s.path(), "--tls-alpn", "http/1.1"]);
+    let out = s_client(
+        server.port,
+        &ca,
+        &["-servername", "localhost", "-alpn", "h2,http/1.1"],
+        "hello\n",
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ALPN protocol: http/1.1"), "{stdout}");
+    assert!(
+        stdout.contains("\nhello TLSv1.3 alpn=http/1.1 sni=localhost client=\n"),
+        "{stdout}\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn tls_info_is_unit_over_plain_tcp() {
+    let s = script(r#"fn on_message(msg) { `${msg} ${type_of(tls_info())}` }"#);
+    let server = Running::server(&[s.path()]);
+    let mut client = crate::support::LineClient::connect(server.port);
+    assert_eq!(client.exchange("hello"), "hello ()");
+}
+
+#[test]
+fn curl_gets_the_https_mock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = tls_server(dir.path(), &[&shipped("http_mock.rhai")]);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://127.0.0.1:{}/hello", server.port))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from tcpscript\n");
+}
+
+/// Python's `ssl` client of tests/fixtures/tls_client.py.
+fn python_client(port: u16, ca: &Path, identity: Option<(&Path, &Path)>) -> Output {
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_path("tests/fixtures/tls_client.py"))
+        .arg(port.to_string())
+        .arg(ca);
+    if let Some((cert, key)) = identity {
+        command.arg(cert).arg(key);
+    }
+    command.output().unwrap()
+}
+
+/// A client CA and a client certificate it signed, made with openssl.
+fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("req.cnf"),
+        "[req]\ndistinguished_name = dn\n[dn]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec!["req", "-x509", "-config", "req.cnf", "-nodes", "-days", "2"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "client-ca.key", "-out", "client-ca.pem"]);
+    ca.extend(["-subj", "/CN=tcpscript test client CA"]);
+    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+    run(&ca);
+    let mut csr = vec!["req", "-config", "req.cnf", "-nodes"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "client.key", "-out", "client.csr"]);
+    csr.extend(["-subj", "/CN=client"]);
+    run(&csr);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "client-ca.pem",
+        "-CAkey",
+        "client-ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "client.pem",
+    ]);
+    (
+        dir.join("client-ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    )
+}
+
+#[test]
+fn mutual_tls_admits_a_client_with_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_identity(dir.path());
+    let (server, ca) = tls_server(
+        dir.path(),
+        &["--echo", "--tls-client-ca", client_ca.to_str().unwrap()],
+    );
+    let out = python_client(server.port, &ca, Some((&cert, &key)));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "connected TLSv1.3\nreply hello\n");
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_without_a_certificate_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_ca, _, _) = client_identity(dir.path());
+    let (server, ca) = tls_server(
+        dir.path(),
+        &["--echo", "--tls-client-ca", client_ca.to_str().unwrap()],
+    );
+    let out = python_client(server.port, &ca, None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).starts_with("error: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let stderr = server.wait_stderr("TLS handshake failed");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("TLS handshake failed"))
+        .unwrap();
+    assert!(line.starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        line.ends_with(
+            " TLS handshake failed: the client sent no certificate, and this server requires one (--tls-client-ca)"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_plain_tcp_client_is_told_apart_and_others_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = tls_server(dir.path(), &["--echo"]);
+    let mut plain = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    plain.write_all(b"hello\n").unwrap();
+    // The server answers with an alert, then closes: no echo.
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.ends_with(b"hello\n"), "{answer:?}");
+    server.wait_stderr("TLS handshake failed: the peer does not speak TLS");
+    let out = python_client(server.port, &ca, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "connected TLSv1.3\nreply hello\n");
+    server.send_signal("TERM");
+    server.wait_stderr("shut down: 2 connections, 1 messages in, 1 out, 1 errors");
+}
+
+#[test]
+fn closing_sends_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script("fn on_message(msg) { close(); msg }");
+    let (server, ca) = tls_server(dir.path(), &[s.path()]);
+    let out = Command::new("python3")
+        .arg(repo_path("tests/fixtures/tls_client.py"))
+        .arg(server.port.to_string())
+        .arg(&ca)
+        .env("TLS_CLIENT_READ_TO_EOF", "1")
+        .output()
+        .unwrap();
+    // Without close_notify, Python reports the EOF as a protocol violation.
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "connected TLSv1.3\nreply hello\nclosed with close_notify\n"
+    );
+}
+
+#[test]
+fn a_missing_certificate_file_is_a_usage_error_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    tcpscript()
+        .args(["server", "--echo", "--listen", "127.0.0.1:0", "--tls"])
+        .args(["--tls-cert", missing, "--tls-key", missing])
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(2)
+        .stderr(contains("cannot read").and(contains("missing.pem")))
+        .stderr(contains("listening on").not());
+}
