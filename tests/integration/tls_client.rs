@@ -148,6 +148,11 @@ impl Pki {
 /// `openssl s_server -rev` (each line sent back reversed) with `cert`,
 /// offering ALPN `echo/1`; once it accepts.
 fn s_server(pki: &Pki, cert: &str) -> Running {
+    s_server_with(pki, cert, &[])
+}
+
+/// `openssl s_server` with `extra` flags.
+fn s_server_with(pki: &Pki, cert: &str, extra: &[&str]) -> Running {
     let port = closed_port();
     let mut command = Command::new("openssl");
     command.args([
@@ -162,6 +167,7 @@ fn s_server(pki: &Pki, cert: &str) -> Running {
         "echo/1",
         "-rev",
     ]);
+    command.args(extra);
     let mut server = Running::start(command, None);
     server.wait_stdout("ACCEPT");
     server.port = port;
@@ -507,4 +513,23 @@ fn manual_mode_refuses_tls_for_now() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("--tls needs a SCRIPT"));
+}
+
+#[test]
+fn a_server_offering_only_tls_1_1_has_no_version_in_common() {
+    let pki = Pki::new();
+    let server = s_server_with(
+        &pki,
+        &pki.path("server.pem"),
+        &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+    );
+    let s = script(REVERSED);
+    let ca = pki.path("ca.pem");
+    let output = client(&s, server.port, &["--tls-ca", &ca])
+        .assert()
+        .code(4)
+        .get_output()
+        .clone();
+    let line = one_line(&output);
+    assert!(line.contains("no protocol version in common"), "{line}");
 }

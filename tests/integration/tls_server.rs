@@ -342,3 +342,36 @@ fn a_missing_certificate_file_is_a_usage_error_before_listening() {
         .stderr(contains("cannot read").and(contains("missing.pem")))
         .stderr(contains("listening on").not());
 }
+
+#[test]
+fn a_client_that_never_starts_the_handshake_is_cut_off_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // The handshake waits no longer than --idle-timeout when it is shorter.
+    let (server, ca) = tls_server(dir.path(), &["--echo", "--idle-timeout", "500ms"]);
+    let mut silent = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    server.wait_stderr("TLS handshake failed");
+    let mut rest = Vec::new();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(silent.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    // Others are served meanwhile and after.
+    let out = python_client(server.port, &ca, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_client_offering_only_tls_1_1_finds_no_common_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = tls_server(dir.path(), &["--echo"]);
+    let out = s_client_command(
+        server.port,
+        &ca,
+        &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    server.wait_stderr("TLS handshake failed: no protocol version");
+}
