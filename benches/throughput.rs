@@ -18,6 +18,13 @@
 //!   against the floor server, beside the same loop in blocking Python.
 //! - `idle`: RSS of a server holding 10,000 idle connections.
 //! - `check`: wall time of `tcpscript check` on a small script.
+//! - `tls`: the echo ping-pong over 50 TLS connections against `tcpscript
+//!   server --tls` (its throwaway CA trusted via `--tls-ca-out`) and a bare
+//!   tokio-rustls line-echo floor (this binary re-executed with
+//!   `--floor-tls-server CERT KEY`, an rcgen self-signed certificate), both
+//!   on rustls with the `ring` provider; then load mode's TLS rate,
+//!   `tcpscript client --tls --concurrency 50` against the TLS floor,
+//!   beside a tokio-rustls connect/handshake/exchange/close loop.
 //!
 //! `TCPSCRIPT_BENCH_BIN=/path/to/tcpscript` benchmarks that binary instead
 //! of the one cargo built (a build with debug info to profile, another branch).
@@ -37,7 +44,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
@@ -53,6 +60,11 @@ fn tcpscript() -> PathBuf {
 }
 /// The hidden argument that turns this binary into the floor server.
 const FLOOR_ARG: &str = "--floor-server";
+/// The hidden argument that turns this binary into the TLS floor server;
+/// it takes the certificate and key PEM files.
+const FLOOR_TLS_ARG: &str = "--floor-tls-server";
+/// Connections of the TLS echo run.
+const TLS_CONNECTIONS: usize = 50;
 
 /// One ping: 31 bytes and a newline. The first 20 bytes carry a sequence
 /// number so a stale or mixed-up reply is caught.
@@ -135,6 +147,16 @@ fn main() {
         floor_server();
         return;
     }
+    if args.first().map(String::as_str) == Some(FLOOR_TLS_ARG) {
+        match (args.get(1), args.get(2)) {
+            (Some(cert), Some(key)) => floor_tls_server(Path::new(cert), Path::new(key)),
+            _ => {
+                eprintln!("usage: {FLOOR_TLS_ARG} CERT KEY");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let config = match Config::parse(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -152,7 +174,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench throughput [-- OPTIONS]
 
   --quick                           short runs (about 25 s in all)
-  --only echo,client,load,idle,check  run these sections only
+  --only echo,client,load,idle,check,tls  run these sections only
   --servers floor,tcpscript,python  servers for echo and idle (default: all;
                                     ratios and targets need the floor)
   --conns 1,50,500                  connection counts for echo
@@ -167,15 +189,17 @@ enum Section {
     Load,
     Idle,
     Check,
+    Tls,
 }
 
 impl Section {
-    const ALL: [Section; 5] = [
+    const ALL: [Section; 6] = [
         Section::Echo,
         Section::Client,
         Section::Load,
         Section::Idle,
         Section::Check,
+        Section::Tls,
     ];
 
     fn name(self) -> &'static str {
@@ -185,6 +209,7 @@ impl Section {
             Section::Load => "load",
             Section::Idle => "idle",
             Section::Check => "check",
+            Section::Tls => "tls",
         }
     }
 }
@@ -395,6 +420,9 @@ fn run(config: &Config) -> Result<(), String> {
     if config.sections.contains(&Section::Check) {
         report.check = Some(check_section(config)?);
     }
+    if config.sections.contains(&Section::Tls) {
+        report.tls = Some(tls_section(config, &context)?);
+    }
     report.print(config, &machine, &context, started.elapsed());
     Ok(())
 }
@@ -407,6 +435,10 @@ enum Kind {
     Floor,
     Tcpscript,
     Python,
+    /// The tokio-rustls floor (`--floor-tls-server`).
+    FloorTls,
+    /// `tcpscript server --tls` with its throwaway CA.
+    TcpscriptTls,
 }
 
 impl Kind {
@@ -415,6 +447,8 @@ impl Kind {
             Kind::Floor => "floor (tokio)",
             Kind::Tcpscript => "tcpscript",
             Kind::Python => "python asyncio",
+            Kind::FloorTls => "floor (tokio-rustls)",
+            Kind::TcpscriptTls => "tcpscript --tls",
         }
     }
 
@@ -424,6 +458,8 @@ impl Kind {
             Kind::Floor => "floor",
             Kind::Tcpscript => "tcpscript",
             Kind::Python => "python",
+            Kind::FloorTls => "floor-tls",
+            Kind::TcpscriptTls => "tcpscript-tls",
         }
     }
 }
@@ -459,6 +495,22 @@ impl Server {
                 let python = context.python.as_ref().ok_or("python3 not found")?;
                 let mut c = Command::new(python);
                 c.arg(context.path("echo_server.py"));
+                c
+            }
+            Kind::FloorTls => {
+                let mut c =
+                    Command::new(std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?);
+                c.arg(FLOOR_TLS_ARG)
+                    .arg(context.path(FLOOR_CERT))
+                    .arg(context.path(FLOOR_KEY));
+                c
+            }
+            Kind::TcpscriptTls => {
+                let mut c = Command::new(tcpscript());
+                c.arg("server")
+                    .arg(context.path("echo.rhai"))
+                    .args(["--listen", "127.0.0.1:0", "-q", "--tls", "--tls-ca-out"])
+                    .arg(context.path(TCPSCRIPT_CA));
                 c
             }
         };
@@ -709,12 +761,18 @@ fn stamp(msg: &mut [u8; 32], mut seq: u64) {
     }
 }
 
-async fn round_trip(stream: &mut TcpStream, msg: &[u8; 32]) -> Result<(), String> {
+/// Any stream the echo measures: a `TcpStream` or a TLS stream over one.
+trait EchoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> EchoStream for S {}
+
+async fn round_trip<S: EchoStream>(stream: &mut S, msg: &[u8; 32]) -> Result<(), String> {
     let mut reply = [0u8; 32];
     stream
         .write_all(msg)
         .await
         .map_err(|e| format!("write: {e}"))?;
+    // A no-op on TCP; pushes a TLS record out.
+    stream.flush().await.map_err(|e| format!("flush: {e}"))?;
     stream
         .read_exact(&mut reply)
         .await
@@ -729,7 +787,7 @@ async fn round_trip(stream: &mut TcpStream, msg: &[u8; 32]) -> Result<(), String
     Ok(())
 }
 
-async fn ping_pong(mut stream: TcpStream, phase: Arc<AtomicU8>) -> ConnStats {
+async fn ping_pong<S: EchoStream>(mut stream: S, phase: Arc<AtomicU8>) -> ConnStats {
     let mut stats = ConnStats {
         round_trips: 0,
         hist: new_histogram(),
@@ -854,9 +912,23 @@ fn echo_run(
     warmup: Duration,
     measure: Duration,
 ) -> Result<EchoRun, String> {
+    let (streams, connect_errors) = context
+        .runtime
+        .block_on(connect_many(server.addr, n, false));
+    measure_echo(context, server, streams, connect_errors, warmup, measure)
+}
+
+/// Ping-pong on `streams` (already connected) for `warmup` then `measure`,
+/// with the server's CPU over the measured window.
+fn measure_echo<S: EchoStream>(
+    context: &Context,
+    server: &Server,
+    streams: Vec<S>,
+    connect_errors: Vec<String>,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<EchoRun, String> {
     let runtime = &context.runtime;
-    let addr = server.addr;
-    let (streams, connect_errors) = runtime.block_on(connect_many(addr, n, false));
     let mut run = EchoRun::empty();
     run.errors = connect_errors.len() as u64;
     run.first_error = connect_errors.into_iter().next();
@@ -1541,10 +1613,11 @@ struct Report {
     load: Option<LoadResults>,
     idle: Option<Vec<IdleResult>>,
     check: Option<CheckResult>,
+    tls: Option<TlsResults>,
 }
 
 /// The targets, in the order of the final table: (figure, target).
-const TARGETS: [(&str, &str); 9] = [
+const TARGETS: [(&str, &str); 12] = [
     ("echo round trips/s, 1 conn", ">= 0.95x floor, no errors"),
     ("echo round trips/s, 50 conns", ">= 0.95x floor, no errors"),
     ("echo round trips/s, 500 conns", ">= 0.95x floor, no errors"),
@@ -1565,6 +1638,15 @@ const TARGETS: [(&str, &str); 9] = [
     (
         "load mode, 50 users, one-exchange echo",
         ">= 0.5x tokio connect loop",
+    ),
+    (
+        "TLS echo round trips/s, 50 conns",
+        ">= 0.9x tokio-rustls floor, no errors",
+    ),
+    ("TLS server CPU per message, 50 conns", "<= 1.2x floor"),
+    (
+        "TLS load mode, 50 users, connect+handshake+exchange+close",
+        ">= 0.8x tokio-rustls loop",
     ),
 ];
 
@@ -1606,6 +1688,9 @@ impl Report {
         }
         if let Some(idle) = &self.idle {
             idle_table(&mut out, idle, context, &mut verdicts);
+        }
+        if let Some(tls) = &self.tls {
+            tls_table(&mut out, tls, config, &mut verdicts);
         }
         if let Some(check) = &self.check {
             let median = check.median_ms();
@@ -1974,4 +2059,450 @@ fn spread(values: &[f64]) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+// ---------------------------------------------------------------------------
+// TLS: echo and load mode over rustls (ring), against a tokio-rustls floor
+
+/// The floor's self-signed certificate and key, in the temp dir.
+const FLOOR_CERT: &str = "floor_cert.pem";
+const FLOOR_KEY: &str = "floor_key.pem";
+/// Where `tcpscript server --tls` writes its throwaway CA.
+const TCPSCRIPT_CA: &str = "ca.pem";
+
+/// The TLS floor: the floor's line echo behind a tokio-rustls acceptor.
+fn floor_tls_server(cert: &Path, key: &Path) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    raise_fd_limit(u64::MAX);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("certificate file")
+        .collect::<Result<_, _>>()
+        .expect("certificate PEM");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key PEM");
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let listener = socket.listen(4096).expect("listen");
+        eprintln!("listening on {}", listener.local_addr().expect("addr"));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let inner = stream.get_mut();
+                            if inner.write_all(line.as_bytes()).await.is_err()
+                                || inner.flush().await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A self-signed certificate for the floor, for `localhost` and 127.0.0.1
+/// (the name load mode verifies when connecting to 127.0.0.1).
+fn write_floor_identity(context: &Context) -> Result<(), String> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| format!("rcgen: {e}"))?;
+    fs::write(context.path(FLOOR_CERT), made.cert.pem()).map_err(|e| e.to_string())?;
+    fs::write(context.path(FLOOR_KEY), made.signing_key.serialize_pem())
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A connector trusting the certificates in `pem` (a CA, or the floor's
+/// self-signed certificate), sharing one ClientConfig (and its session cache).
+fn tls_connector(pem: &Path) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pem).map_err(|e| format!("{}: {e}", pem.display()))? {
+        let cert = cert.map_err(|e| format!("{}: {e}", pem.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", pem.display()))?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn connect_tls(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<TlsClientStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    connector.connect(name, stream).await
+}
+
+/// Opens `n` TLS connections at once, each handshaken.
+async fn connect_many_tls(
+    addr: SocketAddr,
+    n: usize,
+    connector: tokio_rustls::TlsConnector,
+) -> (Vec<TlsClientStream>, Vec<String>) {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let connector = connector.clone();
+        set.spawn(async move {
+            tokio::time::timeout(STALL_LIMIT, connect_tls(addr, &connector))
+                .await
+                .map_err(|_| "TLS connect timed out".to_string())?
+                .map_err(|e| format!("TLS connect: {e}"))
+        });
+    }
+    let mut streams = Vec::with_capacity(n);
+    let mut errors = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(stream)) => streams.push(stream),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("task: {e}")),
+        }
+    }
+    (streams, errors)
+}
+
+/// The TLS reference for load mode: LOAD_USERS tasks, each connecting,
+/// handshaking, sending one line, reading the echo and closing (close_notify
+/// and FIN), in a loop, for `time`.
+fn tokio_rustls_connect_loop(
+    context: &Context,
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    time: Duration,
+) -> (u64, u64, f64) {
+    context.runtime.block_on(async {
+        let started = Instant::now();
+        let deadline = started + time;
+        let mut tasks = Vec::new();
+        for _ in 0..LOAD_USERS {
+            let connector = connector.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut done, mut errors) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let once = async {
+                        let mut stream = connect_tls(addr, &connector).await?;
+                        stream.write_all(b"ping\n").await?;
+                        stream.flush().await?;
+                        let mut reply = [0u8; 5];
+                        stream.read_exact(&mut reply).await?;
+                        let _ = stream.shutdown().await;
+                        Ok::<_, std::io::Error>(reply == *b"ping\n")
+                    };
+                    match once.await {
+                        Ok(true) => done += 1,
+                        _ => errors += 1,
+                    }
+                }
+                (done, errors)
+            }));
+        }
+        let (mut done, mut errors) = (0, 0);
+        for task in tasks {
+            if let Ok((d, e)) = task.await {
+                done += d;
+                errors += e;
+            }
+        }
+        (done, errors, started.elapsed().as_secs_f64())
+    })
+}
+
+struct TlsResults {
+    /// Totals over the rounds of the echo runs.
+    floor: EchoRun,
+    ours: EchoRun,
+    /// Per round: tcpscript's (round trips/s, CPU per message) over the floor's.
+    echo_ratios: Vec<(f64, f64)>,
+    /// Per round: (tcpscript load mode conversations/s, tokio-rustls loop's).
+    load_rounds: Vec<(f64, f64)>,
+    load_failed: u64,
+    loop_errors: u64,
+}
+
+fn tls_section(config: &Config, context: &Context) -> Result<TlsResults, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    write_floor_identity(context)?;
+    eprintln!(
+        "== tls: ping-pong of 32-byte lines over {TLS_CONNECTIONS} TLS connections, {} s measured per run after {} ms warm-up, {} round(s), servers alternating",
+        config.echo_time.as_secs_f64(),
+        config.echo_warmup.as_millis(),
+        config.echo_rounds
+    );
+    let servers = [
+        Server::start(Kind::FloorTls, context)?,
+        Server::start(Kind::TcpscriptTls, context)?,
+    ];
+    eprintln!(
+        "  pids: {} {}, {} {}",
+        servers[0].kind.name(),
+        servers[0].pid(),
+        servers[1].kind.name(),
+        servers[1].pid()
+    );
+    let connectors = [
+        tls_connector(&context.path(FLOOR_CERT))?,
+        tls_connector(&context.path(TCPSCRIPT_CA))?,
+    ];
+    let mut results = TlsResults {
+        floor: EchoRun::empty(),
+        ours: EchoRun::empty(),
+        echo_ratios: Vec::new(),
+        load_rounds: Vec::new(),
+        load_failed: 0,
+        loop_errors: 0,
+    };
+    for round in 0..config.echo_rounds {
+        let mut this_round: [Option<EchoRun>; 2] = [None, None];
+        for i in 0..servers.len() {
+            let index = (i + round) % servers.len();
+            let server = &servers[index];
+            let (streams, errors) = context.runtime.block_on(connect_many_tls(
+                server.addr,
+                TLS_CONNECTIONS,
+                connectors[index].clone(),
+            ));
+            let run = measure_echo(
+                context,
+                server,
+                streams,
+                errors,
+                config.echo_warmup,
+                config.echo_time,
+            )?;
+            eprintln!(
+                "  {TLS_CONNECTIONS:>3} conn  round {}  {:<20} {:>9} rt/s  p50 {:>8.1} us  p99 {:>8.1} us  server cpu {:>6.2} us/msg  load gen {:>6.2} us/msg  errors {}",
+                round + 1,
+                server.kind.name(),
+                thousands(run.per_second()),
+                run.p50_us(),
+                run.p99_us(),
+                run.cpu_per_message_us(),
+                run.loadgen_cpu_per_message_us(),
+                run.errors,
+            );
+            if let Some(e) = &run.first_error {
+                eprintln!("      first error: {e}");
+            }
+            this_round[index] = Some(run);
+        }
+        let [Some(floor), Some(ours)] = this_round else {
+            unreachable!("both servers ran");
+        };
+        results.echo_ratios.push((
+            ours.per_second() / floor.per_second().max(1e-9),
+            ours.cpu_per_message_us() / floor.cpu_per_message_us().max(1e-9),
+        ));
+        results.floor.add(&floor);
+        results.ours.add(&ours);
+    }
+    let [floor, ours] = servers;
+    let stderr = ours.stop();
+    let noted = stderr
+        .lines()
+        .filter(|l| !l.starts_with("tls fingerprint") && !l.trim().is_empty())
+        .filter(|l| !l.starts_with("shut down:") || !l.ends_with(" 0 errors"))
+        .collect::<Vec<_>>();
+    if !noted.is_empty() {
+        eprintln!(
+            "  {} said on stderr: {}",
+            Kind::TcpscriptTls.name(),
+            noted.join(" | ")
+        );
+    }
+
+    let rounds = if config.quick { 1 } else { 3 };
+    let time = Duration::from_millis(if config.quick { 1000 } else { 2000 });
+    eprintln!(
+        "== tls load: {LOAD_USERS} users, one-exchange echo conversations over TLS against the TLS floor, {rounds} round(s) of {:.1} s, alternating",
+        time.as_secs_f64()
+    );
+    for round in 0..rounds {
+        let output = Command::new(tcpscript())
+            .arg("client")
+            .arg(context.path("load.rhai"))
+            .args(["--connect", &floor.addr.to_string(), "--json", "--tls"])
+            .arg("--tls-ca")
+            .arg(context.path(FLOOR_CERT))
+            .args(["--concurrency", &LOAD_USERS.to_string()])
+            .args(["--duration", &format!("{}ms", time.as_millis())])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("tcpscript client --tls --concurrency: {e}"))?;
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("TLS load mode printed no JSON summary: {e}"))?;
+        let ours = summary["conversations_per_second"].as_f64().unwrap_or(0.0);
+        results.load_failed += summary["failed"].as_u64().unwrap_or(0);
+        let (done, errors, seconds) =
+            tokio_rustls_connect_loop(context, floor.addr, &connectors[0], time);
+        results.loop_errors += errors;
+        let reference = done as f64 / seconds.max(1e-9);
+        eprintln!(
+            "  round {}  tcpscript --tls {:>9}/s  tokio-rustls loop {:>9}/s  ratio {:.2}",
+            round + 1,
+            thousands(ours),
+            thousands(reference),
+            ours / reference.max(1e-9)
+        );
+        results.load_rounds.push((ours, reference));
+    }
+    drop(floor);
+    eprintln!();
+    Ok(results)
+}
+
+fn tls_table(out: &mut String, tls: &TlsResults, config: &Config, verdicts: &mut Vec<Verdict>) {
+    let rate_ratio = median(tls.echo_ratios.iter().map(|r| r.0).collect());
+    let cpu_ratio = median(tls.echo_ratios.iter().map(|r| r.1).collect());
+    let _ = writeln!(
+        out,
+        "\n## TLS echo ping-pong ({TLS_CONNECTIONS} connections, 32-byte lines, rustls with ring on both sides, {} round(s) x {} s per server, alternating)\n",
+        tls.echo_ratios.len(),
+        config.echo_time.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| server               | round trips/s | vs floor | p50 us  | p99 us   | errors | server CPU us/msg | vs floor | load gen CPU us/msg |"
+    );
+    let _ = writeln!(
+        out,
+        "|----------------------|--------------:|---------:|--------:|---------:|-------:|------------------:|---------:|--------------------:|"
+    );
+    for (kind, run, rate, cpu) in [
+        (Kind::FloorTls, &tls.floor, 1.0, 1.0),
+        (Kind::TcpscriptTls, &tls.ours, rate_ratio, cpu_ratio),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {:<20} | {:>13} | {:>8} | {:>7.1} | {:>8.1} | {:>6} | {:>17.2} | {:>8} | {:>19.2} |",
+            kind.name(),
+            thousands(run.per_second()),
+            times(rate),
+            run.p50_us(),
+            run.p99_us(),
+            run.errors,
+            run.cpu_per_message_us(),
+            times(cpu),
+            run.loadgen_cpu_per_message_us(),
+        );
+    }
+    for (kind, run) in [
+        (Kind::FloorTls, &tls.floor),
+        (Kind::TcpscriptTls, &tls.ours),
+    ] {
+        if let Some(e) = &run.first_error {
+            let _ = writeln!(out, "first error, {}: {e}", kind.name());
+        }
+    }
+    if !tls.echo_ratios.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n\"vs floor\" is the median over the rounds; lowest..highest round: round trips/s {}, server CPU/msg {}",
+            spread(&tls.echo_ratios.iter().map(|r| r.0).collect::<Vec<_>>()),
+            spread(&tls.echo_ratios.iter().map(|r| r.1).collect::<Vec<_>>()),
+        );
+        verdicts.push(Verdict {
+            row: 9,
+            measured: format!(
+                "{}/s vs {}/s, {:.2}x floor, {} errors",
+                thousands(tls.ours.per_second()),
+                thousands(tls.floor.per_second()),
+                rate_ratio,
+                tls.ours.errors
+            ),
+            pass: rate_ratio >= 0.9 && tls.ours.errors == 0,
+        });
+        verdicts.push(Verdict {
+            row: 10,
+            measured: format!(
+                "{:.2} us vs {:.2} us, {:.2}x floor",
+                tls.ours.cpu_per_message_us(),
+                tls.floor.cpu_per_message_us(),
+                cpu_ratio
+            ),
+            pass: cpu_ratio <= 1.2,
+        });
+    }
+
+    if tls.load_rounds.is_empty() {
+        return;
+    }
+    let ours = median(tls.load_rounds.iter().map(|r| r.0).collect());
+    let reference = median(tls.load_rounds.iter().map(|r| r.1).collect());
+    let ratio = median(
+        tls.load_rounds
+            .iter()
+            .map(|r| r.0 / r.1.max(1e-9))
+            .collect(),
+    );
+    let _ = writeln!(
+        out,
+        "\n## TLS load mode: {LOAD_USERS} users, one-exchange echo conversations (connect, handshake, send, receive, close), against the TLS floor (median of {} round(s))\n",
+        tls.load_rounds.len()
+    );
+    let _ = writeln!(out, "| {:<46} | conversations/s | failures |", "client");
+    let _ = writeln!(out, "|{}|----------------:|---------:|", "-".repeat(48));
+    let _ = writeln!(
+        out,
+        "| {:<46} | {:>15} | {:>8} |",
+        format!("tcpscript client --tls --concurrency {LOAD_USERS}"),
+        thousands(ours),
+        tls.load_failed
+    );
+    let _ = writeln!(
+        out,
+        "| {:<46} | {:>15} | {:>8} |",
+        "tokio-rustls connect/handshake/echo/close loop",
+        thousands(reference),
+        tls.loop_errors
+    );
+    verdicts.push(Verdict {
+        row: 11,
+        measured: format!(
+            "{}/s vs {}/s = {:.2}x",
+            thousands(ours),
+            thousands(reference),
+            ratio
+        ),
+        pass: ratio >= 0.8 && tls.load_failed == 0,
+    });
 }
