@@ -125,6 +125,33 @@ fn whole(protocol: &'static str, bytes: &[u8], len: Option<usize>) -> Result<(),
     }
 }
 
+/// Where the `\n` ending the line that starts at `start` is, or `None`
+/// until it arrives. A line still open `cap` bytes on is `too_long` (given
+/// the bytes so far); one that would run past `max`, the whole message's
+/// limit, is too large.
+pub(crate) fn line_end(
+    buf: &[u8],
+    start: usize,
+    cap: usize,
+    max: usize,
+    protocol: &'static str,
+    too_long: impl FnOnce(&[u8]) -> ProtocolError,
+) -> Result<Option<usize>, ProtocolError> {
+    let limit = start.saturating_add(cap).min(max);
+    // Past `max` already (limit < start) searches nothing.
+    let searched = buf.get(start..buf.len().min(limit)).unwrap_or_default();
+    match memchr::memchr(b'\n', searched) {
+        Some(at) => Ok(Some(start + at)),
+        None if buf.len() < limit => Ok(None),
+        None if limit == max => Err(ProtocolError::TooLarge {
+            protocol,
+            size: max + 1,
+            max,
+        }),
+        None => Err(too_long(searched)),
+    }
+}
+
 /// The script functions: pure, so the same in client and server scripts.
 ///
 /// ```text

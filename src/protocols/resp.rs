@@ -13,7 +13,7 @@ use std::io::Write;
 
 use rhai::{Array, Blob, Dynamic, INT, Map};
 
-use super::{ProtocolError, quote, whole, within};
+use super::{ProtocolError, line_end, quote, whole, within};
 use crate::message::to_dynamic;
 
 const PROTOCOL: &str = "RESP";
@@ -228,27 +228,16 @@ fn line_at(
     cap: usize,
     max: usize,
 ) -> Result<Option<(&[u8], usize)>, ProtocolError> {
-    let limit = start.saturating_add(cap).min(max);
-    // Past `max` already (limit < start) searches nothing.
-    let searched = buf.get(start..buf.len().min(limit)).unwrap_or_default();
-    let Some(at) = memchr::memchr(b'\n', searched) else {
-        if buf.len() < limit {
-            return Ok(None);
-        }
-        if limit == max {
-            return Err(ProtocolError::TooLarge {
-                protocol: PROTOCOL,
-                size: max + 1,
-                max,
-            });
-        }
-        return Err(ProtocolError::RespNumber {
+    let Some(end) = line_end(buf, start, cap, max, PROTOCOL, |line| {
+        ProtocolError::RespNumber {
             what: "length or number (no line end)",
-            line: quote(searched),
-        });
+            line: quote(line),
+        }
+    })?
+    else {
+        return Ok(None);
     };
-    let end = start + at;
-    if at == 0 || buf[end - 1] != b'\r' {
+    if end == start || buf[end - 1] != b'\r' {
         return Err(ProtocolError::RespLineEnd {
             line: quote(&buf[start.saturating_sub(1)..=end]),
         });

@@ -10,7 +10,7 @@
 
 use rhai::{Array, Dynamic, INT, Map};
 
-use super::{ProtocolError, quote, whole};
+use super::{ProtocolError, line_end, quote, whole};
 
 const PROTOCOL: &str = "SMTP";
 
@@ -49,29 +49,15 @@ pub(crate) fn reply_len(buf: &[u8], max: usize) -> Result<Option<usize>, Protoco
 
 /// The line at `pos` without its line end, and where the next starts.
 fn line_at(buf: &[u8], pos: usize, max: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
-    let limit = pos.saturating_add(MAX_LINE).min(max);
-    let searched = buf.get(pos..buf.len().min(limit)).unwrap_or_default();
-    let Some(at) = memchr::memchr(b'\n', searched) else {
-        if buf.len() < limit {
-            return Ok(None);
-        }
-        if limit == max {
-            return Err(ProtocolError::TooLarge {
-                protocol: PROTOCOL,
-                size: max + 1,
-                max,
-            });
-        }
-        return Err(ProtocolError::SmtpLineTooLong {
-            max: MAX_LINE,
-            line: quote(searched),
-        });
+    let too_long = |line: &[u8]| ProtocolError::SmtpLineTooLong {
+        max: MAX_LINE,
+        line: quote(line),
     };
-    let line = &searched[..at];
-    Ok(Some((
-        line.strip_suffix(b"\r").unwrap_or(line),
-        pos + at + 1,
-    )))
+    let Some(end) = line_end(buf, pos, MAX_LINE, max, PROTOCOL, too_long)? else {
+        return Ok(None);
+    };
+    let line = &buf[pos..end];
+    Ok(Some((line.strip_suffix(b"\r").unwrap_or(line), end + 1)))
 }
 
 /// The code of a reply line, and whether the line is the reply's last.
