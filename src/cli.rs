@@ -543,7 +543,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 /// failure halfway through a conversation.
 fn client_tls(
     args: &ClientTlsArgs,
-) -> Result<(Option<crate::tls::blocking::Client>, Arc<crate::tls::blocking::Deferred>), Error> {
+) -> Result<
+    (
+        Option<crate::tls::blocking::Client>,
+        Arc<crate::tls::blocking::Deferred>,
+    ),
+    Error,
+> {
     let options = args.options();
     let configured = args.tls
         || !options.ca.is_empty()

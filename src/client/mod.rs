@@ -859,7 +859,9 @@ impl Peer {
         match connection.starttls(tls, &addr, wait.max(Duration::from_millis(1))) {
             Ok(()) => {}
             Err(StartTlsError::AlreadyTls) => {
-                return Err(Failure::script("starttls(): the connection already speaks TLS").into());
+                return Err(
+                    Failure::script("starttls(): the connection already speaks TLS").into(),
+                );
             }
             Err(StartTlsError::Handshake(_)) if cut.is_some() => {
                 return Err(cut.expect("checked").terminate());

@@ -63,7 +63,10 @@ impl Tls {
     /// The acceptors of every connection, and of `starttls()`.
     fn acceptors(
         tls: Option<Tls>,
-    ) -> (Option<tokio_rustls::TlsAcceptor>, Option<tokio_rustls::TlsAcceptor>) {
+    ) -> (
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<tokio_rustls::TlsAcceptor>,
+    ) {
         match tls {
             None => (None, None),
             Some(tls) => {
@@ -89,7 +92,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.
 /// With `tls`, connections speak TLS from the start or after `starttls()`.
-pub(crate) fn run(script: ServerScript, options: ServerOptions, tls: Option<Tls>) -> Result<(), Error> {
+pub(crate) fn run(
+    script: ServerScript,
+    options: ServerOptions,
+    tls: Option<Tls>,
+) -> Result<(), Error> {
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let listener = bind(&options.listen).await?;
@@ -102,10 +109,7 @@ pub(crate) fn run(script: ServerScript, options: ServerOptions, tls: Option<Tls>
         crate::console::err(&format!("listening on {local}"));
         if let Some(tls) = &tls {
             // For a peer to pin, or to compare with what it was shown.
-            crate::console::err(&format!(
-                "tls fingerprint SHA256 {}",
-                tls.setup.fingerprint
-            ));
+            crate::console::err(&format!("tls fingerprint SHA256 {}", tls.setup.fingerprint));
         }
         let fd_limit = raise_open_file_limit();
         if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
