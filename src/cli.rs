@@ -101,39 +101,38 @@ pub struct ServerTlsArgs {
     #[arg(long)]
     pub(crate) tls: bool,
     /// Certificate chain, PEM, leaf first (with --tls-key)
-    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// Private key of --tls-cert, PEM
-    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_cert"])]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
     /// Another name or IP address for the throwaway leaf; repeatable
-    #[arg(
-        long,
-        value_name = "NAME",
-        requires = "tls",
-        conflicts_with = "tls_cert"
-    )]
+    #[arg(long, value_name = "NAME", conflicts_with = "tls_cert")]
     pub(crate) tls_san: Vec<String>,
     /// Write the throwaway CA here, PEM, for clients to trust (--tls-ca)
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls",
-        conflicts_with = "tls_cert"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_cert")]
     pub(crate) tls_ca_out: Option<PathBuf>,
     /// Require client certificates signed by these CAs, PEM (mutual TLS)
-    #[arg(long, value_name = "FILE", requires = "tls")]
+    #[arg(long, value_name = "FILE")]
     pub(crate) tls_client_ca: Option<PathBuf>,
     /// An ALPN protocol to offer, e.g. h2, http/1.1; repeatable, in order of preference
-    #[arg(long, value_name = "PROTO", requires = "tls")]
+    #[arg(long, value_name = "PROTO")]
     pub(crate) tls_alpn: Vec<String>,
 }
 
 impl ServerTlsArgs {
-    /// `None` without `--tls`.
-    pub(crate) fn options(&self) -> Option<crate::tls::ServerTls> {
-        self.tls.then(|| crate::tls::ServerTls {
+    /// `None` when the server never speaks TLS: no `--tls`, no other TLS
+    /// flag (without `--tls` they configure `starttls()`), and a script
+    /// that never calls `starttls()`.
+    pub(crate) fn options(&self, starttls: bool) -> Option<crate::tls::ServerTls> {
+        let configured = self.tls
+            || starttls
+            || self.tls_cert.is_some()
+            || !self.tls_san.is_empty()
+            || self.tls_ca_out.is_some()
+            || self.tls_client_ca.is_some()
+            || !self.tls_alpn.is_empty();
+        configured.then(|| crate::tls::ServerTls {
             identity: self.tls_cert.clone().zip(self.tls_key.clone()),
             sans: self.tls_san.clone(),
             ca_out: self.tls_ca_out.clone(),
@@ -420,8 +419,13 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         None => script.declared_framing()?.unwrap_or(Framing::Line),
     };
     // A certificate that cannot be used is a usage error before listening.
-    let tls = match args.tls.options() {
-        Some(options) => Some(crate::tls::server_config(&options)?),
+    // Without --tls, the same flags (or a throwaway certificate, when none
+    // are given) serve the script's `starttls()`.
+    let tls = match args.tls.options(script.calls_any(&["starttls"])) {
+        Some(options) => Some(server::Tls {
+            setup: crate::tls::server_config(&options)?,
+            on_accept: args.tls.tls,
+        }),
         None => None,
     };
     server::run(
@@ -459,6 +463,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             record: args.record.options(),
         });
     };
+    let (tls, starttls) = client_tls(&args.tls)?;
     let options = ClientOptions {
         params: args.common.params(),
         script,
@@ -474,7 +479,8 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         }
         .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
-        tls: client_tls(&args.tls)?,
+        tls,
+        starttls,
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -531,18 +537,37 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--tls`: the configuration every connection of the command shares.
-fn client_tls(args: &ClientTlsArgs) -> Result<Option<crate::tls::blocking::Client>, Error> {
-    if !args.tls {
-        return Ok(None);
-    }
+/// The TLS of a client command: what `--tls` connections use, and what a
+/// later `starttls()` does. Flags given are checked here, before any
+/// connection: a CA file that cannot be read is a usage error, not a
+/// failure halfway through a conversation.
+fn client_tls(
+    args: &ClientTlsArgs,
+) -> Result<
+    (
+        Option<crate::tls::blocking::Client>,
+        Arc<crate::tls::blocking::Deferred>,
+    ),
+    Error,
+> {
     let options = args.options();
+    let configured = args.tls
+        || !options.ca.is_empty()
+        || options.insecure
+        || options.servername.is_some()
+        || !options.alpn.is_empty()
+        || options.identity.is_some();
+    if !configured {
+        return Ok((None, Arc::default()));
+    }
     if options.insecure {
         crate::console::err(
             "warning: --insecure: the server's certificate is not verified; anyone in the middle can read and change this conversation",
         );
     }
-    Ok(Some(crate::tls::blocking::Client::new(options)?))
+    let client = crate::tls::blocking::Client::new(options)?;
+    let deferred = Arc::new(crate::tls::blocking::Deferred::new(Some(client.clone())));
+    Ok((args.tls.then_some(client), deferred))
 }
 
 fn run_test(args: TestArgs) -> Result<(), Error> {
@@ -563,6 +588,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
             tls: None,
+            starttls: Default::default(),
         },
         server: args.server.map(|path| {
             (

@@ -115,6 +115,23 @@ impl Script {
         })
     }
 
+    /// Whether the script calls any of `names` anywhere, hooks included,
+    /// as a function or a method (what it imports is not looked into).
+    pub(crate) fn calls_any(&self, names: &[&str]) -> bool {
+        use rhai::{ASTNode, Expr, Stmt};
+        let mut found = false;
+        self.ast.walk(&mut |path: &[ASTNode]| {
+            let name = match path.last() {
+                Some(ASTNode::Expr(Expr::FnCall(call, _))) => Some(&call.name),
+                Some(ASTNode::Stmt(Stmt::FnCall(call, _))) => Some(&call.name),
+                _ => None,
+            };
+            found |= name.is_some_and(|n| names.contains(&n.as_str()));
+            !found
+        });
+        found
+    }
+
     /// Whether the script defines `name` taking `arity` parameters.
     pub(crate) fn has_fn(&self, name: &str, arity: usize) -> bool {
         self.ast

@@ -32,6 +32,22 @@ pub(crate) enum Received<T = Bytes> {
     TimedOut,
 }
 
+/// Why `starttls()` could not upgrade the connection.
+#[derive(Debug, Error)]
+pub(crate) enum StartTlsError {
+    #[error("the connection already speaks TLS")]
+    AlreadyTls,
+    #[error(
+        "{0} bytes arrived after the go-ahead and before the TLS handshake; \
+         refusing to read them as if they came over TLS (a STARTTLS injection?)"
+    )]
+    Early(usize),
+    #[error("{0}")]
+    Io(io::Error),
+    #[error(transparent)]
+    Handshake(#[from] Error),
+}
+
 #[derive(Debug, Error)]
 pub(crate) enum RecvError {
     #[error("{0}")]
@@ -81,6 +97,12 @@ impl FrameReader {
     /// Cuts what follows with `framing`; bytes already here are its start.
     pub(crate) fn reframe(&mut self, framing: Framing) {
         self.decoder.reframe(framing);
+    }
+
+    /// Starts over on a new byte stream (after STARTTLS), same framing.
+    fn restart(&mut self) {
+        self.decoder.reset();
+        self.eof = false;
     }
 
     /// The next message, waiting at most `timeout` (`None`: wait for ever,
@@ -446,6 +468,37 @@ impl Connection {
     /// How long the TLS handshake took; `None` on plain TCP.
     pub(crate) fn handshake_time(&self) -> Option<Duration> {
         self.handshake
+    }
+
+    /// `starttls()`: the same socket, from now on under TLS, the
+    /// handshake within `timeout`. `addr` is the name verified unless
+    /// `--tls-servername` says otherwise.
+    pub(crate) fn starttls(
+        &mut self,
+        tls: &tls::blocking::Client,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(), StartTlsError> {
+        let Transport::Plain(stream) = &self.transport else {
+            return Err(StartTlsError::AlreadyTls);
+        };
+        // What arrived before the handshake came in the clear: an attacker
+        // in the middle can append it to the server's go-ahead so that it
+        // reads as if it came over TLS (CVE-2011-0411 and its kin). Refused
+        // rather than dropped: a server that pipelines there is broken too.
+        let early = self.reader.buf.len();
+        if early > 0 {
+            return Err(StartTlsError::Early(early));
+        }
+        let socket = stream.try_clone().map_err(StartTlsError::Io)?;
+        let started = Instant::now();
+        let session = tls.handshake(socket, addr, timeout)?;
+        self.handshake = Some(started.elapsed());
+        // The plain handle is only a second descriptor of the same socket:
+        // dropping it leaves the connection open.
+        self.transport = Transport::Tls(Box::new(session));
+        self.reader.restart();
+        Ok(())
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {

@@ -20,7 +20,7 @@ use rhai::{
 };
 use serde_json::{Value, json};
 
-use crate::client::connection::{Connection, RETRY_PAUSE, Received, RecvError};
+use crate::client::connection::{Connection, RETRY_PAUSE, Received, RecvError, StartTlsError};
 use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
 use crate::error::Error;
@@ -48,6 +48,8 @@ pub(crate) struct ClientOptions {
     pub(crate) case_timeout: Option<Duration>,
     /// `--tls`: every connection of a run speaks TLS, `connect()`'s too.
     pub(crate) tls: Option<tls::blocking::Client>,
+    /// What `starttls()` upgrades with: the same TLS flags, `--tls` or not.
+    pub(crate) starttls: Arc<tls::blocking::Deferred>,
 }
 
 /// What a passing conversation did.
@@ -136,6 +138,7 @@ impl ClientScript {
             framing: self.framing.clone(),
             max_frame: self.options.max_frame,
             tls: self.options.tls.clone(),
+            starttls: self.options.starttls.clone(),
             log: Mutex::new(Log {
                 transcript: Transcript::keeping(keep, self.options.verbosity, String::new()),
                 sent: 0,
@@ -250,6 +253,7 @@ struct Conversation {
     framing: Framing,
     max_frame: usize,
     tls: Option<tls::blocking::Client>,
+    starttls: Arc<tls::blocking::Deferred>,
     log: Mutex<Log>,
     /// Compiled `expect` patterns: a pattern in a loop is compiled once.
     patterns: Mutex<HashMap<String, Regex>>,
@@ -840,6 +844,36 @@ impl Peer {
     }
 
     /// `tls_info()`: what the handshake settled, `()` on plain TCP.
+    /// `starttls()`: the rest of this connection speaks TLS.
+    fn starttls(&mut self) -> NativeResult<()> {
+        let network = |message: String| Failure::new(FailureKind::Network, message);
+        let tls = self
+            .conversation
+            .starttls
+            .get()
+            .map_err(|e| network(format!("starttls(): {e}")))?;
+        let (wait, cut) = self.conversation.clamp(self.conversation.timeout);
+        let mut state = lock(&self.state);
+        let addr = state.addr.clone();
+        let connection = state.connection()?;
+        match connection.starttls(tls, &addr, wait.max(Duration::from_millis(1))) {
+            Ok(()) => {}
+            Err(StartTlsError::AlreadyTls) => {
+                return Err(
+                    Failure::script("starttls(): the connection already speaks TLS").into(),
+                );
+            }
+            Err(StartTlsError::Handshake(_)) if cut.is_some() => {
+                return Err(cut.expect("checked").terminate());
+            }
+            Err(e) => return Err(network(format!("starttls(): {e}")).into()),
+        }
+        // Load mode reports handshakes apart from the conversation.
+        let handshake = connection.handshake_time();
+        lock(&self.conversation.log).handshakes.extend(handshake);
+        Ok(())
+    }
+
     fn tls_info(&mut self) -> NativeResult<Dynamic> {
         let mut state = lock(&self.state);
         Ok(state
@@ -958,6 +992,7 @@ fn register(engine: &mut Engine, current: &Slot) {
             .send_http(method, path, &headers, body)
     );
     conversation_fn!(engine, default, "tls_info", |p| p.tls_info());
+    conversation_fn!(engine, default, "starttls", |p| p.starttls());
     conversation_fn!(engine, default, "close", |p| {
         p.close();
         NativeResult::Ok(())

@@ -55,6 +55,16 @@ pub(super) enum ConnError {
     /// The grace period of a shutdown ended while this connection waited.
     #[error("closed: the server stopped before this connection finished")]
     Stopped,
+    #[error("starttls(): {0}")]
+    StartTls(&'static str),
+    /// Bytes that came in the clear after the go-ahead: read as if they
+    /// came over TLS, they would let anyone in the middle speak for the
+    /// peer (CVE-2011-0411 and its kin).
+    #[error(
+        "starttls(): {0} bytes arrived in the clear after the command, before the handshake; \
+         closing rather than reading them as if they came over TLS (a STARTTLS injection?)"
+    )]
+    EarlyBytes(usize),
 }
 
 /// What woke a connection up.
@@ -148,6 +158,42 @@ impl<S: Transport> ServerConnection<S> {
             return Poll::Ready(Ok(Event::Idle));
         }
         Poll::Pending
+    }
+
+    /// Takes the stream out, keeping the rest (the buffers, the framing,
+    /// the counts) for [`ServerConnection::over`].
+    pub(super) fn detach(self) -> (S, ServerConnection<()>) {
+        let ServerConnection {
+            stream,
+            decoder,
+            framing,
+            buf,
+            out,
+            out_sent,
+            eof,
+            read_size,
+            write_timeout,
+            stop,
+            transcript,
+            messages_in,
+            messages_out,
+        } = self;
+        let rest = ServerConnection {
+            stream: (),
+            decoder,
+            framing,
+            buf,
+            out,
+            out_sent,
+            eof,
+            read_size,
+            write_timeout,
+            stop,
+            transcript,
+            messages_in,
+            messages_out,
+        };
+        (stream, rest)
     }
 
     /// What `tls_info()` returns to this connection's hooks.
@@ -335,6 +381,49 @@ impl<S: Transport> ServerConnection<S> {
         tokio::select! {
             _ = tokio::time::timeout(CLOSE_LINGER, drain) => {}
             _ = self.stop.hard() => {}
+        }
+    }
+}
+
+impl ServerConnection<()> {
+    /// Bytes received and not yet taken as a message.
+    pub(super) fn unread(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Carries on over `stream` (TLS, after `starttls()`), its framing
+    /// starting afresh.
+    pub(super) fn over<S: Transport>(self, stream: S) -> ServerConnection<S> {
+        let ServerConnection {
+            stream: (),
+            mut decoder,
+            framing,
+            buf,
+            out,
+            out_sent,
+            eof,
+            read_size,
+            write_timeout,
+            stop,
+            transcript,
+            messages_in,
+            messages_out,
+        } = self;
+        decoder.reset();
+        ServerConnection {
+            stream,
+            decoder,
+            framing,
+            buf,
+            out,
+            out_sent,
+            eof,
+            read_size,
+            write_timeout,
+            stop,
+            transcript,
+            messages_in,
+            messages_out,
         }
     }
 }

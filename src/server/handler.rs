@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::Shared;
 use super::connection::{ConnError, Event, ServerConnection};
 use super::hooks::{Action, ConnectionHooks, HookFailure, Reply};
 use super::room::{Inbox, Room};
 use super::shutdown::StopSignal;
 use super::transport::Transport;
+use super::{Shared, handshake};
 use crate::console;
 use crate::transcript::Verbosity;
 
@@ -22,6 +22,16 @@ enum End {
     ScriptClosed,
     Shutdown,
     Idle(Duration),
+    /// A hook called `starttls()`: the conversation goes on under TLS.
+    StartTls,
+}
+
+/// What a connection's script side holds, whatever its stream.
+struct Session<'a> {
+    peer: SocketAddr,
+    hooks: ConnectionHooks,
+    member: Option<Member>,
+    shared: &'a Shared,
 }
 
 /// Serves one connection, plain or TLS (its handshake done).
@@ -42,8 +52,77 @@ pub(super) async fn serve_connection<S: Transport>(
     if options.verbosity == Verbosity::Verbose {
         console::err(&format!("{peer} connected"));
     }
-    let mut member = shared.script.room().map(|room| Member::join(room, peer));
-    let result = converse(&mut connection, &mut hooks, &mut member, shared).await;
+    let member = shared.script.room().map(|room| Member::join(room, peer));
+    let mut session = Session {
+        peer,
+        hooks,
+        member,
+        shared,
+    };
+    let result = converse(&mut connection, &mut session).await;
+    if let Ok(End::StartTls) = result {
+        // Boxed: rare, and a plain connection's task stays as small as if
+        // TLS did not exist.
+        return Box::pin(start_tls(connection, session)).await;
+    }
+    finish(connection, session, result).await;
+}
+
+/// `starttls()`: the handshake on the same socket, then the rest of the
+/// conversation over TLS, its hooks and variables carried over.
+async fn start_tls<S: Transport>(connection: ServerConnection<S>, mut session: Session<'_>) {
+    let (stream, mut rest) = connection.detach();
+    let plain = match stream.into_plain() {
+        Ok(plain) => plain,
+        Err(tls) => {
+            let already = Err(ConnError::StartTls("the connection already speaks TLS"));
+            return finish(rest.over(tls), session, already).await;
+        }
+    };
+    let Some(acceptor) = session.shared.starttls.clone() else {
+        let none = Err(ConnError::StartTls(
+            "the server has no certificate: give it --tls-ca-out FILE, or --tls-cert and --tls-key",
+        ));
+        return finish(rest.over(plain), session, none).await;
+    };
+    if rest.unread() > 0 {
+        let early = Err(ConnError::EarlyBytes(rest.unread()));
+        return finish(rest.over(plain), session, early).await;
+    }
+    let options = &session.shared.options;
+    match handshake::handshake(plain, acceptor, options, &mut rest.stop).await {
+        Ok(tls) => {
+            let mut connection = rest.over(tls);
+            if let Some(info) = connection.tls_info() {
+                session.hooks.set_tls_info(info);
+            }
+            if options.verbosity == Verbosity::Verbose {
+                console::err(&format!("{} TLS started", session.peer));
+            }
+            let result = exchange(&mut connection, &mut session).await;
+            finish(connection, session, result).await;
+        }
+        Err(reason) => {
+            console::err(&format!("{} TLS handshake failed: {reason}", session.peer));
+            // The socket went with the handshake: no farewell can reach
+            // the peer, but on_disconnect still runs and others hear it.
+            let (farewell, errors) = disconnect(&mut session.hooks);
+            broadcast_only(session.member.as_ref(), farewell);
+            drop(session.member.take());
+            tally(session.shared, &rest, errors + 1);
+        }
+    }
+}
+
+/// Ends a connection: `on_disconnect`, its farewell when the peer can
+/// still hear it, the close, and the connection's counts.
+async fn finish<S: Transport>(
+    mut connection: ServerConnection<S>,
+    mut session: Session<'_>,
+    result: Result<End, ConnError>,
+) {
+    let options = &session.shared.options;
+    let peer = session.peer;
     // on_disconnect's replies go out when the connection can still carry
     // them: the script closed it, or the server is shutting down.
     let farewell = matches!(
@@ -65,6 +144,7 @@ pub(super) async fn serve_connection<S: Transport>(
             }
             reason
         }
+        Ok(End::StartTls) => unreachable!("starttls() is carried out before the end"),
         Err(ConnError::Stopped) => "closed: the server stopped before it finished".to_string(),
         Err(ConnError::HookFailed) => {
             errors += 1;
@@ -76,30 +156,40 @@ pub(super) async fn serve_connection<S: Transport>(
             "closed after an error".to_string()
         }
     };
-    let mut farewell_reply = match hooks.on_disconnect() {
-        Ok(reply) => reply,
-        Err(failure) => {
-            errors += 1;
-            failure.error.eprint();
-            failure.before
-        }
-    };
+    let (mut farewell_reply, failed) = disconnect(&mut session.hooks);
+    errors += failed;
     if farewell {
         let _ = Box::pin(perform(
             &mut connection,
-            member.as_ref(),
+            session.member.as_ref(),
             &mut farewell_reply,
         ))
         .await;
     } else {
         // The peer cannot hear it, but the others can.
-        broadcast_only(member.as_ref(), farewell_reply);
+        broadcast_only(session.member.as_ref(), farewell_reply);
     }
-    drop(member.take());
+    drop(session.member.take());
     Box::pin(connection.close()).await;
     if options.verbosity == Verbosity::Verbose {
         console::err(&format!("{peer} {reason}"));
     }
+    tally(session.shared, &connection, errors);
+}
+
+/// `on_disconnect`'s reply, and whether it failed (its error reported).
+fn disconnect(hooks: &mut ConnectionHooks) -> (Reply, u64) {
+    match hooks.on_disconnect() {
+        Ok(reply) => (reply, 0),
+        Err(failure) => {
+            failure.error.eprint();
+            (failure.before, 1)
+        }
+    }
+}
+
+/// Adds an ended connection to the server's summary.
+fn tally<S>(shared: &Shared, connection: &ServerConnection<S>, errors: u64) {
     let counts = &shared.counts;
     counts.connections.fetch_add(1, Ordering::Relaxed);
     counts
@@ -111,22 +201,37 @@ pub(super) async fn serve_connection<S: Transport>(
     counts.errors.fetch_add(errors, Ordering::Relaxed);
 }
 
+/// `on_connect`, then the exchange of messages.
 async fn converse<S: Transport>(
     connection: &mut ServerConnection<S>,
-    hooks: &mut ConnectionHooks,
-    member: &mut Option<Member>,
-    shared: &Shared,
+    session: &mut Session<'_>,
 ) -> Result<End, ConnError> {
-    let idle_timeout = shared.options.idle_timeout;
-    let mut greeting = match hooks.on_connect() {
+    let member = session.member.as_ref();
+    let mut greeting = match session.hooks.on_connect() {
         Ok(reply) => reply,
-        Err(failure) => return Err(Box::pin(failed(connection, member.as_ref(), failure)).await),
+        Err(failure) => return Err(Box::pin(failed(connection, member, failure)).await),
     };
-    let closed = perform(connection, member.as_ref(), &mut greeting).await?;
-    hooks.recycle(greeting);
+    let closed = perform(connection, member, &mut greeting).await?;
+    let starttls = greeting.starttls;
+    session.hooks.recycle(greeting);
     if closed {
         return Ok(End::ScriptClosed);
     }
+    if starttls {
+        return Ok(End::StartTls);
+    }
+    exchange(connection, session).await
+}
+
+/// Each message to `on_message` and its reply carried out, until the
+/// connection ends or a hook calls `starttls()`.
+async fn exchange<S: Transport>(
+    connection: &mut ServerConnection<S>,
+    session: &mut Session<'_>,
+) -> Result<End, ConnError> {
+    let idle_timeout = session.shared.options.idle_timeout;
+    let hooks = &mut session.hooks;
+    let member = &mut session.member;
     // One timer for the whole connection, restarted at every wait: the
     // peer's idle time counts from when we are ready for it again.
     let mut idle = idle_timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
@@ -158,9 +263,13 @@ async fn converse<S: Transport>(
             }
         };
         let closed = perform(connection, member.as_ref(), &mut reply).await?;
+        let starttls = reply.starttls;
         hooks.recycle(reply);
         if closed {
             return Ok(End::ScriptClosed);
+        }
+        if starttls {
+            return Ok(End::StartTls);
         }
     }
 }

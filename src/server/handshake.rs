@@ -45,7 +45,7 @@ pub(super) async fn serve_tls_connection(
     }
 }
 
-async fn handshake(
+pub(super) async fn handshake(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     options: &super::ServerOptions,

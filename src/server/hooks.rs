@@ -38,6 +38,8 @@ pub(crate) struct Reply {
     pub(crate) actions: Vec<Action>,
     /// Close the connection once the actions are done.
     pub(crate) close: bool,
+    /// Start TLS once the actions are done (`starttls()`).
+    pub(crate) starttls: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -116,6 +118,7 @@ impl HookCall {
         reply: Reply {
             actions: Vec::new(),
             close: false,
+            starttls: false,
         },
         limit: None,
         max_frame: 0,
@@ -352,7 +355,7 @@ impl ServerScript {
         } = parts;
         share_top_level_imports(&mut engine, &script)?;
         // Keeping a roster costs every connection a channel: only when used.
-        let room = calls_any(&script, &["broadcast", "peers"]).then_some(room);
+        let room = script.calls_any(&["broadcast", "peers"]).then_some(room);
         let mut top_level = Scope::new();
         engine
             .run_ast_with_scope(&mut top_level, &script.ast)
@@ -373,6 +376,11 @@ impl ServerScript {
     /// The roster connections join, if the script needs one.
     pub(crate) fn room(&self) -> Option<&Arc<Room>> {
         self.room.as_ref()
+    }
+
+    /// Whether the script calls any of `names` (`starttls`, say).
+    pub(crate) fn calls_any(&self, names: &[&str]) -> bool {
+        self.script.calls_any(names)
     }
 
     /// The script's `const FRAMING`, if it declares one.
@@ -427,22 +435,6 @@ fn share_top_level_imports(engine: &mut Engine, script: &Script) -> Result<(), E
         engine.register_static_module(alias.name.as_str(), module);
     }
     Ok(())
-}
-
-/// Whether the script calls any of `names` anywhere, hooks included.
-fn calls_any(script: &Script, names: &[&str]) -> bool {
-    use rhai::{ASTNode, Expr, Stmt};
-    let mut found = false;
-    script.ast.walk(&mut |path: &[ASTNode]| {
-        let name = match path.last() {
-            Some(ASTNode::Expr(Expr::FnCall(call, _))) => Some(&call.name),
-            Some(ASTNode::Stmt(Stmt::FnCall(call, _))) => Some(&call.name),
-            _ => None,
-        };
-        found |= name.is_some_and(|n| names.contains(&n.as_str()));
-        !found
-    });
-    found
 }
 
 /// A server script's engine, with what its functions share: the room of
@@ -543,6 +535,17 @@ fn server_engine(
     });
     engine.register_fn("close", || {
         with_current("close()", |call| call.reply.close = true)
+    });
+    // After the hook's replies: the go-ahead ("220 Ready to start TLS")
+    // must reach the peer in the clear before the handshake.
+    engine.register_fn("starttls", || -> NativeResult<()> {
+        with_current("starttls()", |call| match call.tls {
+            Some(_) => Err(Failure::script("starttls(): the connection already speaks TLS").into()),
+            None => {
+                call.reply.starttls = true;
+                Ok(())
+            }
+        })?
     });
     engine.register_fn("broadcast", |value: Dynamic| -> NativeResult<()> {
         with_current("broadcast()", |call| {
@@ -747,6 +750,7 @@ impl ConnectionHooks {
             call.peer = Some(self.peer.clone());
             std::mem::swap(&mut call.reply.actions, &mut self.spare);
             call.reply.close = false;
+            call.reply.starttls = false;
             call.limit = self.limit;
             call.max_frame = self.max_frame;
             call.started = Some(Instant::now());

@@ -47,6 +47,34 @@ struct Shared {
     counts: Counts,
     /// `--tls`: every connection's handshake starts from this.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What `starttls()` in a hook upgrades a plain connection with.
+    starttls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// How a server speaks TLS: its certificate, and when.
+pub(crate) struct Tls {
+    pub(crate) setup: crate::tls::ServerSetup,
+    /// From the first byte (`--tls`); otherwise once a hook calls
+    /// `starttls()`.
+    pub(crate) on_accept: bool,
+}
+
+impl Tls {
+    /// The acceptors of every connection, and of `starttls()`.
+    fn acceptors(
+        tls: Option<Tls>,
+    ) -> (
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        match tls {
+            None => (None, None),
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.setup.config);
+                (tls.on_accept.then(|| acceptor.clone()), Some(acceptor))
+            }
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -63,11 +91,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 /// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.
-/// With `tls`, every connection speaks TLS.
+/// With `tls`, connections speak TLS from the start or after `starttls()`.
 pub(crate) fn run(
     script: ServerScript,
     options: ServerOptions,
-    tls: Option<crate::tls::ServerSetup>,
+    tls: Option<Tls>,
 ) -> Result<(), Error> {
     let runtime = runtime()?;
     let result = runtime.block_on(async {
@@ -81,7 +109,7 @@ pub(crate) fn run(
         crate::console::err(&format!("listening on {local}"));
         if let Some(tls) = &tls {
             // For a peer to pin, or to compare with what it was shown.
-            crate::console::err(&format!("tls fingerprint SHA256 {}", tls.fingerprint));
+            crate::console::err(&format!("tls fingerprint SHA256 {}", tls.setup.fingerprint));
         }
         let fd_limit = raise_open_file_limit();
         if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
@@ -91,8 +119,7 @@ pub(crate) fn run(
                 fd_limit.saturating_sub(16)
             ));
         }
-        let acceptor = tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
-        let summary = serve(listener, script, options, acceptor, stop).await;
+        let summary = serve(listener, script, options, Tls::acceptors(tls), stop).await;
         console::err(&summary);
         Ok(())
     });
@@ -147,7 +174,7 @@ pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Back
     // Sized for scripts: the script's values may be dropped on it at the end.
     let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
-            runtime.block_on(serve(listener, script, options, None, async {
+            runtime.block_on(serve(listener, script, options, (None, None), async {
                 let _ = stopped.await;
             }));
         })
@@ -168,7 +195,10 @@ async fn serve(
     listener: TcpListener,
     script: ServerScript,
     options: ServerOptions,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    (tls, starttls): (
+        Option<tokio_rustls::TlsAcceptor>,
+        Option<tokio_rustls::TlsAcceptor>,
+    ),
     stop: impl std::future::Future<Output = ()>,
 ) -> String {
     let shared = Arc::new(Shared {
@@ -176,6 +206,7 @@ async fn serve(
         options,
         counts: Counts::default(),
         tls,
+        starttls,
     });
     let stopping = Stopping::new();
     // Each connection holds a sender; when all are dropped, all are done.

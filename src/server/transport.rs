@@ -28,6 +28,11 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// What `tls_info()` returns: `None` over plain TCP.
     fn tls_info(&self) -> Option<rhai::Map>;
+
+    /// The plain socket, for `starttls()`; a TLS stream gives itself back.
+    fn into_plain(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized;
 }
 
 impl Transport for TcpStream {
@@ -50,6 +55,10 @@ impl Transport for TcpStream {
     #[inline]
     fn tls_info(&self) -> Option<rhai::Map> {
         None
+    }
+
+    fn into_plain(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 }
 
@@ -81,5 +90,9 @@ impl Transport for TlsStream<TcpStream> {
     fn tls_info(&self) -> Option<rhai::Map> {
         let session = self.get_ref().1;
         Some(crate::tls::info::map(session, session.server_name()))
+    }
+
+    fn into_plain(self) -> Result<TcpStream, Self> {
+        Err(self)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rhai::Map;
@@ -71,6 +71,31 @@ impl Client {
             stream: StreamOwned::new(conn, socket),
             sni,
         })
+    }
+}
+
+/// The TLS a later `starttls()` uses: what the command's flags built,
+/// or, with none given, the system's roots, built on first use (reading
+/// them is not free, and most conversations never upgrade).
+#[derive(Debug, Default)]
+pub(crate) struct Deferred {
+    client: OnceLock<Client>,
+}
+
+impl Deferred {
+    /// `client`: what the flags made; `None` builds the defaults later.
+    pub(crate) fn new(client: Option<Client>) -> Self {
+        Deferred {
+            client: client.map(OnceLock::from).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Result<&Client, TlsError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let client = Client::new(ClientTls::default())?;
+        Ok(self.client.get_or_init(|| client))
     }
 }
 

@@ -21,6 +21,7 @@ mod server;
 mod sharing;
 mod shutdown;
 mod stack;
+mod starttls;
 mod streams;
 mod support;
 mod tls_client;

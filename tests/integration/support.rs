@@ -379,3 +379,71 @@ impl LineClient {
         }
     }
 }
+
+/// A CA and a leaf certificate it signed, made with openssl in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`, named `{name}-ca.pem`, `{name}.pem` and
+/// `{name}.key`. `extensions` are the leaf's, one per line
+/// (`subjectAltName=IP:127.0.0.1`, `extendedKeyUsage=clientAuth`).
+pub fn openssl_identity(dir: &Path, name: &str, extensions: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("req.cnf"),
+        "[req]\ndistinguished_name = dn\n[dn]\n",
+    )
+    .unwrap();
+    let ext = format!("{name}-ext.cnf");
+    std::fs::write(
+        dir.join(&ext),
+        format!("basicConstraints=CA:FALSE\n{extensions}\n"),
+    )
+    .unwrap();
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    let (cert, key, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut make_ca = vec!["req", "-x509", "-config", "req.cnf", "-nodes", "-days", "2"];
+    make_ca.extend(ec);
+    make_ca.extend(["-keyout", &ca_key, "-out", &ca]);
+    let ca_subject = format!("/CN=tcpscript test {name} CA");
+    make_ca.extend(["-subj", &ca_subject]);
+    make_ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    make_ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+    run(&make_ca);
+    let subject = format!("/CN={name}");
+    let mut make_csr = vec!["req", "-config", "req.cnf", "-nodes"];
+    make_csr.extend(ec);
+    make_csr.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+    run(&make_csr);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    (dir.join(ca), dir.join(cert), dir.join(key))
+}
