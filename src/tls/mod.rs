@@ -12,6 +12,7 @@ pub(crate) mod blocking; // the client's TLS over a blocking socket
 pub(crate) mod certs; // PEM files in, a throwaway CA and leaf made with rcgen
 mod failure; // a rustls error as the one line a user needs
 pub(crate) mod info; // `tls_info()`: what was negotiated, and the peer's certificate
+mod x509; // the peer certificate's subject, SANs and expiry, read for `tls_info()`
 
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
