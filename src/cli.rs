@@ -475,6 +475,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
         tls: client_tls(&args.tls)?,
+        tls_flags: Arc::new(args.tls.options()),
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -538,9 +539,7 @@ fn client_tls(args: &ClientTlsArgs) -> Result<Option<crate::tls::blocking::Clien
     }
     let options = args.options();
     if options.insecure {
-        crate::console::err(
-            "warning: --insecure: the server's certificate is not verified; anyone in the middle can read and change this conversation",
-        );
+        crate::tls::warn_insecure("--insecure");
     }
     Ok(Some(crate::tls::blocking::Client::new(options)?))
 }
@@ -563,6 +562,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
             tls: None,
+            tls_flags: Arc::default(),
         },
         server: args.server.map(|path| {
             (

@@ -493,6 +493,7 @@ fn a_client_script_is_checked_too() {
         limits: Limits::default(),
         case_timeout: None,
         tls: None,
+        tls_flags: Default::default(),
     };
     // The connection waits in the listener's backlog: nothing is read.
     let rendered = on_thread(SMALL_THREAD, || {

@@ -69,7 +69,7 @@ pub(crate) struct ServerTls {
 }
 
 /// The client side's flags.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ClientTls {
     /// `--tls-ca`: trusted besides the system's roots.
     pub(crate) ca: Vec<PathBuf>,
@@ -88,6 +88,18 @@ pub(crate) fn install_provider() {
     ONCE.call_once(|| {
         // Another provider already installed (by a test harness) is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Says on stderr that certificates go unverified, once per process
+/// however many connections skip verification: `asked_by` names the flag
+/// or option that asked.
+pub(crate) fn warn_insecure(asked_by: &str) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        crate::console::err(&format!(
+            "warning: {asked_by}: the server's certificate is not verified; anyone in the middle can read and change this conversation"
+        ));
     });
 }
 
