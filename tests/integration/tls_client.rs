@@ -661,7 +661,10 @@ fn insecure_in_connect_options_warns_once() {
         .get_output()
         .clone();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let warnings = stderr.lines().filter(|l| l.contains("not verified")).count();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("not verified"))
+        .count();
     assert_eq!(warnings, 1, "{stderr}");
     assert!(stderr.contains("#{insecure: true}"), "{stderr}");
 }
