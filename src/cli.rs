@@ -481,6 +481,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         case_timeout: args.case_timeout,
         tls,
         starttls,
+        tls_flags: Arc::new(args.tls.options()),
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -561,9 +562,7 @@ fn client_tls(
         return Ok((None, Arc::default()));
     }
     if options.insecure {
-        crate::console::err(
-            "warning: --insecure: the server's certificate is not verified; anyone in the middle can read and change this conversation",
-        );
+        crate::tls::warn_insecure("--insecure");
     }
     let client = crate::tls::blocking::Client::new(options)?;
     let deferred = Arc::new(crate::tls::blocking::Deferred::new(Some(client.clone())));
@@ -589,6 +588,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             case_timeout: Some(args.case_timeout),
             tls: None,
             starttls: Default::default(),
+            tls_flags: Arc::default(),
         },
         server: args.server.map(|path| {
             (

@@ -6,6 +6,7 @@
 //! (a chat between several clients), each a `Connection` value with the
 //! same functions as methods.
 
+mod connect_options; // `connect(addr, options)`: one connection's TLS settings
 pub(crate) mod connection; // blocking framed connection, also used by manual mode
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use rhai::{
 };
 use serde_json::{Value, json};
 
+use crate::client::connect_options::ConnectOptions;
 use crate::client::connection::{Connection, RETRY_PAUSE, Received, RecvError, StartTlsError};
 use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Failure, FailureKind, Limits, NativeResult, Params, Script};
@@ -50,6 +52,9 @@ pub(crate) struct ClientOptions {
     pub(crate) tls: Option<tls::blocking::Client>,
     /// What `starttls()` upgrades with: the same TLS flags, `--tls` or not.
     pub(crate) starttls: Arc<tls::blocking::Deferred>,
+    /// The `--tls-*` flags, with or without `--tls`: what
+    /// `connect(addr, options)` changes for its connection.
+    pub(crate) tls_flags: Arc<tls::ClientTls>,
 }
 
 /// What a passing conversation did.
@@ -139,6 +144,7 @@ impl ClientScript {
             max_frame: self.options.max_frame,
             tls: self.options.tls.clone(),
             starttls: self.options.starttls.clone(),
+            tls_flags: self.options.tls_flags.clone(),
             log: Mutex::new(Log {
                 transcript: Transcript::keeping(keep, self.options.verbosity, String::new()),
                 sent: 0,
@@ -254,6 +260,7 @@ struct Conversation {
     max_frame: usize,
     tls: Option<tls::blocking::Client>,
     starttls: Arc<tls::blocking::Deferred>,
+    tls_flags: Arc<tls::ClientTls>,
     log: Mutex<Log>,
     /// Compiled `expect` patterns: a pattern in a loop is compiled once.
     patterns: Mutex<HashMap<String, Regex>>,
@@ -343,22 +350,22 @@ impl Conversation {
     }
 
     fn open_default(self: &Arc<Self>) -> Result<(), Error> {
-        let state = self
-            .open(&self.addr)
-            .map_err(|error| match self.over_time() {
-                Some(deadline) => Error::Script(Box::new(
-                    Diagnostic::new(deadline.message())
-                        .with_note(format!("while connecting to {}", self.addr)),
-                )),
-                None => error,
-            })?;
+        let state =
+            self.open(&self.addr, self.tls.as_ref())
+                .map_err(|error| match self.over_time() {
+                    Some(deadline) => Error::Script(Box::new(
+                        Diagnostic::new(deadline.message())
+                            .with_note(format!("while connecting to {}", self.addr)),
+                    )),
+                    None => error,
+                })?;
         *lock(&self.default) = state;
         Ok(())
     }
 
     /// A new connection, numbered; the default one is unlabelled. The
     /// connect and its retries wait no longer than the time left.
-    fn open(&self, addr: &str) -> Result<PeerState, Error> {
+    fn open(&self, addr: &str, tls: Option<&tls::blocking::Client>) -> Result<PeerState, Error> {
         // A zero wait is refused by `connect_timeout`.
         let (timeout, _) = self.clamp(self.timeout);
         let connection = Connection::connect(
@@ -367,7 +374,7 @@ impl Conversation {
             self.max_frame,
             timeout.max(Duration::from_millis(1)),
             self.connect_retry.map(|retry| self.clamp(retry).0),
-            self.tls.as_ref(),
+            tls,
         )?;
         let number = {
             let mut log = lock(&self.log);
@@ -386,6 +393,16 @@ impl Conversation {
             label: (number > 1).then(|| Arc::from(format!("#{number}"))),
             number,
         })
+    }
+
+    /// The TLS client of `connect(addr, options)`: `None` for plain TCP.
+    /// Bad options, or files they name that cannot be used, are the
+    /// script's mistake.
+    fn tls_for(&self, options: &Map) -> NativeResult<Option<tls::blocking::Client>> {
+        let options = ConnectOptions::parse(options).map_err(Failure::script)?;
+        options
+            .client(self.tls.as_ref(), &self.tls_flags)
+            .map_err(|e| Failure::script(format!("connect(): {e}")).into())
     }
 
     fn default_peer(self: &Arc<Self>) -> Peer {
@@ -999,13 +1016,18 @@ fn register(engine: &mut Engine, current: &Slot) {
     });
 
     let slot = current.clone();
-    let open = move |addr: Option<&str>| -> NativeResult<Peer> {
+    let open = move |addr: Option<&str>, options: Option<Map>| -> NativeResult<Peer> {
         let conversation = lock(&slot)
             .clone()
             .ok_or_else(|| Failure::script("no conversation is running"))?;
         let addr = addr.unwrap_or(&conversation.addr).to_string();
+        let own_tls = options.map(|o| conversation.tls_for(&o)).transpose()?;
+        let tls = match &own_tls {
+            Some(own) => own.as_ref(),
+            None => conversation.tls.as_ref(),
+        };
         let state = conversation
-            .open(&addr)
+            .open(&addr, tls)
             .map_err(|e| match conversation.over_time() {
                 Some(deadline) => deadline.terminate(),
                 None => Failure::new(FailureKind::Network, e.to_string()).into(),
@@ -1016,8 +1038,12 @@ fn register(engine: &mut Engine, current: &Slot) {
         })
     };
     let o = open.clone();
-    engine.register_fn("connect", move || o(None));
-    engine.register_fn("connect", move |addr: &str| open(Some(addr)));
+    engine.register_fn("connect", move || o(None, None));
+    let o = open.clone();
+    engine.register_fn("connect", move |addr: &str| o(Some(addr), None));
+    engine.register_fn("connect", move |addr: &str, options: Map| {
+        open(Some(addr), Some(options))
+    });
 
     // Rhai's own `sleep` takes seconds and knows no time limit; a float
     // is milliseconds here too.

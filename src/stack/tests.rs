@@ -494,6 +494,7 @@ fn a_client_script_is_checked_too() {
         case_timeout: None,
         tls: None,
         starttls: Default::default(),
+        tls_flags: Default::default(),
     };
     // The connection waits in the listener's backlog: nothing is read.
     let rendered = on_thread(SMALL_THREAD, || {

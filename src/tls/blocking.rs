@@ -31,6 +31,11 @@ impl Client {
         })
     }
 
+    /// What it verifies and offers.
+    pub(crate) fn options(&self) -> &ClientTls {
+        &self.options
+    }
+
     /// Shakes hands on `socket`, connected to `addr` (whose host is the
     /// name verified unless --tls-servername says otherwise), giving up
     /// after `timeout`.

@@ -12,6 +12,7 @@ pub(crate) mod blocking; // the client's TLS over a blocking socket
 pub(crate) mod certs; // PEM files in, a throwaway CA and leaf made with rcgen
 mod failure; // a rustls error as the one line a user needs
 pub(crate) mod info; // `tls_info()`: what was negotiated, and the peer's certificate
+mod x509; // the peer certificate's subject, SANs and expiry, read for `tls_info()`
 
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
@@ -68,7 +69,7 @@ pub(crate) struct ServerTls {
 }
 
 /// The client side's flags.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ClientTls {
     /// `--tls-ca`: trusted besides the system's roots.
     pub(crate) ca: Vec<PathBuf>,
@@ -87,6 +88,18 @@ pub(crate) fn install_provider() {
     ONCE.call_once(|| {
         // Another provider already installed (by a test harness) is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Says on stderr that certificates go unverified, once per process
+/// however many connections skip verification: `asked_by` names the flag
+/// or option that asked.
+pub(crate) fn warn_insecure(asked_by: &str) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        crate::console::err(&format!(
+            "warning: {asked_by}: the server's certificate is not verified; anyone in the middle can read and change this conversation"
+        ));
     });
 }
 

@@ -533,3 +533,138 @@ fn a_server_offering_only_tls_1_1_has_no_version_in_common() {
     let line = one_line(&output);
     assert!(line.contains("no protocol version in common"), "{line}");
 }
+
+#[test]
+fn connect_with_options_speaks_tls_to_one_server_and_plain_tcp_to_another() {
+    let pki = Pki::new();
+    let secure = python_server(&pki, false);
+    let plain = Running::server(&["--echo"]);
+    // `ca` is relative to the current folder, as --tls-ca is.
+    let s = script(&format!(
+        "send(\"plain\");\nassert_eq(recv(), \"plain\");\nassert_eq(tls_info(), ());\n\
+         let c = connect(\"localhost:{}\", #{{tls: true, ca: \"ca.pem\", alpn: [\"echo/1\"]}});\n\
+         c.send(\"secure\");\nassert_eq(c.recv(), \"secure\");\n\
+         assert_eq(c.tls_info().alpn, \"echo/1\");\n\
+         assert_eq(c.tls_info().peer_subject, \"CN=localhost\");\n\
+         assert_eq(c.tls_info().peer_issuer, \"CN=tcpscript-test-ca\");\n",
+        secure.port
+    ));
+    tcpscript()
+        .current_dir(pki.dir.path())
+        .args(["client", s.path(), "--connect", &plain.addr()])
+        .assert()
+        .success();
+}
+
+#[test]
+fn connect_with_tls_false_speaks_plain_tcp_under_tls_flags() {
+    let pki = Pki::new();
+    let secure = python_server(&pki, false);
+    let plain = Running::server(&["--echo"]);
+    let s = script(&format!(
+        "let c = connect(\"{}\", #{{tls: false}});\n\
+         c.send(\"plain\");\nassert_eq(c.recv(), \"plain\");\nassert_eq(c.tls_info(), ());\n\
+         send(\"secure\");\nassert_eq(recv(), \"secure\");\n\
+         assert_eq(tls_info().version, \"TLSv1.3\");\n",
+        plain.addr()
+    ));
+    client(&s, secure.port, &["--tls-ca", &pki.path("ca.pem")])
+        .assert()
+        .success();
+}
+
+#[test]
+fn connect_with_tls_but_without_the_ca_is_an_unknown_issuer() {
+    let pki = Pki::new();
+    let secure = python_server(&pki, false);
+    let plain = Running::server(&["--echo"]);
+    let s = script(&format!(
+        "send(\"plain\");\nassert_eq(recv(), \"plain\");\n\
+         let c = connect(\"localhost:{}\", #{{tls: true}});\n",
+        secure.port
+    ));
+    let output = tcpscript()
+        .args(["client", s.path(), "--connect", &plain.addr()])
+        .assert()
+        .code(4)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: TLS handshake with localhost:{} failed: the peer's certificate has an unknown issuer",
+            secure.port
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{}:3:9", s.path())), "{stderr}");
+}
+
+#[test]
+fn bad_connect_options_are_script_errors_at_the_call() {
+    let pki = Pki::new();
+    let plain = Running::server(&["--echo"]);
+    std::fs::write(pki.dir.path().join("bad.key"), "not a key\n").unwrap();
+    let cases = [
+        (
+            "#{tls: true, cert: \"client.pem\", key: \"bad.key\"}",
+            "connect(): `bad.key` holds no PEM private key",
+        ),
+        (
+            "#{tls: true, cafile: \"ca.pem\"}",
+            "connect(): unknown option `cafile`; the options are tls, ca, insecure, servername, alpn, cert, key",
+        ),
+        (
+            "#{tls: \"yes\"}",
+            "connect(): option `tls` must be true or false, not string",
+        ),
+    ];
+    for (options, message) in cases {
+        let s = script(&format!(
+            "let x = 1;\nlet c = connect(\"{}\", {options});\n",
+            plain.addr()
+        ));
+        let output = tcpscript()
+            .current_dir(pki.dir.path())
+            .args(["client", s.path(), "--connect", &plain.addr()])
+            .assert()
+            .code(3)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("error: {message}\n")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("--> {}:2:9", s.path())),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn insecure_in_connect_options_warns_once() {
+    let pki = Pki::new();
+    let secure = python_server(&pki, false);
+    let s = script(&format!(
+        "for i in 0..2 {{\n\
+             let c = connect(\"localhost:{}\", #{{tls: true, insecure: true, servername: \"wrong.example\"}});\n\
+             c.send(\"hi\");\n\
+             assert_eq(c.recv(), \"hi\");\n\
+         }}\n",
+        secure.port
+    ));
+    let output = tcpscript()
+        .args(["client", s.path(), "--connect", &secure.addr()])
+        .args(["--tls", "--tls-ca", &pki.path("ca.pem")])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("not verified"))
+        .count();
+    assert_eq!(warnings, 1, "{stderr}");
+    assert!(stderr.contains("#{insecure: true}"), "{stderr}");
+}

@@ -375,3 +375,81 @@ fn a_client_offering_only_tls_1_1_finds_no_common_version() {
     assert!(!out.status.success(), "{}", text(&out.stdout));
     server.wait_stderr("TLS handshake failed: no protocol version");
 }
+
+/// `openssl x509 -noout ARGS -in CERT`'s one line, after its `key=`.
+fn openssl_field(cert: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout"])
+        .args(args)
+        .arg("-in")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = text(&out.stdout);
+    out.trim().split_once('=').expect("key=value").1.to_string()
+}
+
+#[test]
+fn a_client_script_sees_the_throwaway_leafs_names_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = tls_server(dir.path(), &["--echo", "--tls-san", "example.test"]);
+    let s = script(
+        r#"
+let info = tls_info();
+assert_eq(info.peer_subject, "CN=localhost");
+assert_eq(info.peer_issuer, "CN=tcpscript throwaway CA");
+for name in ["localhost", "127.0.0.1", "::1", "example.test"] {
+    assert(info.peer_sans.contains(name), `${name} is not in ${info.peer_sans}`);
+}
+assert(info.peer_not_after > param("now"), `expired: ${info.peer_not_after}`);
+assert_eq(info.peer_fingerprint.len(), 95);
+"#,
+    );
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    tcpscript()
+        .args([
+            "client",
+            s.path(),
+            "--tls",
+            "--tls-ca",
+            ca.to_str().unwrap(),
+        ])
+        .args(["--connect", &server.addr(), "--set", &format!("now={now}")])
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_hook_sees_the_client_certificates_subject_issuer_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_identity(dir.path());
+    let s = script(
+        r#"
+fn on_message(msg) {
+    let t = tls_info();
+    `${msg} subject=${t.peer_subject} issuer=${t.peer_issuer} sans=${t.peer_sans.len()} until=${t.peer_not_after}`
+}
+"#,
+    );
+    let (server, ca) = tls_server(
+        dir.path(),
+        &[s.path(), "--tls-client-ca", client_ca.to_str().unwrap()],
+    );
+    let out = python_client(server.port, &ca, Some((&cert, &key)));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // What openssl reads in the same certificate; its ISO 8601 date has a
+    // space where RFC 3339 has a `T`.
+    let subject = openssl_field(&cert, &["-subject", "-nameopt", "RFC2253"]);
+    let issuer = openssl_field(&cert, &["-issuer", "-nameopt", "RFC2253"]);
+    let until = openssl_field(&cert, &["-enddate", "-dateopt", "iso_8601"]).replace(' ', "T");
+    assert_eq!(subject, "CN=client");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "connected TLSv1.3\nreply hello subject={subject} issuer={issuer} sans=0 until={until}\n"
+        ),
+        "{}",
+        server.stderr()
+    );
+}
