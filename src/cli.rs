@@ -141,6 +141,44 @@ impl ServerTlsArgs {
             alpn: self.tls_alpn.clone(),
         })
     }
+
+    /// The flags again, for a recording's replay command; `None` without `--tls`.
+    fn replay_flags(&self) -> Option<String> {
+        let mut flags = Flags::new("--tls");
+        flags.path("--tls-cert", self.tls_cert.as_ref());
+        flags.path("--tls-key", self.tls_key.as_ref());
+        flags.each("--tls-san", &self.tls_san);
+        flags.path("--tls-ca-out", self.tls_ca_out.as_ref());
+        flags.path("--tls-client-ca", self.tls_client_ca.as_ref());
+        flags.each("--tls-alpn", &self.tls_alpn);
+        self.tls.then(|| flags.0.join(" "))
+    }
+}
+
+/// Flags written back out as shell words.
+struct Flags(Vec<String>);
+
+impl Flags {
+    fn new(first: &str) -> Self {
+        Flags(vec![first.to_string()])
+    }
+
+    fn value(&mut self, flag: &str, value: &str) {
+        self.0.push(flag.to_string());
+        self.0.push(crate::record::shell_word(value));
+    }
+
+    fn path(&mut self, flag: &str, path: Option<&PathBuf>) {
+        if let Some(path) = path {
+            self.value(flag, &path.display().to_string());
+        }
+    }
+
+    fn each(&mut self, flag: &str, values: &[String]) {
+        for value in values {
+            self.value(flag, value);
+        }
+    }
 }
 
 /// The client's TLS flags. Without `--tls` they configure a later `starttls()`.
@@ -178,7 +216,26 @@ impl ClientTlsArgs {
             servername: self.tls_servername.clone(),
             alpn: self.tls_alpn.clone(),
             identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            trusted: Vec::new(),
         }
+    }
+
+    /// The flags again, for a recording's replay command; `None` without `--tls`.
+    fn replay_flags(&self) -> Option<String> {
+        let mut flags = Flags::new("--tls");
+        for ca in &self.tls_ca {
+            flags.path("--tls-ca", Some(ca));
+        }
+        if self.insecure {
+            flags.0.push("--insecure".into());
+        }
+        if let Some(name) = &self.tls_servername {
+            flags.value("--tls-servername", name);
+        }
+        flags.each("--tls-alpn", &self.tls_alpn);
+        flags.path("--tls-cert", self.tls_cert.as_ref());
+        flags.path("--tls-key", self.tls_key.as_ref());
+        self.tls.then(|| flags.0.join(" "))
     }
 }
 
@@ -279,6 +336,18 @@ pub struct TestArgs {
     /// For the server script given with --server
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
+    /// Every case's TLS; with --server, --tls makes that server serve TLS
+    /// with a throwaway CA every case trusts
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
+    /// With --server and --tls: another name or IP address for the
+    /// server's throwaway certificate (for --tls-servername); repeatable
+    #[arg(long, value_name = "NAME", requires_all = ["server", "tls"])]
+    pub(crate) tls_san: Vec<String>,
+    /// With --server and --tls: the server requires client certificates
+    /// signed by these CAs, PEM (each case presents --tls-cert/--tls-key)
+    #[arg(long, value_name = "FILE", requires_all = ["server", "tls"])]
+    pub(crate) tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) common: CommonArgs,
 }
@@ -325,10 +394,12 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
-    fn options(&self) -> Option<RecordOptions> {
+    /// `tls`: the session's TLS flags, written into the replay command.
+    fn options(&self, tls: Option<String>) -> Option<RecordOptions> {
         self.record.clone().map(|path| RecordOptions {
             path,
             exact: self.record_exact,
+            tls,
         })
     }
 }
@@ -401,17 +472,16 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
         (None, false) => {
-            if args.tls.tls {
-                return Err(Error::Usage(
-                    "--tls needs a SCRIPT or --echo: manual mode does not speak TLS".into(),
-                ));
-            }
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
                 framing: args.common.framing.unwrap_or(Framing::Line),
                 max_frame: args.common.max_frame,
                 verbosity,
-                record: args.record.options(),
+                record: args.record.options(args.tls.replay_flags()),
+                tls: match args.tls.options() {
+                    Some(options) => Some(crate::tls::server_config(&options)?),
+                    None => None,
+                },
             });
         }
     };
@@ -442,13 +512,6 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
-        if args.tls.tls {
-            // Manual mode reads on a second thread through a clone of the
-            // socket, which a TLS session cannot be split into (yet).
-            return Err(Error::Usage(
-                "--tls needs a SCRIPT for now: manual mode does not speak TLS yet".into(),
-            ));
-        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
@@ -456,7 +519,8 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             framing: args.common.framing.unwrap_or(Framing::Line),
             max_frame: args.common.max_frame,
             verbosity,
-            record: args.record.options(),
+            record: args.record.options(args.tls.replay_flags()),
+            tls: client_tls(&args.tls, Vec::new())?,
         });
     };
     let options = ClientOptions {
@@ -474,7 +538,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         }
         .with_max_frame(args.common.max_frame),
         case_timeout: args.case_timeout,
-        tls: client_tls(&args.tls)?,
+        tls: client_tls(&args.tls, Vec::new())?,
     };
     let until = match (args.duration, args.iterations) {
         (Some(duration), _) => Some(Until::Elapsed(duration)),
@@ -531,12 +595,19 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--tls`: the configuration every connection of the command shares.
-fn client_tls(args: &ClientTlsArgs) -> Result<Option<crate::tls::blocking::Client>, Error> {
+/// `--tls`: the configuration every connection of the command shares;
+/// `trusted`: CAs made in this process, trusted besides `--tls-ca`.
+fn client_tls(
+    args: &ClientTlsArgs,
+    trusted: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<Option<crate::tls::blocking::Client>, Error> {
     if !args.tls {
         return Ok(None);
     }
-    let options = args.options();
+    let options = crate::tls::ClientTls {
+        trusted,
+        ..args.options()
+    };
     if options.insecure {
         crate::console::err(
             "warning: --insecure: the server's certificate is not verified; anyone in the middle can read and change this conversation",
@@ -549,6 +620,20 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let limits = args.limits.limits().with_max_frame(args.common.max_frame);
+    // The server's TLS first: the cases trust the throwaway CA it makes.
+    let server_tls = match (&args.server, args.tls.tls) {
+        (Some(_), true) => Some(crate::tls::server_config(&crate::tls::ServerTls {
+            identity: None,
+            sans: args.tls_san.clone(),
+            ca_out: None,
+            client_ca: args.tls_client_ca.clone(),
+            // One list for both ends: what the cases offer, the server accepts.
+            alpn: args.tls.tls_alpn.clone(),
+        })?),
+        _ => None,
+    };
+    let trusted = server_tls.iter().filter_map(|tls| tls.ca.clone()).collect();
+    let tls = client_tls(&args.tls, trusted)?;
     runner::run(TestOptions {
         clients: args.clients,
         client: ClientOptions {
@@ -562,7 +647,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             verbosity,
             limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
-            tls: None,
+            tls,
         },
         server: args.server.map(|path| {
             (
@@ -571,6 +656,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
                     limits,
                     hook_timeout: args.limits.hook_timeout,
                     idle_timeout: args.limits.idle_timeout,
+                    tls: server_tls,
                 },
             )
         }),

@@ -38,6 +38,9 @@ pub(crate) struct ServerSettings {
     pub(crate) limits: crate::engine::Limits,
     pub(crate) hook_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// `--tls`: the server's TLS, its throwaway CA already trusted by
+    /// every case's client.
+    pub(crate) tls: Option<crate::tls::ServerSetup>,
 }
 
 /// Runs every case; `Ok` only when all passed.
@@ -72,6 +75,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     hook_timeout: settings.hook_timeout,
                     idle_timeout: settings.idle_timeout,
                 },
+                settings.tls.clone(),
             )?;
             client.connect = background.addr().to_string();
             if verbosity >= Verbosity::Normal {
@@ -80,6 +84,13 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     path.display(),
                     background.addr()
                 ));
+                if let Some(tls) = &settings.tls {
+                    crate::console::err(&format!(
+                        "server {} tls fingerprint SHA256 {}",
+                        path.display(),
+                        tls.fingerprint
+                    ));
+                }
             }
             Some(background)
         }

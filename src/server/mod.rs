@@ -134,8 +134,13 @@ impl Drop for Background {
     }
 }
 
-/// Binds and starts serving on another thread; returns once bound.
-pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Background, Error> {
+/// Binds and starts serving on another thread; returns once bound. With
+/// `tls`, every connection speaks TLS.
+pub(crate) fn spawn(
+    script: ServerScript,
+    options: ServerOptions,
+    tls: Option<crate::tls::ServerSetup>,
+) -> Result<Background, Error> {
     let runtime = runtime()?;
     let listener = runtime.block_on(bind(&options.listen))?;
     let addr = listener.local_addr().map_err(|source| Error::Bind {
@@ -144,10 +149,11 @@ pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Back
     })?;
     raise_open_file_limit();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = tls.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
     // Sized for scripts: the script's values may be dropped on it at the end.
     let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
-            runtime.block_on(serve(listener, script, options, None, async {
+            runtime.block_on(serve(listener, script, options, acceptor, async {
                 let _ = stopped.await;
             }));
         })

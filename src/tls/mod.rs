@@ -79,6 +79,9 @@ pub(crate) struct ClientTls {
     pub(crate) alpn: Vec<String>,
     /// `--tls-cert` and `--tls-key`: a client certificate.
     pub(crate) identity: Option<(PathBuf, PathBuf)>,
+    /// CAs trusted besides those, made in this process: `test --server S
+    /// --tls` trusts its own server's throwaway CA without a flag.
+    pub(crate) trusted: Vec<CertificateDer<'static>>,
 }
 
 /// Installs the crypto provider once per process, before any config.
@@ -91,13 +94,17 @@ pub(crate) fn install_provider() {
 }
 
 /// A server's configuration, and the SHA-256 fingerprint of its leaf.
+#[derive(Debug, Clone)]
 pub(crate) struct ServerSetup {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) fingerprint: String,
+    /// The throwaway CA that signed the leaf; `None` with `--tls-cert`.
+    pub(crate) ca: Option<CertificateDer<'static>>,
 }
 
 pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError> {
     install_provider();
+    let mut ca = None;
     let (chain, key) = match &options.identity {
         Some((cert, key)) => (certs::load_chain(cert)?, certs::load_key(key)?),
         None => {
@@ -108,6 +115,7 @@ pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError
                     source,
                 })?;
             }
+            ca = Some(made.ca);
             (vec![made.leaf], made.key)
         }
     };
@@ -133,6 +141,7 @@ pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError
     Ok(ServerSetup {
         config: Arc::new(config),
         fingerprint,
+        ca,
     })
 }
 
@@ -155,6 +164,9 @@ pub(crate) fn client_config(options: &ClientTls) -> Result<Arc<ClientConfig>, Tl
                     problem: e.to_string(),
                 })?;
             }
+        }
+        for cert in &options.trusted {
+            roots.add(cert.clone())?;
         }
         ClientConfig::builder().with_root_certificates(roots)
     };
