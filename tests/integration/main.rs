@@ -24,4 +24,5 @@ mod stack;
 mod streams;
 mod support;
 mod tls_client;
+mod tls_commands;
 mod tls_server;
