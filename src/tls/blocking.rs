@@ -271,8 +271,11 @@ impl Source for TlsReader {
 /// never fills.
 #[derive(Debug, Default)]
 struct Incoming {
+    /// Allocated at the first read, then reused.
     buf: Vec<u8>,
+    /// `buf[fed..filled]` is what rustls has not taken yet.
     fed: usize,
+    filled: usize,
     eof: bool,
 }
 
@@ -284,11 +287,27 @@ fn read_plaintext(
     incoming: &mut Incoming,
     buf: &mut [u8],
 ) -> io::Result<usize> {
-    let read = loop {
+    match read_or_wait(session, sock, incoming, buf) {
+        // The peer closed without a close_notify, as many servers do
+        // (Python's `close()`, `openssl s_server`): for a test tool
+        // that is the end of the stream, not an attack.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        Err(e) => Err(explained(e)),
+        read => read,
+    }
+}
+
+fn read_or_wait(
+    session: &Mutex<rustls::Connection>,
+    sock: &mut TcpStream,
+    incoming: &mut Incoming,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
         {
             let mut conn = lock(session);
-            while conn.wants_read() && incoming.fed < incoming.buf.len() {
-                let n = conn.read_tls(&mut &incoming.buf[incoming.fed..])?;
+            while conn.wants_read() && incoming.fed < incoming.filled {
+                let n = conn.read_tls(&mut &incoming.buf[incoming.fed..incoming.filled])?;
                 if n == 0 {
                     break;
                 }
@@ -296,38 +315,35 @@ fn read_plaintext(
                 conn.process_new_packets()
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             }
-            if incoming.eof && incoming.fed == incoming.buf.len() && conn.wants_read() {
+            if incoming.eof && incoming.fed == incoming.filled && conn.wants_read() {
                 // Marks the end: rustls then tells a clean close_notify
                 // from a bare TCP close.
                 conn.read_tls(&mut io::empty())?;
             }
             match conn.reader().read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                read => break read,
+                read => return read,
             }
         }
         if incoming.eof {
-            break Ok(0);
+            return Ok(0);
         }
-        incoming.buf.drain(..incoming.fed);
+        incoming.buf.copy_within(incoming.fed..incoming.filled, 0);
+        incoming.filled -= incoming.fed;
         incoming.fed = 0;
-        let start = incoming.buf.len();
-        incoming.buf.resize(start + READ_SIZE, 0);
-        let read = sock.read(&mut incoming.buf[start..]);
-        incoming.buf.truncate(start + *read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(n) => incoming.eof = n == 0,
+        incoming.buf.resize(READ_SIZE, 0);
+        if incoming.filled == incoming.buf.len() {
+            // rustls took none of a whole buffer: it will not take more.
+            return Err(io::Error::other("TLS records the session does not take"));
+        }
+        match sock.read(&mut incoming.buf[incoming.filled..]) {
+            Ok(n) => {
+                incoming.filled += n;
+                incoming.eof = n == 0;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-    };
-    match read {
-        // The peer closed without a close_notify, as many servers do
-        // (Python's `close()`, `openssl s_server`): for a test tool
-        // that is the end of the stream, not an attack.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-        Err(e) => Err(explained(e)),
-        read => read,
     }
 }
 
@@ -396,5 +412,95 @@ fn accept_reason(error: &io::Error, timeout: Duration) -> String {
             "the peer reset the connection during the handshake".into()
         }
         _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// Bytes each side sends before it has read anything: far more than
+    /// the sockets' buffers hold (see `small_buffers`).
+    const LOAD: usize = 8 * 1024 * 1024;
+
+    /// Socket buffers of 64 KiB at most: loopback's grow to tens of MiB,
+    /// which would hide a deadlock behind sheer room.
+    fn small_buffers(socket: &TcpStream) {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 64 * 1024;
+        for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            // SAFETY: a valid socket, and a c_int option of its size.
+            let set = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(set, 0, "setsockopt");
+        }
+    }
+
+    /// Writes `LOAD` bytes on `stream` while its reader takes in the
+    /// peer's `LOAD` on another thread; returns how many were read.
+    fn both_ways(mut stream: TlsStream) -> usize {
+        let mut reader = stream.reader().unwrap();
+        let reading = std::thread::spawn(move || {
+            let mut total = 0;
+            let mut buf = vec![0; 64 * 1024];
+            while total < LOAD {
+                match reader.read(&mut buf).unwrap() {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            total
+        });
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..LOAD / chunk.len() {
+            stream.write_all(&chunk).unwrap();
+        }
+        reading.join().unwrap()
+    }
+
+    /// Were the lock held across a socket write, each writer would wait
+    /// for a peer whose reader waits for that lock: neither end finishes.
+    #[test]
+    fn a_reader_takes_in_while_its_writer_waits_on_the_peer() {
+        let setup = super::super::server_config(&Default::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = setup.config.clone();
+        let (done_tx, done) = mpsc::channel();
+        let server_done = done_tx.clone();
+        std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            small_buffers(&socket);
+            let stream = accept(&config, socket, Duration::from_secs(10)).unwrap();
+            server_done.send(both_ways(stream)).unwrap();
+        });
+        let client = Client::new(ClientTls {
+            trusted: vec![setup.ca.unwrap()],
+            ..ClientTls::default()
+        })
+        .unwrap();
+        std::thread::spawn(move || {
+            let socket = TcpStream::connect(&addr).unwrap();
+            small_buffers(&socket);
+            let stream = client
+                .handshake(socket, &addr, Duration::from_secs(10))
+                .unwrap();
+            done_tx.send(both_ways(stream)).unwrap();
+        });
+        for _ in 0..2 {
+            let read = done
+                .recv_timeout(Duration::from_secs(60))
+                .expect("both ends finish");
+            assert_eq!(read, LOAD);
+        }
     }
 }
