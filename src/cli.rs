@@ -302,6 +302,9 @@ pub struct ClientArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("tls", |arg| arg.help(
+    "Every case speaks TLS; with --server, that server serves it with a throwaway CA the cases trust"
+)))]
 pub struct TestArgs {
     /// Client scripts, or folders of them (their .rhai files, sorted)
     #[arg(required = true, value_name = "CLIENT")]
@@ -336,8 +339,7 @@ pub struct TestArgs {
     /// For the server script given with --server
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
-    /// Every case's TLS; with --server, --tls makes that server serve TLS
-    /// with a throwaway CA every case trusts
+    /// Every case's TLS (its `--tls` help is the test run's own, above)
     #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,
     /// With --server and --tls: another name or IP address for the

@@ -100,6 +100,33 @@ fn test_with_its_own_tls_server_verifies_a_name_given_with_tls_san() {
 }
 
 #[test]
+fn test_with_its_own_tls_server_can_require_client_certificates() {
+    let pki = Pki::new();
+    let server = script(
+        "fn on_message(msg) { if tls_info().peer_fingerprint == () { \"anonymous\" } else { \"known\" } }",
+    );
+    let case = script("send(\"who\");\nassert_eq(recv(), \"known\");\n");
+    let run = |identity: &[&str]| {
+        let mut cmd = tcpscript();
+        cmd.args(["test", "--server", server.path(), "--tls"])
+            .args(["--tls-client-ca", &pki.path("ca.pem")])
+            .args(identity)
+            .arg(case.path());
+        cmd.assert()
+    };
+    run(&[
+        "--tls-cert",
+        &pki.path("client.pem"),
+        "--tls-key",
+        &pki.path("client.key"),
+    ])
+    .success();
+    run(&[])
+        .code(4)
+        .stderr(contains("requires a client certificate"));
+}
+
+#[test]
 fn test_tls_against_an_outside_tls_server_trusts_tls_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -145,13 +172,17 @@ fn manual_client_speaks_tls_to_openssl_s_server() {
 fn manual_client_refuses_an_unknown_issuer_in_one_line() {
     let pki = Pki::new();
     let server = s_server(&pki, &pki.path("server.pem"));
-    tcpscript()
+    let output = tcpscript()
         .args(["client", "--tls", "--connect", &server.addr()])
         .write_stdin("hello\n")
         .assert()
         .code(4)
         .stdout("")
-        .stderr(contains("TLS handshake with 127.0.0.1:").and(contains("unknown issuer")));
+        .stderr(contains("TLS handshake with 127.0.0.1:").and(contains("unknown issuer")))
+        .get_output()
+        .clone();
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[test]
