@@ -8,7 +8,7 @@
 //! library with cmake, minutes more on a 2-core machine, for speed that
 //! loopback tests do not need.
 
-pub(crate) mod blocking; // the client's TLS over a blocking socket
+pub(crate) mod blocking; // TLS over a blocking socket: the client, and manual mode both ways
 pub(crate) mod certs; // PEM files in, a throwaway CA and leaf made with rcgen
 mod failure; // a rustls error as the one line a user needs
 pub(crate) mod info; // `tls_info()`: what was negotiated, and the peer's certificate
