@@ -140,6 +140,44 @@ impl ServerTlsArgs {
             alpn: self.tls_alpn.clone(),
         })
     }
+
+    /// The flags again, for a recording's replay command; `None` without `--tls`.
+    fn replay_flags(&self) -> Option<String> {
+        let mut flags = Flags::new("--tls");
+        flags.path("--tls-cert", self.tls_cert.as_ref());
+        flags.path("--tls-key", self.tls_key.as_ref());
+        flags.each("--tls-san", &self.tls_san);
+        flags.path("--tls-ca-out", self.tls_ca_out.as_ref());
+        flags.path("--tls-client-ca", self.tls_client_ca.as_ref());
+        flags.each("--tls-alpn", &self.tls_alpn);
+        self.tls.then(|| flags.0.join(" "))
+    }
+}
+
+/// Flags written back out as shell words.
+struct Flags(Vec<String>);
+
+impl Flags {
+    fn new(first: &str) -> Self {
+        Flags(vec![first.to_string()])
+    }
+
+    fn value(&mut self, flag: &str, value: &str) {
+        self.0.push(flag.to_string());
+        self.0.push(crate::record::shell_word(value));
+    }
+
+    fn path(&mut self, flag: &str, path: Option<&PathBuf>) {
+        if let Some(path) = path {
+            self.value(flag, &path.display().to_string());
+        }
+    }
+
+    fn each(&mut self, flag: &str, values: &[String]) {
+        for value in values {
+            self.value(flag, value);
+        }
+    }
 }
 
 /// The client's TLS flags. Without `--tls` they configure a later `starttls()`.
@@ -177,7 +215,26 @@ impl ClientTlsArgs {
             servername: self.tls_servername.clone(),
             alpn: self.tls_alpn.clone(),
             identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            trusted: Vec::new(),
         }
+    }
+
+    /// The flags again, for a recording's replay command; `None` without `--tls`.
+    fn replay_flags(&self) -> Option<String> {
+        let mut flags = Flags::new("--tls");
+        for ca in &self.tls_ca {
+            flags.path("--tls-ca", Some(ca));
+        }
+        if self.insecure {
+            flags.0.push("--insecure".into());
+        }
+        if let Some(name) = &self.tls_servername {
+            flags.value("--tls-servername", name);
+        }
+        flags.each("--tls-alpn", &self.tls_alpn);
+        flags.path("--tls-cert", self.tls_cert.as_ref());
+        flags.path("--tls-key", self.tls_key.as_ref());
+        self.tls.then(|| flags.0.join(" "))
     }
 }
 
@@ -244,6 +301,9 @@ pub struct ClientArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("tls", |arg| arg.help(
+    "Every case speaks TLS; with --server, that server serves it with a throwaway CA the cases trust"
+)))]
 pub struct TestArgs {
     /// Client scripts, or folders of them (their .rhai files, sorted)
     #[arg(required = true, value_name = "CLIENT")]
@@ -278,6 +338,17 @@ pub struct TestArgs {
     /// For the server script given with --server
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
+    /// Every case's TLS (its `--tls` help is the test run's own, above)
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
+    /// With --server and --tls: another name or IP address for the
+    /// server's throwaway certificate (for --tls-servername); repeatable
+    #[arg(long, value_name = "NAME", requires_all = ["server", "tls"])]
+    pub(crate) tls_san: Vec<String>,
+    /// With --server and --tls: the server requires client certificates
+    /// signed by these CAs, PEM (each case presents --tls-cert/--tls-key)
+    #[arg(long, value_name = "FILE", requires_all = ["server", "tls"])]
+    pub(crate) tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) common: CommonArgs,
 }
@@ -324,10 +395,12 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
-    fn options(&self) -> Option<RecordOptions> {
+    /// `tls`: the session's TLS flags, written into the replay command.
+    fn options(&self, tls: Option<String>) -> Option<RecordOptions> {
         self.record.clone().map(|path| RecordOptions {
             path,
             exact: self.record_exact,
+            tls,
         })
     }
 }
@@ -400,17 +473,23 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
         (None, false) => {
-            if args.tls.tls {
-                return Err(Error::Usage(
-                    "--tls needs a SCRIPT or --echo: manual mode does not speak TLS".into(),
-                ));
-            }
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
                 framing: args.common.framing.unwrap_or(Framing::Line),
                 max_frame: args.common.max_frame,
                 verbosity,
-                record: args.record.options(),
+                record: args.record.options(args.tls.replay_flags()),
+                tls: match (args.tls.tls, args.tls.options(false)) {
+                    (true, Some(options)) => Some(crate::tls::server_config(&options)?),
+                    (false, Some(_)) => {
+                        return Err(Error::Usage(
+                            "without --tls the TLS flags configure a script's starttls(), \
+                             and manual mode has no script: add --tls"
+                                .into(),
+                        ));
+                    }
+                    (_, None) => None,
+                },
             });
         }
     };
@@ -446,13 +525,6 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
-        if args.tls.tls {
-            // Manual mode reads on a second thread through a clone of the
-            // socket, which a TLS session cannot be split into (yet).
-            return Err(Error::Usage(
-                "--tls needs a SCRIPT for now: manual mode does not speak TLS yet".into(),
-            ));
-        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
@@ -460,10 +532,11 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             framing: args.common.framing.unwrap_or(Framing::Line),
             max_frame: args.common.max_frame,
             verbosity,
-            record: args.record.options(),
+            record: args.record.options(args.tls.replay_flags()),
+            tls: client_tls(&args.tls, Vec::new())?.0,
         });
     };
-    let (tls, starttls) = client_tls(&args.tls)?;
+    let (tls, starttls) = client_tls(&args.tls, Vec::new())?;
     let options = ClientOptions {
         params: args.common.params(),
         script,
@@ -541,9 +614,11 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
 /// The TLS of a client command: what `--tls` connections use, and what a
 /// later `starttls()` does. Flags given are checked here, before any
 /// connection: a CA file that cannot be read is a usage error, not a
-/// failure halfway through a conversation.
+/// failure halfway through a conversation. `trusted`: CAs made in this
+/// process (`test --server`'s), trusted besides `--tls-ca`.
 fn client_tls(
     args: &ClientTlsArgs,
+    trusted: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> Result<
     (
         Option<crate::tls::blocking::Client>,
@@ -551,9 +626,13 @@ fn client_tls(
     ),
     Error,
 > {
-    let options = args.options();
+    let options = crate::tls::ClientTls {
+        trusted,
+        ..args.options()
+    };
     let configured = args.tls
         || !options.ca.is_empty()
+        || !options.trusted.is_empty()
         || options.insecure
         || options.servername.is_some()
         || !options.alpn.is_empty()
@@ -573,6 +652,26 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let limits = args.limits.limits().with_max_frame(args.common.max_frame);
+    // The server's TLS first: the cases trust the throwaway CA it makes.
+    // A server script that calls `starttls()` needs a certificate too; the
+    // text is enough to tell (a throwaway made for a mere mention costs a
+    // millisecond).
+    let starttls = args.server.as_ref().is_some_and(|path| {
+        std::fs::read_to_string(path).is_ok_and(|text| text.contains("starttls"))
+    });
+    let server_tls = match (&args.server, args.tls.tls || starttls) {
+        (Some(_), true) => Some(crate::tls::server_config(&crate::tls::ServerTls {
+            identity: None,
+            sans: args.tls_san.clone(),
+            ca_out: None,
+            client_ca: args.tls_client_ca.clone(),
+            // One list for both ends: what the cases offer, the server accepts.
+            alpn: args.tls.tls_alpn.clone(),
+        })?),
+        _ => None,
+    };
+    let trusted = server_tls.iter().filter_map(|tls| tls.ca.clone()).collect();
+    let (tls, starttls) = client_tls(&args.tls, trusted)?;
     runner::run(TestOptions {
         clients: args.clients,
         client: ClientOptions {
@@ -586,9 +685,9 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             verbosity,
             limits: Limits::default().with_max_frame(args.common.max_frame),
             case_timeout: Some(args.case_timeout),
-            tls: None,
-            starttls: Default::default(),
-            tls_flags: Arc::default(),
+            tls,
+            starttls,
+            tls_flags: Arc::new(args.tls.options()),
         },
         server: args.server.map(|path| {
             (
@@ -597,6 +696,8 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
                     limits,
                     hook_timeout: args.limits.hook_timeout,
                     idle_timeout: args.limits.idle_timeout,
+                    tls: server_tls,
+                    tls_on_accept: args.tls.tls,
                 },
             )
         }),

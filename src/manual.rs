@@ -6,11 +6,12 @@
 
 use std::io::{self, BufRead, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustls::ServerConfig;
 
 use crate::client::connection::{Connection, FrameReader, Received, RecvError};
 use crate::diagnostic::Diagnostic;
@@ -19,6 +20,7 @@ use crate::framing::Framing;
 use crate::message;
 use crate::net;
 use crate::record::{ClientRecorder, RecordOptions, ServerRecorder};
+use crate::tls;
 use crate::transcript::Verbosity;
 
 /// The word that ends a session, as in the tutorial.
@@ -34,6 +36,8 @@ pub(crate) struct ManualClientOptions {
     pub(crate) verbosity: Verbosity,
     /// `--record FILE`: write the session down as a script.
     pub(crate) record: Option<RecordOptions>,
+    /// `--tls`: the session speaks TLS.
+    pub(crate) tls: Option<tls::blocking::Client>,
 }
 
 /// While recording, how long the peer must stay quiet before what came back
@@ -174,7 +178,7 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         options.max_frame,
         options.timeout,
         options.connect_retry,
-        None,
+        options.tls.as_ref(),
     )?;
     if options.verbosity >= Verbosity::Normal {
         crate::console::err(&format!("connected to {}", connection.peer()));
@@ -182,13 +186,10 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
             crate::console::err(&format!("recording to {}", record.path.display()));
         }
     }
-    let mut stream = connection
-        .stream()
-        .try_clone()
-        .map_err(|source| Error::System {
-            action: "share the socket with the reader thread",
-            source,
-        })?;
+    let mut stream = connection.reader().map_err(|source| Error::System {
+        action: "share the socket with the reader thread",
+        source,
+    })?;
     let framing = options.framing.clone();
     let max_frame = options.max_frame;
     let (arrived_tx, arrived) = mpsc::channel::<Result<Bytes, RecvError>>();
@@ -389,7 +390,14 @@ pub(crate) struct ManualServerOptions {
     pub(crate) verbosity: Verbosity,
     /// `--record FILE`: write the session down as a server script.
     pub(crate) record: Option<RecordOptions>,
+    /// `--tls`: every client's session speaks TLS.
+    pub(crate) tls: Option<tls::ServerSetup>,
 }
+
+/// The longest a client may take over its TLS handshake, as with a
+/// scripted server: one that connects and says nothing must not keep the
+/// clients after it waiting for ever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one client after another, as the tutorial does. Each received
 /// message is printed with the peer's address and answered with the next
@@ -411,6 +419,9 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
         source,
     })?;
     crate::console::err(&format!("listening on {local}"));
+    if let Some(tls) = &options.tls {
+        crate::console::err(&format!("tls fingerprint SHA256 {}", tls.fingerprint));
+    }
     if let Some(recorder) = &mut recorder {
         recorder.listening(local);
         if options.verbosity >= Verbosity::Normal
@@ -421,21 +432,28 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
     }
     let (idle_tx, idle) = mpsc::sync_channel::<Idle>(0);
     let mut replies = Replies::from_stdin(options.max_frame, idle_tx.clone());
-    accept_in_background(listener, idle_tx);
+    accept_in_background(
+        listener,
+        idle_tx,
+        Handover {
+            tls: options.tls.as_ref().map(|tls| tls.config.clone()),
+            framing: options.framing.clone(),
+            max_frame: options.max_frame,
+        },
+    );
     loop {
-        let Some((stream, peer)) = next_client(&idle, &mut replies) else {
+        let Some(mut connection) = next_client(&idle, &mut replies) else {
             let ended = replies.next();
             if matches!(ended, Input::End) {
                 crate::console::err("end of input, stopping");
             }
             return stop(recorder, ended, options.verbosity);
         };
+        let peer = connection.peer();
         crate::console::err(&format!("client {peer} connected"));
         if let Some(recorder) = &mut recorder {
             recorder.connected(peer);
         }
-        let mut connection =
-            Connection::from_stream(stream, options.framing.clone(), options.max_frame)?;
         let stdout = io::stdout();
         let outcome = loop {
             // A person answers: no deadline on either side of the conversation.
@@ -493,16 +511,14 @@ fn stop(recorder: Option<ServerRecorder>, ended: Input, verbosity: Verbosity) ->
 
 /// What the manual server waits for between clients.
 enum Idle {
-    Client(TcpStream, SocketAddr),
+    /// Connected, and over TLS done with its handshake.
+    Client(Box<Connection>),
     /// Stdin has ended (its lines may still be queued).
     InputEnded,
 }
 
 /// The next client, or `None` once stdin has ended with no reply left.
-fn next_client(
-    idle: &mpsc::Receiver<Idle>,
-    replies: &mut Replies,
-) -> Option<(TcpStream, SocketAddr)> {
+fn next_client(idle: &mpsc::Receiver<Idle>, replies: &mut Replies) -> Option<Box<Connection>> {
     loop {
         // The input thread queues its end before it says so here, so an
         // end is never missed between this look and the wait below.
@@ -510,21 +526,58 @@ fn next_client(
             return None;
         }
         match idle.recv() {
-            Ok(Idle::Client(stream, peer)) => return Some((stream, peer)),
+            Ok(Idle::Client(connection)) => return Some(connection),
             Ok(Idle::InputEnded) => {}
             Err(_) => return None,
         }
     }
 }
 
+/// How the accepting thread makes a session of each client.
+struct Handover {
+    tls: Option<Arc<ServerConfig>>,
+    framing: Framing,
+    max_frame: usize,
+}
+
+impl Handover {
+    /// The client's connection, over TLS once its handshake is done; a
+    /// client that fails is said on stderr and never reaches the session.
+    fn connection(&self, stream: TcpStream, peer: SocketAddr) -> Option<Connection> {
+        let framing = self.framing.clone();
+        let made = match &self.tls {
+            None => Connection::from_stream(stream, framing, self.max_frame),
+            Some(config) => tls::blocking::accept(config, stream, HANDSHAKE_TIMEOUT)
+                .and_then(|tls| Connection::from_tls(tls, framing, self.max_frame)),
+        };
+        match made {
+            Ok(connection) => Some(connection),
+            // The same line as `server --tls` prints.
+            Err(Error::Handshake { reason, .. }) => {
+                crate::console::err(&format!("client {peer} TLS handshake failed: {reason}"));
+                None
+            }
+            Err(e) => {
+                crate::console::err(&format!("client {peer}: {e}"));
+                None
+            }
+        }
+    }
+}
+
 /// Accepts clients on a thread, handing over one at a time: the next one
 /// waits, connected, until the current session ends, as in the tutorial.
-fn accept_in_background(listener: TcpListener, idle: mpsc::SyncSender<Idle>) {
+/// Over TLS it shakes hands before the handover, so the client waiting
+/// has its session, as a TLS client expects once connected.
+fn accept_in_background(listener: TcpListener, idle: mpsc::SyncSender<Idle>, handover: Handover) {
     thread::spawn(move || {
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if idle.send(Idle::Client(stream, peer)).is_err() {
+                    let Some(connection) = handover.connection(stream, peer) else {
+                        continue;
+                    };
+                    if idle.send(Idle::Client(Box::new(connection))).is_err() {
                         return;
                     }
                 }

@@ -36,6 +36,8 @@ pub(crate) struct RecordOptions {
     pub(crate) path: PathBuf,
     /// Assert and match every value literally: no patterns.
     pub(crate) exact: bool,
+    /// The TLS flags of a session over TLS, for the replay command.
+    pub(crate) tls: Option<String>,
 }
 
 /// The opening comment every recording has: what, when, where, and how to
@@ -45,15 +47,40 @@ struct Header {
     /// The recording's path as the user wrote it.
     file: String,
     started: SystemTime,
+    /// The session's TLS flags: the replay needs them too.
+    tls: Option<String>,
 }
 
 impl Header {
     fn push(&self, out: &mut String, role: &str, place: &str, replay: &str) {
+        let flags = self
+            .tls
+            .as_deref()
+            .map(|f| format!(" {f}"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "// Recorded by `tcpscript {role} --record` on {},\n// {place}.\n// Replay: {replay}\n//\n",
+            "// Recorded by `tcpscript {role} --record` on {},\n// {place}.\n// Replay: {replay}{flags}\n",
             humantime::format_rfc3339_seconds(self.started)
         ));
+        if self.tls.is_some() {
+            // What was recorded is the plaintext inside TLS: a replay
+            // without the flags would speak it in the clear.
+            out.push_str(
+                "// Recorded over TLS: this is the conversation inside it, which the replay\n\
+                 // speaks over TLS again with the flags above.\n",
+            );
+        }
+        out.push_str("//\n");
     }
+}
+
+/// `arg` as one word of a shell command line: quoted when it has to be.
+pub(crate) fn shell_word(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        return arg.to_string();
+    }
+    format!("'{}'", arg.replace('\'', "'\\''"))
 }
 
 /// `const FRAMING` when the session did not use the default `line`.
@@ -174,7 +201,8 @@ impl ClientRecorder {
                 connect,
                 framing.clone(),
                 options.exact,
-            ),
+            )
+            .over_tls(options.tls.clone()),
         })
     }
 
@@ -237,7 +265,8 @@ impl ServerRecorder {
                 listen,
                 framing.clone(),
                 options.exact,
-            ),
+            )
+            .over_tls(options.tls.clone()),
         })
     }
 
@@ -271,6 +300,14 @@ impl ServerRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_when_they_must_be() {
+        assert_eq!(shell_word("certs/ca.pem"), "certs/ca.pem");
+        assert_eq!(shell_word("my ca.pem"), "'my ca.pem'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     #[test]
     fn an_unwritable_place_is_refused_before_the_session() {

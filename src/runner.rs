@@ -38,6 +38,12 @@ pub(crate) struct ServerSettings {
     pub(crate) limits: crate::engine::Limits,
     pub(crate) hook_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// `--tls`: the server's TLS, its throwaway CA already trusted by
+    /// every case's client.
+    pub(crate) tls: Option<crate::tls::ServerSetup>,
+    /// `--tls`: every connection speaks TLS; otherwise `tls` serves only
+    /// the script's `starttls()`.
+    pub(crate) tls_on_accept: bool,
 }
 
 /// Runs every case; `Ok` only when all passed.
@@ -72,6 +78,10 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     hook_timeout: settings.hook_timeout,
                     idle_timeout: settings.idle_timeout,
                 },
+                settings.tls.clone().map(|setup| server::Tls {
+                    setup,
+                    on_accept: settings.tls_on_accept,
+                }),
             )?;
             client.connect = background.addr().to_string();
             if verbosity >= Verbosity::Normal {
@@ -80,6 +90,13 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     path.display(),
                     background.addr()
                 ));
+                if let Some(tls) = &settings.tls {
+                    crate::console::err(&format!(
+                        "server {} tls fingerprint SHA256 {}",
+                        path.display(),
+                        tls.fingerprint
+                    ));
+                }
             }
             Some(background)
         }

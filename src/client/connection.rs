@@ -321,6 +321,12 @@ impl Source for TcpStream {
     }
 }
 
+impl<S: Source + ?Sized> Source for Box<S> {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+}
+
 /// The seam between plain TCP and TLS: a `Connection` reads and writes
 /// through this, and reaches the socket under it for deadlines and
 /// shutdown.
@@ -452,6 +458,27 @@ impl Connection {
             framing,
             max_frame,
         ))
+    }
+
+    /// A TLS session already established (manual mode's accepted client).
+    pub(crate) fn from_tls(
+        tls: TlsStream,
+        framing: Framing,
+        max_frame: usize,
+    ) -> Result<Self, Error> {
+        let peer = peer_of(tls.tcp())?;
+        let transport = Transport::Tls(Box::new(tls));
+        Ok(Self::over(transport, peer, framing, max_frame))
+    }
+
+    /// A second handle that reads what arrives, for a thread of its own
+    /// (manual mode reads while a person types). Sends stay with this
+    /// connection, whose own receives must not be used from then on.
+    pub(crate) fn reader(&mut self) -> io::Result<Box<dyn Source + Send>> {
+        Ok(match &mut self.transport {
+            Transport::Plain(stream) => Box::new(stream.try_clone()?),
+            Transport::Tls(tls) => Box::new(tls.reader()?),
+        })
     }
 
     fn over(transport: Transport, peer: SocketAddr, framing: Framing, max_frame: usize) -> Self {

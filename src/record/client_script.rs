@@ -49,7 +49,11 @@ impl ClientRecording {
         exact: bool,
     ) -> Self {
         ClientRecording {
-            header: Header { file, started },
+            header: Header {
+                file,
+                started,
+                tls: None,
+            },
             connect: connect.to_string(),
             peer: None,
             framing,
@@ -57,6 +61,12 @@ impl ClientRecording {
             events: Vec::new(),
             error: None,
         }
+    }
+
+    /// A session over TLS, with the flags that set it up.
+    pub(crate) fn over_tls(mut self, flags: Option<String>) -> Self {
+        self.header.tls = flags;
+        self
     }
 
     pub(crate) fn connected(&mut self, peer: String) {

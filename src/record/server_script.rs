@@ -67,13 +67,23 @@ impl ServerRecording {
         exact: bool,
     ) -> Self {
         ServerRecording {
-            header: Header { file, started },
+            header: Header {
+                file,
+                started,
+                tls: None,
+            },
             listen: listen.to_string(),
             local: None,
             framing,
             exact,
             connections: Vec::new(),
         }
+    }
+
+    /// A session over TLS, with the flags that set it up.
+    pub(crate) fn over_tls(mut self, flags: Option<String>) -> Self {
+        self.header.tls = flags;
+        self
     }
 
     pub(crate) fn listening(&mut self, local: String) {

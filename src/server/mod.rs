@@ -161,8 +161,13 @@ impl Drop for Background {
     }
 }
 
-/// Binds and starts serving on another thread; returns once bound.
-pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Background, Error> {
+/// Binds and starts serving on another thread; returns once bound. With
+/// `tls`, every connection speaks TLS.
+pub(crate) fn spawn(
+    script: ServerScript,
+    options: ServerOptions,
+    tls: Option<Tls>,
+) -> Result<Background, Error> {
     let runtime = runtime()?;
     let listener = runtime.block_on(bind(&options.listen))?;
     let addr = listener.local_addr().map_err(|source| Error::Bind {
@@ -174,9 +179,15 @@ pub(crate) fn spawn(script: ServerScript, options: ServerOptions) -> Result<Back
     // Sized for scripts: the script's values may be dropped on it at the end.
     let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
-            runtime.block_on(serve(listener, script, options, (None, None), async {
-                let _ = stopped.await;
-            }));
+            runtime.block_on(serve(
+                listener,
+                script,
+                options,
+                Tls::acceptors(tls),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
         })
         .map_err(|source| Error::System {
             action: "start the server thread",

@@ -70,6 +70,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// A throwaway CA and a leaf it signed.
 pub(crate) struct Throwaway {
     pub(crate) ca_pem: String,
+    pub(crate) ca: CertificateDer<'static>,
     pub(crate) leaf: CertificateDer<'static>,
     pub(crate) key: PrivateKeyDer<'static>,
 }
@@ -101,6 +102,7 @@ pub(crate) fn throwaway(sans: &[String]) -> Result<Throwaway, TlsError> {
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
     Ok(Throwaway {
         ca_pem: ca_cert.pem(),
+        ca: ca_cert.der().clone(),
         leaf: leaf_cert.der().clone(),
         key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
     })

@@ -8,7 +8,7 @@
 //! library with cmake, minutes more on a 2-core machine, for speed that
 //! loopback tests do not need.
 
-pub(crate) mod blocking; // the client's TLS over a blocking socket
+pub(crate) mod blocking; // TLS over a blocking socket: the client, and manual mode both ways
 pub(crate) mod certs; // PEM files in, a throwaway CA and leaf made with rcgen
 mod failure; // a rustls error as the one line a user needs
 pub(crate) mod info; // `tls_info()`: what was negotiated, and the peer's certificate
@@ -80,6 +80,9 @@ pub(crate) struct ClientTls {
     pub(crate) alpn: Vec<String>,
     /// `--tls-cert` and `--tls-key`: a client certificate.
     pub(crate) identity: Option<(PathBuf, PathBuf)>,
+    /// CAs trusted besides those, made in this process: `test --server S
+    /// --tls` trusts its own server's throwaway CA without a flag.
+    pub(crate) trusted: Vec<CertificateDer<'static>>,
 }
 
 /// Installs the crypto provider once per process, before any config.
@@ -104,13 +107,17 @@ pub(crate) fn warn_insecure(asked_by: &str) {
 }
 
 /// A server's configuration, and the SHA-256 fingerprint of its leaf.
+#[derive(Debug, Clone)]
 pub(crate) struct ServerSetup {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) fingerprint: String,
+    /// The throwaway CA that signed the leaf; `None` with `--tls-cert`.
+    pub(crate) ca: Option<CertificateDer<'static>>,
 }
 
 pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError> {
     install_provider();
+    let mut ca = None;
     let (chain, key) = match &options.identity {
         Some((cert, key)) => (certs::load_chain(cert)?, certs::load_key(key)?),
         None => {
@@ -121,6 +128,7 @@ pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError
                     source,
                 })?;
             }
+            ca = Some(made.ca);
             (vec![made.leaf], made.key)
         }
     };
@@ -146,6 +154,7 @@ pub(crate) fn server_config(options: &ServerTls) -> Result<ServerSetup, TlsError
     Ok(ServerSetup {
         config: Arc::new(config),
         fingerprint,
+        ca,
     })
 }
 
@@ -168,6 +177,9 @@ pub(crate) fn client_config(options: &ClientTls) -> Result<Arc<ClientConfig>, Tl
                     problem: e.to_string(),
                 })?;
             }
+        }
+        for cert in &options.trusted {
+            roots.add(cert.clone())?;
         }
         ClientConfig::builder().with_root_certificates(roots)
     };

@@ -25,4 +25,5 @@ mod starttls;
 mod streams;
 mod support;
 mod tls_client;
+mod tls_commands;
 mod tls_server;

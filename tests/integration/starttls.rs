@@ -229,3 +229,13 @@ fn a_hook_calling_starttls_on_a_tls_connection_fails_alone() {
     let stderr = server.wait_stderr("already speaks TLS");
     assert!(stderr.contains("starttls()"), "{stderr}");
 }
+
+#[test]
+fn test_with_a_starttls_server_trusts_its_certificate_without_flags() {
+    tcpscript()
+        .args(["test", "--server", &shipped("smtp_mock.rhai")])
+        .args(["--set", "starttls=true", &shipped("smtp_conversation.rhai")])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("1 passed, 0 failed"));
+}

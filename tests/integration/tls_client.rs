@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// A CA, a server leaf for `localhost` and `127.0.0.1`, and a client leaf
 /// (`CN=tcpscript-client`), all P-256, in a temporary folder.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
@@ -30,7 +30,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let ec = [
@@ -90,7 +90,7 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
@@ -147,7 +147,7 @@ impl Pki {
 
 /// `openssl s_server -rev` (each line sent back reversed) with `cert`,
 /// offering ALPN `echo/1`; once it accepts.
-fn s_server(pki: &Pki, cert: &str) -> Running {
+pub(crate) fn s_server(pki: &Pki, cert: &str) -> Running {
     s_server_with(pki, cert, &[])
 }
 
@@ -504,15 +504,6 @@ fn load_mode_on_plain_tcp_reports_no_handshakes() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let figures: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(figures.get("handshake_ms").is_none(), "{figures}");
-}
-
-#[test]
-fn manual_mode_refuses_tls_for_now() {
-    tcpscript()
-        .args(["client", "--tls", "--connect", "127.0.0.1:1"])
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("--tls needs a SCRIPT"));
 }
 
 #[test]
