@@ -670,7 +670,12 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
         })?),
         _ => None,
     };
-    let trusted = server_tls.iter().filter_map(|tls| tls.ca.clone()).collect();
+    let trusted: Vec<_> = server_tls.iter().filter_map(|tls| tls.ca.clone()).collect();
+    // What `connect(addr, options)` starts from trusts that CA too.
+    let tls_flags = Arc::new(crate::tls::ClientTls {
+        trusted: trusted.clone(),
+        ..args.tls.options()
+    });
     let (tls, starttls) = client_tls(&args.tls, trusted)?;
     runner::run(TestOptions {
         clients: args.clients,
@@ -687,7 +692,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             case_timeout: Some(args.case_timeout),
             tls,
             starttls,
-            tls_flags: Arc::new(args.tls.options()),
+            tls_flags,
         },
         server: args.server.map(|path| {
             (
