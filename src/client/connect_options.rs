@@ -12,7 +12,7 @@ use crate::tls::{self, ClientTls, blocking::Client};
 const KEYS: &str = "tls, ca, insecure, servername, alpn, cert, key";
 
 /// What one `connect(addr, options)` changes; `None`: as the flags say.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct ConnectOptions {
     tls: Option<bool>,
     ca: Option<Vec<PathBuf>>,
@@ -103,6 +103,30 @@ impl ConnectOptions {
         if let Some(shared) = shared.filter(|shared| *shared.options() == settings) {
             return Ok(Some(shared.clone()));
         }
+        if settings.insecure {
+            tls::warn_insecure("connect(..., #{insecure: true})");
+        }
+        Client::new(settings).map(Some)
+    }
+
+    /// The TLS a later `c.starttls()` on this plain connection uses, when
+    /// these options change any of it; `None`: the command's.
+    pub(crate) fn later(&self, flags: &ClientTls) -> Result<Option<Client>, tls::TlsError> {
+        let changes = self.ca.is_some()
+            || self.insecure.is_some()
+            || self.servername.is_some()
+            || self.alpn.is_some()
+            || self.cert.is_some();
+        if !changes || self.tls == Some(true) {
+            return Ok(None);
+        }
+        let Some(settings) = (ConnectOptions {
+            tls: Some(true),
+            ..self.clone()
+        })
+        .settings(true, flags) else {
+            return Ok(None);
+        };
         if settings.insecure {
             tls::warn_insecure("connect(..., #{insecure: true})");
         }

@@ -350,22 +350,22 @@ impl Conversation {
     }
 
     fn open_default(self: &Arc<Self>) -> Result<(), Error> {
-        let state =
-            self.open(&self.addr, self.tls.as_ref())
-                .map_err(|error| match self.over_time() {
-                    Some(deadline) => Error::Script(Box::new(
-                        Diagnostic::new(deadline.message())
-                            .with_note(format!("while connecting to {}", self.addr)),
-                    )),
-                    None => error,
-                })?;
+        let state = self
+            .open(&self.addr, &ConnectTls::default())
+            .map_err(|error| match self.over_time() {
+                Some(deadline) => Error::Script(Box::new(
+                    Diagnostic::new(deadline.message())
+                        .with_note(format!("while connecting to {}", self.addr)),
+                )),
+                None => error,
+            })?;
         *lock(&self.default) = state;
         Ok(())
     }
 
     /// A new connection, numbered; the default one is unlabelled. The
     /// connect and its retries wait no longer than the time left.
-    fn open(&self, addr: &str, tls: Option<&tls::blocking::Client>) -> Result<PeerState, Error> {
+    fn open(&self, addr: &str, tls: &ConnectTls) -> Result<PeerState, Error> {
         // A zero wait is refused by `connect_timeout`.
         let (timeout, _) = self.clamp(self.timeout);
         let connection = Connection::connect(
@@ -374,7 +374,9 @@ impl Conversation {
             self.max_frame,
             timeout.max(Duration::from_millis(1)),
             self.connect_retry.map(|retry| self.clamp(retry).0),
-            tls,
+            tls.now
+                .as_ref()
+                .or(if tls.own { None } else { self.tls.as_ref() }),
         )?;
         let number = {
             let mut log = lock(&self.log);
@@ -392,17 +394,23 @@ impl Conversation {
             head_sent: false,
             label: (number > 1).then(|| Arc::from(format!("#{number}"))),
             number,
+            starttls: tls.later.clone(),
         })
     }
 
-    /// The TLS client of `connect(addr, options)`: `None` for plain TCP.
-    /// Bad options, or files they name that cannot be used, are the
-    /// script's mistake.
-    fn tls_for(&self, options: &Map) -> NativeResult<Option<tls::blocking::Client>> {
+    /// The TLS of `connect(addr, options)`, now and for a later
+    /// `starttls()`. Bad options, or files they name that cannot be used,
+    /// are the script's mistake.
+    fn tls_for(&self, options: &Map) -> NativeResult<ConnectTls> {
         let options = ConnectOptions::parse(options).map_err(Failure::script)?;
-        options
-            .client(self.tls.as_ref(), &self.tls_flags)
-            .map_err(|e| Failure::script(format!("connect(): {e}")).into())
+        let failed = |e: tls::TlsError| Failure::script(format!("connect(): {e}"));
+        Ok(ConnectTls {
+            own: true,
+            now: options
+                .client(self.tls.as_ref(), &self.tls_flags)
+                .map_err(failed)?,
+            later: options.later(&self.tls_flags).map_err(failed)?,
+        })
     }
 
     fn default_peer(self: &Arc<Self>) -> Peer {
@@ -446,6 +454,16 @@ pub(crate) struct Peer {
     state: Arc<Mutex<PeerState>>,
 }
 
+/// The TLS of one connection: what it speaks from the start (`None`:
+/// plain TCP, or the command's `--tls` unless `own`), and what a later
+/// `starttls()` uses (`None`: the command's).
+#[derive(Default)]
+struct ConnectTls {
+    own: bool,
+    now: Option<tls::blocking::Client>,
+    later: Option<tls::blocking::Client>,
+}
+
 struct PeerState {
     /// `None` once the script called `close()`.
     connection: Option<Connection>,
@@ -456,6 +474,9 @@ struct PeerState {
     /// `#2`, `#3`... in the transcript; the default connection has none.
     label: Option<Arc<str>>,
     number: usize,
+    /// What `starttls()` upgrades with, when `connect(addr, options)`
+    /// changed it; `None`: the command's TLS flags.
+    starttls: Option<tls::blocking::Client>,
 }
 
 impl PeerState {
@@ -466,6 +487,7 @@ impl PeerState {
             head_sent: false,
             label: None,
             number: 0,
+            starttls: None,
         }
     }
 
@@ -864,13 +886,17 @@ impl Peer {
     /// `starttls()`: the rest of this connection speaks TLS.
     fn starttls(&mut self) -> NativeResult<()> {
         let network = |message: String| Failure::new(FailureKind::Network, message);
-        let tls = self
-            .conversation
-            .starttls
-            .get()
-            .map_err(|e| network(format!("starttls(): {e}")))?;
         let (wait, cut) = self.conversation.clamp(self.conversation.timeout);
         let mut state = lock(&self.state);
+        let own = state.starttls.clone();
+        let tls = match &own {
+            Some(own) => own,
+            None => self
+                .conversation
+                .starttls
+                .get()
+                .map_err(|e| network(format!("starttls(): {e}")))?,
+        };
         let addr = state.addr.clone();
         let connection = state.connection()?;
         match connection.starttls(tls, &addr, wait.max(Duration::from_millis(1))) {
@@ -1021,13 +1047,12 @@ fn register(engine: &mut Engine, current: &Slot) {
             .clone()
             .ok_or_else(|| Failure::script("no conversation is running"))?;
         let addr = addr.unwrap_or(&conversation.addr).to_string();
-        let own_tls = options.map(|o| conversation.tls_for(&o)).transpose()?;
-        let tls = match &own_tls {
-            Some(own) => own.as_ref(),
-            None => conversation.tls.as_ref(),
+        let tls = match options {
+            Some(options) => conversation.tls_for(&options)?,
+            None => ConnectTls::default(),
         };
         let state = conversation
-            .open(&addr, tls)
+            .open(&addr, &tls)
             .map_err(|e| match conversation.over_time() {
                 Some(deadline) => deadline.terminate(),
                 None => Failure::new(FailureKind::Network, e.to_string()).into(),

@@ -239,3 +239,44 @@ fn test_with_a_starttls_server_trusts_its_certificate_without_flags() {
         .success()
         .stderr(predicates::str::contains("1 passed, 0 failed"));
 }
+
+#[test]
+fn connect_options_configure_that_connections_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let server = Running::server(&[
+        &shipped("smtp_mock.rhai"),
+        "--tls-ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    let upgrade = |options: &str| {
+        let client = script(&format!(
+            r#"
+            let c = connect("{addr}", {options});
+            assert_eq(c.recv_smtp().code, 220);
+            c.send_raw("STARTTLS\r\n");
+            assert_eq(c.recv_smtp().code, 220);
+            c.starttls();
+            c.send_raw("NOOP\r\n");
+            assert_eq(c.recv_smtp().code, 250);
+            "#,
+            addr = server.addr(),
+        ));
+        tcpscript()
+            .args(["client", client.path(), "--connect", &server.addr()])
+            .output()
+            .unwrap()
+    };
+    let trusted = upgrade(&format!("#{{ca: {:?}}}", ca.to_str().unwrap()));
+    assert_eq!(
+        trusted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    // Without the option, the command's (no CA given) does not trust it.
+    let untrusted = upgrade("#{}");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("unknown issuer"), "{stderr}");
+}
