@@ -1,0 +1,329 @@
+//! One proxied connection: connect to the upstream, carry each direction
+//! through a fixed buffer (a slow reader slows the writer down: nothing
+//! queues without bound), pass on each half-close on its own, and end the
+//! way the peers did: a reset becomes a reset on the other side.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::Shared;
+use super::toxics::{Plan, Shaper, SplitMix64, Verdict};
+use crate::console;
+use crate::transcript::Verbosity;
+
+/// Each direction's buffer. One read's worth is all a direction holds;
+/// 64 KiB reads move a bulk stream in a quarter of the system calls of
+/// tokio's 8 KiB `copy` (128 KiB per connection, touched only as data comes).
+const BUFFER: usize = 64 * 1024;
+
+/// How one direction ended.
+#[derive(Debug)]
+enum End {
+    /// The source closed; the close was passed on.
+    Closed,
+    /// The source closed while blackholed; the close was kept back.
+    Swallowed,
+    /// The source reset the connection.
+    Reset,
+    /// The destination is gone (it reset, or closed and then got data).
+    Gone,
+    /// `--limit-data` forwarded its last byte.
+    Limit,
+    /// Another I/O error.
+    Failed(io::Error),
+}
+
+/// How the whole connection ended, and what that does to each side.
+enum Ending {
+    /// Both directions closed: the sockets are closed.
+    Closed,
+    /// RST to the sides marked.
+    Reset {
+        client: bool,
+        upstream: bool,
+        why: &'static str,
+    },
+    /// FIN to both sides at once.
+    Close { why: &'static str },
+    /// An I/O error other than a reset: RST to both sides.
+    Failed(String),
+}
+
+impl Ending {
+    fn describe(&self) -> &'static str {
+        match self {
+            Ending::Closed => "closed",
+            Ending::Reset { why, .. } | Ending::Close { why } => why,
+            Ending::Failed(_) => "reset after an I/O error",
+        }
+    }
+}
+
+pub(super) async fn proxy(
+    client: TcpStream,
+    peer: SocketAddr,
+    index: u64,
+    shared: &Shared,
+    hard: watch::Receiver<bool>,
+) {
+    let options = &shared.options;
+    let counts = &shared.counts;
+    let connected = Instant::now();
+    let attempt = tokio::time::timeout(
+        options.connect_timeout,
+        TcpStream::connect(&shared.upstream[..]),
+    )
+    .await;
+    let upstream = match attempt {
+        Ok(Ok(upstream)) => upstream,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {:?}", options.connect_timeout),
+            };
+            console::err(&format!(
+                "#{index} {peer}: cannot connect to upstream {}: {why}; resetting the client",
+                options.upstream
+            ));
+            // A reset, not a close: the client must not take the proxy
+            // for an upstream that accepted and then had nothing to say.
+            let _ = client.set_zero_linger();
+            counts.errors.fetch_add(1, Ordering::Relaxed);
+            counts.connections.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    // Small request-reply exchanges must not wait on Nagle at either hop.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let mut rng = SplitMix64::for_connection(shared.seed, index);
+    let plan = options.toxics.plan(&mut rng, connected);
+    if plan.is_some() {
+        counts.faulted.fetch_add(1, Ordering::Relaxed);
+    }
+    let verbose = options.verbosity >= Verbosity::Verbose;
+    if verbose {
+        let toxics = if plan.is_some() { " (toxics)" } else { "" };
+        console::err(&format!(
+            "#{index} {peer} open to upstream {}{toxics}",
+            options.upstream
+        ));
+    }
+    let (mut client, mut upstream) = (client, upstream);
+    let (ending, up, down) = relay(&mut client, &mut upstream, plan, hard).await;
+    match &ending {
+        Ending::Closed => {}
+        Ending::Reset {
+            client: reset_client,
+            upstream: reset_upstream,
+            ..
+        } => {
+            if *reset_client {
+                let _ = client.set_zero_linger();
+            }
+            if *reset_upstream {
+                let _ = upstream.set_zero_linger();
+            }
+        }
+        Ending::Close { .. } => {
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+        }
+        Ending::Failed(e) => {
+            console::err(&format!("#{index} {peer}: {e}; resetting both sides"));
+            counts.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = client.set_zero_linger();
+            let _ = upstream.set_zero_linger();
+        }
+    }
+    drop((client, upstream));
+    counts.bytes_up.fetch_add(up, Ordering::Relaxed);
+    counts.bytes_down.fetch_add(down, Ordering::Relaxed);
+    counts.connections.fetch_add(1, Ordering::Relaxed);
+    if verbose {
+        console::err(&format!(
+            "#{index} {peer} {} after {:.3}s: {up} bytes up, {down} down",
+            ending.describe(),
+            connected.elapsed().as_secs_f64()
+        ));
+    }
+}
+
+/// Carries both directions until the connection ends; returns how, and
+/// the bytes forwarded up and down.
+async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    plan: Option<Plan>,
+    mut hard: watch::Receiver<bool>,
+) -> (Ending, u64, u64) {
+    let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
+    let (up_shaper, down_shaper, reset_at) = match plan {
+        Some(plan) => (plan.up, plan.down, plan.reset_at),
+        None => (None, None, None),
+    };
+    let ending = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let up = pump(
+            &mut client_read,
+            &mut upstream_write,
+            up_shaper,
+            &mut up_bytes,
+        );
+        let down = pump(
+            &mut upstream_read,
+            &mut client_write,
+            down_shaper,
+            &mut down_bytes,
+        );
+        let reset = async {
+            match reset_at {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(up, down, reset);
+        let (mut up_end, mut down_end) = (None, None);
+        loop {
+            tokio::select! {
+                end = &mut up, if up_end.is_none() => up_end = Some(end),
+                end = &mut down, if down_end.is_none() => down_end = Some(end),
+                _ = &mut reset => break Ending::Reset {
+                    client: true,
+                    upstream: true,
+                    why: "reset (--reset-after)",
+                },
+                _ = hard.wait_for(|stopped| *stopped) => break Ending::Close {
+                    why: "closed by the proxy's shutdown",
+                },
+            }
+            if let Some(ending) = settle(up_end.as_ref(), down_end.as_ref()) {
+                break ending;
+            }
+        }
+    };
+    (ending, up_bytes, down_bytes)
+}
+
+/// The connection's ending once one direction's end decides it; `None`
+/// while the other direction still has to finish (a half-close).
+fn settle(up: Option<&End>, down: Option<&End>) -> Option<Ending> {
+    let quiet = |end: Option<&End>| matches!(end, Some(End::Closed | End::Swallowed));
+    if quiet(up) && quiet(down) {
+        return Some(Ending::Closed);
+    }
+    // A reset reaches the other side; so does a destination that is gone,
+    // to the side still sending into it.
+    let reset = |client, upstream, why| {
+        Some(Ending::Reset {
+            client,
+            upstream,
+            why,
+        })
+    };
+    match (up, down) {
+        (Some(End::Limit), _) | (_, Some(End::Limit)) => Some(Ending::Close {
+            why: "closed (--limit-data)",
+        }),
+        (Some(End::Reset), _) => reset(false, true, "reset by the client"),
+        (_, Some(End::Reset)) => reset(true, false, "reset by the upstream"),
+        (Some(End::Gone), _) => reset(true, false, "upstream gone"),
+        (_, Some(End::Gone)) => reset(false, true, "client gone"),
+        (Some(End::Failed(e)), _) | (_, Some(End::Failed(e))) => {
+            Some(Ending::Failed(e.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// One direction: read into a fixed buffer, shape, write out, until the
+/// source closes or something breaks. Without toxics it is a plain copy.
+async fn pump(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    mut shaper: Option<Shaper>,
+    moved: &mut u64,
+) -> End {
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) => return close(to, shaper.as_ref()).await,
+            Ok(n) => n,
+            Err(e) if is_reset(&e) => return End::Reset,
+            Err(e) => return End::Failed(e),
+        };
+        let Some(shaper) = &mut shaper else {
+            if let Err(e) = to.write_all(&buffer[..n]).await {
+                return gone(e);
+            }
+            *moved += n as u64;
+            continue;
+        };
+        let read_at = Instant::now();
+        let (len, last) = match shaper.judge(n) {
+            Verdict::Discard => continue,
+            Verdict::Forward => (n, false),
+            Verdict::Last(len) => (len, true),
+        };
+        sleep_until(shaper.chunk_due(read_at)).await;
+        let mut sent = 0;
+        while sent < len {
+            let (size, pause) = shaper.piece(len - sent);
+            if let Some(due) = shaper.piece_due(size) {
+                sleep_until(due).await;
+            }
+            if let Err(e) = to.write_all(&buffer[sent..sent + size]).await {
+                return gone(e);
+            }
+            sent += size;
+            *moved += size as u64;
+            if sent < len && !pause.is_zero() {
+                sleep(pause).await;
+            }
+        }
+        if last {
+            return End::Limit;
+        }
+    }
+}
+
+/// The source closed: pass the half-close on, after `--slow-close`;
+/// blackholed, keep it back.
+async fn close(to: &mut WriteHalf<'_>, shaper: Option<&Shaper>) -> End {
+    if let Some(shaper) = shaper {
+        if shaper.blackholed() {
+            return End::Swallowed;
+        }
+        if let Some(delay) = shaper.slow_close() {
+            sleep(delay).await;
+        }
+    }
+    match to.shutdown().await {
+        Ok(()) => End::Closed,
+        Err(e) => gone(e),
+    }
+}
+
+fn gone(e: io::Error) -> End {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::NotConnected => End::Gone,
+        _ => End::Failed(e),
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
