@@ -619,12 +619,12 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
             }
         }
     }
-    if let (Some(latency), Some(jitter)) = (toxics.latency, args.toxics.jitter) {
-        if jitter > latency {
-            return Err(Error::Usage(format!(
-                "--jitter {jitter:?} is more than --latency {latency:?}: a delay cannot be negative"
-            )));
-        }
+    if let (Some(latency), Some(jitter)) = (toxics.latency, args.toxics.jitter)
+        && jitter > latency
+    {
+        return Err(Error::Usage(format!(
+            "--jitter {jitter:?} is more than --latency {latency:?}: a delay cannot be negative"
+        )));
     }
     proxy::run(ProxyOptions {
         listen: args.listen,

@@ -224,12 +224,14 @@ impl Shaper {
         (size.min(rest), delay)
     }
 
-    /// When a piece of `len` bytes may be written under `--bandwidth`.
+    /// When a piece of `len` bytes may be written under `--bandwidth`:
+    /// once it would have gone through a link of that rate, so that the
+    /// last piece too takes its time (100 KiB at 200 KiB/s: 0.5 s).
     pub(crate) fn piece_due(&mut self, len: usize) -> Option<Instant> {
         let rate = self.bandwidth?;
         let start = self.next_free.max(Instant::now());
         self.next_free = start + Duration::from_secs_f64(len as f64 / rate as f64);
-        Some(start)
+        Some(self.next_free)
     }
 
     pub(crate) fn slow_close(&self) -> Option<Duration> {
