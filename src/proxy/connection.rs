@@ -19,8 +19,8 @@ use crate::console;
 use crate::transcript::Verbosity;
 
 /// Each direction's buffer. One read's worth is all a direction holds;
-/// 64 KiB reads move a bulk stream in a quarter of the system calls of
-/// tokio's 8 KiB `copy` (128 KiB per connection, touched only as data comes).
+/// 64 KiB reads move a bulk stream in an eighth of the system calls of
+/// tokio's 8 KiB `copy`, for 128 KiB per connection.
 const BUFFER: usize = 64 * 1024;
 
 /// How one direction ended.
