@@ -1,8 +1,8 @@
 //! `tcpscript proxy` forwarding, by hand:
 //!
 //! ```sh
-//! cargo bench --bench proxy                # about 40 s
-//! cargo bench --bench proxy -- --quick     # about 15 s
+//! cargo bench --bench proxy                # about 70 s
+//! cargo bench --bench proxy -- --quick     # about 20 s
 //! ```
 //!
 //! Three proxies stand between the bench's load generator and a bare tokio
