@@ -3,6 +3,7 @@
 //! queues without bound), pass on each half-close on its own, and end the
 //! way the peers did: a reset becomes a reset on the other side.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -244,55 +245,123 @@ fn settle(up: Option<&End>, down: Option<&End>) -> Option<Ending> {
     }
 }
 
-/// One direction: read into a fixed buffer, shape, write out, until the
-/// source closes or something breaks. Without toxics it is a plain copy.
+/// One direction: read into a fixed buffer, write out, until the source
+/// closes or something breaks. Without toxics it is a plain copy.
 async fn pump(
     from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
-    mut shaper: Option<Shaper>,
+    shaper: Option<Shaper>,
     moved: &mut u64,
 ) -> End {
+    if let Some(shaper) = shaper {
+        return shaped_pump(from, to, shaper, moved).await;
+    }
     let mut buffer = vec![0u8; BUFFER];
     loop {
         let n = match from.read(&mut buffer).await {
-            Ok(0) => return close(to, shaper.as_ref()).await,
+            Ok(0) => return close(to, None).await,
             Ok(n) => n,
             Err(e) if is_reset(&e) => return End::Reset,
             Err(e) => return End::Failed(e),
         };
-        let Some(shaper) = &mut shaper else {
-            if let Err(e) = to.write_all(&buffer[..n]).await {
-                return gone(e);
-            }
-            *moved += n as u64;
-            continue;
-        };
-        let read_at = Instant::now();
-        let (len, last) = match shaper.judge(n) {
-            Verdict::Discard => continue,
-            Verdict::Forward => (n, false),
-            Verdict::Last(len) => (len, true),
-        };
-        sleep_until(shaper.chunk_due(read_at)).await;
-        let mut sent = 0;
-        while sent < len {
-            let (size, pause) = shaper.piece(len - sent);
-            if let Some(due) = shaper.piece_due(size) {
-                sleep_until(due).await;
-            }
-            if let Err(e) = to.write_all(&buffer[sent..sent + size]).await {
-                return gone(e);
-            }
-            sent += size;
-            *moved += size as u64;
-            if sent < len && !pause.is_zero() {
-                sleep(pause).await;
+        if let Err(e) = to.write_all(&buffer[..n]).await {
+            return gone(e);
+        }
+        *moved += n as u64;
+    }
+}
+
+/// Bytes a shaped direction holds read but not yet written: what arrives
+/// while earlier chunks wait out their latency. Past it, reading stops
+/// until the writes catch up, as a TCP window would: under `--latency L`
+/// a stream moves at most 1 MiB per L (5 MiB/s at 200 ms).
+const QUEUE_LIMIT: usize = 16 * BUFFER;
+
+/// A direction with toxics. Reading goes on while chunks wait out their
+/// latency, as on a long link: each chunk is due its latency after it was
+/// read, not after the one before it was written, so `--latency` delays a
+/// stream without capping its rate.
+async fn shaped_pump(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    mut shaper: Shaper,
+    moved: &mut u64,
+) -> End {
+    let mut buffer = vec![0u8; BUFFER];
+    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut queued = 0;
+    // The source closed, or `--limit-data` took its last byte: the end
+    // comes once the queue is written out.
+    let mut ending: Option<bool> = None;
+    loop {
+        if queue.is_empty() {
+            match ending {
+                Some(true) => return End::Limit,
+                Some(false) => return close(to, Some(&shaper)).await,
+                None => {}
             }
         }
-        if last {
-            return End::Limit;
+        let front_due = queue.front().map(|(due, _)| *due);
+        tokio::select! {
+            biased;
+            _ = sleep_until(front_due.unwrap_or_else(Instant::now)), if front_due.is_some() => {
+                let (_, chunk) = queue.pop_front().expect("a chunk is queued");
+                queued -= chunk.len();
+                if let Err(e) = write_shaped(to, &mut shaper, &chunk, moved).await {
+                    return gone(e);
+                }
+            }
+            read = from.read(&mut buffer), if ending.is_none() && queued < QUEUE_LIMIT => {
+                let n = match read {
+                    Ok(0) => {
+                        ending = Some(false);
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(e) if is_reset(&e) => return End::Reset,
+                    Err(e) => return End::Failed(e),
+                };
+                let read_at = Instant::now();
+                let len = match shaper.judge(n) {
+                    Verdict::Discard => continue,
+                    Verdict::Forward => n,
+                    Verdict::Last(len) => {
+                        ending = Some(true);
+                        len
+                    }
+                };
+                // Jitter may draw a shorter delay than the chunk before
+                // had: it waits for that one, so order is kept.
+                let due = shaper.chunk_due(read_at);
+                let due = queue.back().map_or(due, |(before, _)| due.max(*before));
+                queued += len;
+                queue.push_back((due, buffer[..len].to_vec()));
+            }
         }
     }
+}
+
+/// Writes one chunk in the pieces `--slice` and `--bandwidth` make of it.
+async fn write_shaped(
+    to: &mut WriteHalf<'_>,
+    shaper: &mut Shaper,
+    chunk: &[u8],
+    moved: &mut u64,
+) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < chunk.len() {
+        let (size, pause) = shaper.piece(chunk.len() - sent);
+        if let Some(due) = shaper.piece_due(size) {
+            sleep_until(due).await;
+        }
+        to.write_all(&chunk[sent..sent + size]).await?;
+        sent += size;
+        *moved += size as u64;
+        if sent < chunk.len() && !pause.is_zero() {
+            sleep(pause).await;
+        }
+    }
+    Ok(())
 }
 
 /// The source closed: pass the half-close on, after `--slow-close`;

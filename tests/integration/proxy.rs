@@ -170,6 +170,24 @@ fn latency_both_ways_delays_a_round_trip_twice() {
 }
 
 #[test]
+fn latency_delays_a_stream_without_slowing_it_to_a_chunk_per_delay() {
+    const SIZE: usize = 2 * 1024 * 1024;
+    let (addr, upstream) = upstream(|mut stream| {
+        stream.write_all(&vec![b'x'; SIZE]).unwrap();
+    });
+    let proxy = proxy(&addr, &["--latency", "100ms", "--direction", "down"]);
+    let started = Instant::now();
+    let mut stream = connect(proxy.port);
+    let (got, error) = read_to_close(&mut stream);
+    let took = started.elapsed();
+    assert_eq!((got.len(), error), (SIZE, None));
+    // One 64 KiB read per delay would take 3.2 s and more.
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    upstream.join().unwrap();
+}
+
+#[test]
 fn jitter_keeps_each_delay_within_its_range() {
     let redis = redis_server();
     let slow = proxy(
