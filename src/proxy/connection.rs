@@ -72,16 +72,23 @@ pub(super) async fn proxy(
     peer: SocketAddr,
     index: u64,
     shared: &Shared,
-    hard: watch::Receiver<bool>,
+    mut hard: watch::Receiver<bool>,
 ) {
     let options = &shared.options;
     let counts = &shared.counts;
     let connected = Instant::now();
-    let attempt = tokio::time::timeout(
+    let connect = tokio::time::timeout(
         options.connect_timeout,
         TcpStream::connect(&shared.upstream[..]),
-    )
-    .await;
+    );
+    let attempt = tokio::select! {
+        attempt = connect => attempt,
+        // An upstream slow to answer must not hold the shutdown up.
+        _ = hard.wait_for(|stopped| *stopped) => {
+            counts.connections.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
     let upstream = match attempt {
         Ok(Ok(upstream)) => upstream,
         failed => {
@@ -395,4 +402,58 @@ fn is_reset(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reset_sides(ending: Option<Ending>) -> Option<(bool, bool)> {
+        match ending {
+            Some(Ending::Reset {
+                client, upstream, ..
+            }) => Some((client, upstream)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_half_close_waits_for_the_other_direction() {
+        assert!(settle(Some(&End::Closed), None).is_none());
+        assert!(settle(None, Some(&End::Swallowed)).is_none());
+        assert!(matches!(
+            settle(Some(&End::Closed), Some(&End::Closed)),
+            Some(Ending::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_reset_reaches_the_other_side() {
+        // up reads the client: its reset goes to the upstream.
+        assert_eq!(
+            reset_sides(settle(Some(&End::Reset), None)),
+            Some((false, true))
+        );
+        assert_eq!(
+            reset_sides(settle(None, Some(&End::Reset))),
+            Some((true, false))
+        );
+        // A destination gone is reported to the side still sending.
+        assert_eq!(
+            reset_sides(settle(Some(&End::Gone), None)),
+            Some((true, false))
+        );
+        assert_eq!(
+            reset_sides(settle(Some(&End::Closed), Some(&End::Gone))),
+            Some((false, true))
+        );
+    }
+
+    #[test]
+    fn limit_data_closes_both_sides_even_after_a_half_close() {
+        assert!(matches!(
+            settle(Some(&End::Closed), Some(&End::Limit)),
+            Some(Ending::Close { .. })
+        ));
+    }
 }

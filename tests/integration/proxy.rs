@@ -336,6 +336,23 @@ fn a_reset_from_the_client_resets_the_upstream() {
 }
 
 #[test]
+fn a_stop_closes_connections_still_open_after_the_grace_period() {
+    let echo = Running::server(&["--echo"]);
+    let proxy = proxy(&echo.addr(), &[]);
+    let mut stream = connect(proxy.port);
+    stream.write_all(b"hello\n").unwrap();
+    let mut hello = [0u8; 6];
+    stream.read_exact(&mut hello).unwrap();
+    let summary = stop(proxy);
+    assert!(
+        summary.contains("shut down: 1 connections, 6 bytes up, 6 down"),
+        "{summary}"
+    );
+    let (rest, error) = read_to_close(&mut stream);
+    assert_eq!((rest.len(), error), (0, None));
+}
+
+#[test]
 fn an_upstream_that_refuses_gets_the_client_reset_and_a_line_on_stderr() {
     let refused = format!("127.0.0.1:{}", closed_port());
     let proxy = proxy(&refused, &[]);
