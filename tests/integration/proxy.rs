@@ -560,4 +560,15 @@ fn bad_flags_are_usage_errors() {
         .assert()
         .code(2)
         .stderr(contains("--upstream"));
+    tcpscript()
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:notaport",
+        ])
+        .assert()
+        .code(2)
+        .stderr(contains("bad address `127.0.0.1:notaport`"));
 }
