@@ -2,9 +2,12 @@
 //! connection opens one to the upstream and bytes flow both ways, with
 //! half-close and reset passed on, and toxiproxy's faults when asked.
 //!
-//! Transport seam: both sides are plain `TcpStream`s today; TLS or UDP on
-//! either side would replace what `connection::relay` is given, not the
-//! accept loop or the fault model.
+//! Seams for what comes next. Transport: both sides are plain `TcpStream`s
+//! today; TLS or UDP on either side would replace what `connection::relay`
+//! is given, not the accept loop or the fault model. Scripts: each
+//! direction is one `connection::pump` over bytes; a scripted proxy puts a
+//! framed pump per direction in its place (its own framing, hooks per
+//! message), and the toxics apply to its messages instead of to chunks.
 
 mod connection; // one proxied connection: the upstream connect, both directions, how it ends
 pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
