@@ -15,6 +15,8 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::load::{self, LoadOptions, Until};
 use crate::manual::{self, ManualClientOptions, ManualServerOptions};
+use crate::proxy::toxics::{Direction, Slice, Toxics};
+use crate::proxy::{self, ProxyOptions};
 use crate::record::RecordOptions;
 use crate::report::{self, events::Events, events::result_event};
 use crate::runner::{self, ServerSettings, TestOptions};
@@ -60,6 +62,8 @@ pub enum Command {
     Test(TestArgs),
     /// Compile scripts and report errors; run nothing
     Check(CheckArgs),
+    /// Forward connections to an upstream, with network faults on demand
+    Proxy(ProxyArgs),
 }
 
 /// Flags both roles share.
@@ -406,6 +410,82 @@ impl RecordArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on; port 0 picks a free port
+    #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub(crate) listen: String,
+    /// Where each accepted connection is forwarded
+    #[arg(short, long, value_name = "ADDR")]
+    pub(crate) upstream: String,
+    /// Longest wait for each connect to the upstream
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub(crate) connect_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) toxics: ToxicArgs,
+    /// Show each connection's open and close, and the seed
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
+    /// Print errors only
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+}
+
+/// toxiproxy's toxics, as flags of `proxy`.
+#[derive(Debug, Args)]
+pub struct ToxicArgs {
+    /// Delay each chunk by this much (toxiproxy: latency)
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
+    pub(crate) latency: Option<Duration>,
+    /// With --latency: add or take up to this much at random (toxiproxy: jitter)
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry, requires = "latency")]
+    pub(crate) jitter: Option<Duration>,
+    /// Forward at most this many bytes per second, e.g. 64KiB (toxiproxy: bandwidth)
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub(crate) bandwidth: Option<usize>,
+    /// Split chunks into pieces of SIZE±VARIATION bytes, DELAY apart (toxiproxy: slicer)
+    #[arg(long, value_name = "SIZE[:VARIATION[:DELAY]]", value_parser = Slice::parse)]
+    pub(crate) slice: Option<Slice>,
+    /// Forward this many bytes, then close both sides (toxiproxy: limit_data)
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) limit_data: Option<usize>,
+    /// Reset both sides this long after the connect (toxiproxy: reset_peer)
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
+    pub(crate) reset_after: Option<Duration>,
+    /// Stop forwarding this long after the connect; keep the connection open (toxiproxy: timeout)
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
+    pub(crate) blackhole_after: Option<Duration>,
+    /// Pass a close on this much later (toxiproxy: slow_close)
+    #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
+    pub(crate) slow_close: Option<Duration>,
+    /// Which way the toxics apply: up (client to upstream), down or both [default: both]
+    #[arg(long, value_enum, value_name = "WAY")]
+    pub(crate) direction: Option<Direction>,
+    /// The fraction of connections the toxics apply to, 0 to 1 (toxiproxy: toxicity)
+    #[arg(long, value_name = "P", value_parser = parse_toxicity, default_value = "1")]
+    pub(crate) toxicity: f64,
+    /// Seed of the choice of connections and of the jitter and slice sizes [default: random]
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
+}
+
+impl ToxicArgs {
+    fn toxics(&self) -> Toxics {
+        Toxics {
+            latency: self.latency,
+            jitter: self.jitter.unwrap_or_default(),
+            bandwidth: self.bandwidth,
+            slice: self.slice,
+            limit_data: self.limit_data.map(|n| n as u64),
+            reset_after: self.reset_after,
+            blackhole_after: self.blackhole_after,
+            slow_close: self.slow_close,
+            direction: self.direction,
+            toxicity: self.toxicity,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Scripts to compile
     #[arg(required = true)]
@@ -445,6 +525,7 @@ impl Command {
             Command::Client(args) => run_client(args),
             Command::Test(args) => run_test(args),
             Command::Check(args) => check::run(&args.scripts, args.quiet),
+            Command::Proxy(args) => run_proxy(args),
         }
     }
 }
@@ -519,6 +600,40 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
         },
         tls,
     )
+}
+
+fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
+    let toxics = args.toxics.toxics();
+    // Flags that shape nothing on their own are likely a mistake.
+    if !toxics.any() {
+        for (given, flag) in [
+            (args.toxics.direction.is_some(), "--direction"),
+            (args.toxics.seed.is_some(), "--seed"),
+        ] {
+            if given {
+                return Err(Error::Usage(format!(
+                    "{flag} applies to toxics, and none were given \
+                     (--latency, --bandwidth, --slice, --limit-data, --reset-after, \
+                     --blackhole-after, --slow-close)"
+                )));
+            }
+        }
+    }
+    if let (Some(latency), Some(jitter)) = (toxics.latency, args.toxics.jitter)
+        && jitter > latency
+    {
+        return Err(Error::Usage(format!(
+            "--jitter {jitter:?} is more than --latency {latency:?}: a delay cannot be negative"
+        )));
+    }
+    proxy::run(ProxyOptions {
+        listen: args.listen,
+        upstream: args.upstream,
+        connect_timeout: args.connect_timeout,
+        toxics,
+        seed: args.toxics.seed,
+        verbosity: Verbosity::from_flags(args.verbose as u8, args.quiet),
+    })
 }
 
 fn run_client(args: ClientArgs) -> Result<(), Error> {
@@ -824,6 +939,16 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
         .checked_mul(factor)
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("`{text}` is not a usable size"))
+}
+
+/// `--toxicity`: a fraction from 0 (no connection) to 1 (every one).
+fn parse_toxicity(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "`{text}` is not a fraction from 0 to 1 (0.25: a quarter of the connections)"
+        )),
+    }
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {

@@ -16,6 +16,7 @@ mod message; // bytes <-> script values, and how messages are displayed
 mod net; // addresses, listening sockets, the open-file limit
 mod patterns; // regular expression literals checked when a script compiles
 mod protocols; // RESP, HTTP/1.1 and SMTP replies: framing, parsing, building, and their script functions
+mod proxy; // `tcpscript proxy`: a client and its upstream joined, with toxiproxy's faults on demand
 mod record; // --record: a manual session written down as a script that replays it
 mod report; // test reports: JSON events, JUnit, TAP, GitHub annotations
 mod runner; // `tcpscript test`: client scripts as test cases, with reports

@@ -8,7 +8,7 @@ mod handshake; // --tls: each connection's handshake, in its own task
 pub(crate) mod hooks; // server scripts: per-connection state and hook calls
 pub(crate) mod room; // what connections share: the roster and the shared store
 mod scope; // what each connection gets of the top-level variables: copied, shared, or copied on first use
-mod shutdown; // signals, the grace period, the hard stop, the summary counts
+pub(crate) mod shutdown; // signals, the grace period, the hard stop, the summary counts
 mod transport; // plain TCP or TLS: what the one connection loop needs of each
 
 use std::net::SocketAddr;
@@ -77,7 +77,7 @@ impl Tls {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         // Hooks run on the workers: a stack sized for any script.
         .thread_stack_size(crate::stack::SIZE)

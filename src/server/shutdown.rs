@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::error::Error;
 
 /// How long open connections may go on after the server is told to stop.
-pub(super) const GRACE: Duration = Duration::from_secs(5);
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
 
 /// Tells every open connection that the server is stopping. Each one waits
 /// on a oneshot of its own for the graceful stop: with one shared `watch`
@@ -105,7 +105,7 @@ impl Drop for StopSignal {
 /// called, not when the future is first polled: a signal sent as soon as
 /// `listening on` is printed must already stop the server gracefully
 /// rather than kill it with replies still unsent.
-pub(super) fn signal() -> Result<impl Future<Output = ()>, Error> {
+pub(crate) fn signal() -> Result<impl Future<Output = ()>, Error> {
     let failed = |source: io::Error| Error::System {
         action: "watch for signals",
         source,

@@ -14,6 +14,7 @@ mod manual;
 mod memory;
 mod protocols;
 mod protocols_http_smtp;
+mod proxy;
 mod record;
 mod runner;
 mod scripts;

@@ -1,0 +1,348 @@
+//! `tcpscript proxy` forwarding, by hand:
+//!
+//! ```sh
+//! cargo bench --bench proxy                # about 70 s
+//! cargo bench --bench proxy -- --quick     # about 20 s
+//! ```
+//!
+//! Three proxies stand between the bench's load generator and a bare tokio
+//! echo upstream (in the bench process, 1 worker): `tcpscript proxy` with no
+//! toxics; the floor, a bare tokio `copy_bidirectional` proxy (this binary
+//! re-executed with `--floor-proxy UPSTREAM`, default runtime, `TCP_NODELAY`
+//! both sides, in its own process as tcpscript is); and socat
+//! (`TCP-LISTEN:PORT,fork,reuseaddr TCP:UPSTREAM`), what a user reaches for.
+//!
+//! - round trips/s of 32-byte ping-pong over 1 and 50 connections, in 1 s
+//!   rounds, proxies taking turns (order rotating), the ratio to the
+//!   floor's run in the same round, median over rounds;
+//! - bulk MB/s: one connection writing 256 MiB while reading its echo
+//!   (so 256 MiB each way through the proxy), median of rounds.
+//!
+//! Targets: tcpscript ≥ 0.9x the floor and ahead of socat on each row.
+//! `TCPSCRIPT_BENCH_BIN=/path/to/tcpscript` measures that binary instead.
+//! Not part of CI's pass/fail: it always exits 0 unless it could not run.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+const BUILT_TCPSCRIPT: &str = env!("CARGO_BIN_EXE_tcpscript");
+const MESSAGE: &[u8; 32] = b"00000000000000000000 ping-pong!\n";
+const BULK: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Run as the floor proxy forwarding to this address (internal)
+    #[arg(long, hide = true, value_name = "UPSTREAM")]
+    floor_proxy: Option<SocketAddr>,
+    /// Fewer and shorter rounds
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per row [default: 5, 2 with --quick]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Passed by `cargo bench`
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(upstream) = args.floor_proxy {
+        floor_proxy(upstream);
+        return;
+    }
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 5 });
+    let round = if args.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(1)
+    };
+    let upstream_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = upstream_rt.block_on(echo_upstream());
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let bin = std::env::var("TCPSCRIPT_BENCH_BIN").unwrap_or_else(|_| BUILT_TCPSCRIPT.into());
+    let up = upstream.to_string();
+    let mut proxies = vec![
+        (
+            "floor",
+            start(Command::new(std::env::current_exe().unwrap()).args(["--floor-proxy", &up])),
+        ),
+        (
+            "tcpscript",
+            start(Command::new(&bin).args([
+                "proxy",
+                "-q",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &up,
+            ])),
+        ),
+    ];
+    let have_socat = Command::new("socat").arg("-V").output().is_ok();
+    if have_socat {
+        proxies.push(("socat", socat(upstream)));
+    } else {
+        eprintln!("socat is not installed: no socat column");
+    }
+
+    println!(
+        "tcpscript proxy vs a tokio copy_bidirectional floor and socat; echo upstream; 127.0.0.1; {rounds} rounds"
+    );
+    println!(
+        "{:<22} {:>12} {:>12} {:>12} {:>9} {:>9}  target",
+        "", "floor", "tcpscript", "socat", "vs floor", "vs socat"
+    );
+    for row in [Row::RoundTrips(1), Row::RoundTrips(50), Row::Bulk] {
+        // figures[p][r]: proxy p's figure in round r.
+        let mut figures = vec![Vec::new(); proxies.len()];
+        for r in 0..rounds {
+            for i in 0..proxies.len() {
+                let p = (i + r) % proxies.len();
+                let port = proxies[p].1.port;
+                let figure = load.block_on(row.measure(port, round));
+                figures[p].push(figure);
+            }
+        }
+        let ratio = |p: usize| median((0..rounds).map(|r| figures[1][r] / figures[p][r]).collect());
+        let vs_floor = ratio(0);
+        let vs_socat = have_socat.then(|| ratio(2));
+        let pass = vs_floor >= 0.9 && vs_socat.is_none_or(|v| v > 1.0);
+        let cell = |p: usize| {
+            figures
+                .get(p)
+                .map_or("-".to_string(), |f| format!("{:.0}", median(f.clone())))
+        };
+        println!(
+            "{:<22} {:>12} {:>12} {:>12} {:>8.2}x {:>9}  {} (≥0.9x floor, > socat)",
+            row.name(),
+            cell(0),
+            cell(1),
+            cell(2),
+            vs_floor,
+            vs_socat.map_or("-".into(), |v| format!("{v:.2}x")),
+            if pass { "PASS" } else { "FAIL" },
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Row {
+    RoundTrips(usize),
+    Bulk,
+}
+
+impl Row {
+    fn name(self) -> String {
+        match self {
+            Row::RoundTrips(1) => "round trips/s, 1 conn".into(),
+            Row::RoundTrips(n) => format!("round trips/s, {n} conns"),
+            Row::Bulk => "bulk MB/s each way".into(),
+        }
+    }
+
+    async fn measure(self, port: u16, round: Duration) -> f64 {
+        match self {
+            Row::RoundTrips(connections) => round_trips(port, connections, round).await,
+            Row::Bulk => bulk(port).await,
+        }
+    }
+}
+
+/// Round trips per second over `connections`, each one ping in flight.
+async fn round_trips(port: u16, connections: usize, round: Duration) -> f64 {
+    let mut streams = Vec::new();
+    for _ in 0..connections {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        streams.push(stream);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    // Warm every connection up (the upstream connect happens on the first
+    // bytes at the latest), then count.
+    let mut tasks = Vec::new();
+    for mut stream in streams {
+        let (done, count) = (done.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut reply = [0u8; 32];
+            stream.write_all(MESSAGE).await.unwrap();
+            stream.read_exact(&mut reply).await.unwrap();
+            while !done.load(Ordering::Relaxed) {
+                stream.write_all(MESSAGE).await.unwrap();
+                stream.read_exact(&mut reply).await.unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    let before = count.load(Ordering::Relaxed);
+    tokio::time::sleep(round).await;
+    let after = count.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (after - before) as f64 / elapsed.as_secs_f64()
+}
+
+/// MB/s each way: one connection writes `BULK` bytes while reading the echo.
+async fn bulk(port: u16) -> f64 {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 256 * 1024];
+        let mut sent = 0;
+        while sent < BULK {
+            write.write_all(&chunk).await.unwrap();
+            sent += chunk.len() as u64;
+        }
+        write.shutdown().await.unwrap();
+    });
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < BULK {
+        match read.read(&mut buffer).await.unwrap() {
+            0 => panic!("closed after {got} bytes"),
+            n => got += n as u64,
+        }
+    }
+    let elapsed = started.elapsed();
+    writer.await.unwrap();
+    BULK as f64 / 1e6 / elapsed.as_secs_f64()
+}
+
+/// The upstream: echoes whatever comes, through a 64 KiB buffer.
+async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The floor: accept, connect upstream, `copy_bidirectional`.
+fn floor_proxy(upstream: SocketAddr) {
+    let runtime = Runtime::new().unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        eprintln!("listening on {}", listener.local_addr().unwrap());
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+}
+
+/// A proxy process, killed when dropped.
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and reads the port from its `listening on` line.
+fn start(command: &mut Command) -> Proxy {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("{command:?} said {line:?}"));
+    // Keep draining stderr so that the proxy never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    Proxy { child, port }
+}
+
+/// socat on a free port; it prints nothing when ready, so connect until
+/// it answers.
+fn socat(upstream: SocketAddr) -> Proxy {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("socat")
+        .arg(format!(
+            "TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay"
+        ))
+        .arg(format!("TCP:{upstream},nodelay"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "socat never listened on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Proxy { child, port }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}

@@ -1,0 +1,181 @@
+//! `tcpscript proxy --listen ADDR --upstream ADDR`: every accepted
+//! connection opens one to the upstream and bytes flow both ways, with
+//! half-close and reset passed on, and toxiproxy's faults when asked.
+//!
+//! Seams for what comes next. Transport: both sides are plain `TcpStream`s
+//! today; TLS or UDP on either side would replace what `connection::relay`
+//! is given, not the accept loop or the fault model. Scripts: each
+//! direction is one `connection::pump` over bytes; a scripted proxy puts a
+//! framed pump per direction in its place (its own framing, hooks per
+//! message), and the toxics apply to its messages instead of to chunks.
+
+mod connection; // one proxied connection: the upstream connect, both directions, how it ends
+pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::console;
+use crate::error::Error;
+use crate::net::{FEW_FILES, bind, raise_open_file_limit, resolve};
+use crate::server::shutdown;
+use crate::transcript::Verbosity;
+use toxics::Toxics;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyOptions {
+    pub(crate) listen: String,
+    pub(crate) upstream: String,
+    /// How long each connection's connect to the upstream may take.
+    pub(crate) connect_timeout: Duration,
+    pub(crate) toxics: Toxics,
+    /// `None`: a random seed, shown with `-v`.
+    pub(crate) seed: Option<u64>,
+    pub(crate) verbosity: Verbosity,
+}
+
+/// What every connection task shares.
+struct Shared {
+    options: ProxyOptions,
+    /// Resolved once, at start: a name that does not resolve is a usage
+    /// error before anything listens, not a failure per connection.
+    upstream: Vec<SocketAddr>,
+    seed: u64,
+    counts: Counts,
+}
+
+/// Added to by each connection as it ends; every connection ends (or is
+/// counted unfinished) before the summary.
+#[derive(Debug, Default)]
+struct Counts {
+    connections: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    /// Connections the toxics applied to.
+    faulted: AtomicU64,
+    /// Upstream connects that failed, and I/O errors other than a reset.
+    errors: AtomicU64,
+    unfinished: AtomicU64,
+}
+
+impl Counts {
+    fn summary(&self) -> String {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let mut line = format!(
+            "shut down: {} connections, {} bytes up, {} down, {} with faults, {} errors",
+            load(&self.connections),
+            load(&self.bytes_up),
+            load(&self.bytes_down),
+            load(&self.faulted),
+            load(&self.errors),
+        );
+        let unfinished = load(&self.unfinished);
+        if unfinished > 0 {
+            line += &format!(" ({unfinished} connections had not finished and are not counted)");
+        }
+        line
+    }
+}
+
+/// `tcpscript proxy`: forwards until SIGINT or SIGTERM, then prints a summary.
+pub(crate) fn run(options: ProxyOptions) -> Result<(), Error> {
+    let upstream = resolve(&options.upstream)?;
+    let runtime = crate::server::runtime()?;
+    let result = runtime.block_on(async {
+        let listener = bind(&options.listen).await?;
+        let local = listener.local_addr().map_err(|source| Error::Bind {
+            addr: options.listen.clone(),
+            source,
+        })?;
+        let stop = shutdown::signal()?;
+        // Tests and CI wait for this exact line, as with the server.
+        console::err(&format!("listening on {local}"));
+        let seed = options.seed.unwrap_or_else(toxics::random_seed);
+        if options.verbosity >= Verbosity::Verbose && options.toxics.any() {
+            console::err(&format!("seed {seed} (repeat this run with --seed {seed})"));
+        }
+        let fd_limit = raise_open_file_limit();
+        if fd_limit < FEW_FILES && options.verbosity >= Verbosity::Normal {
+            console::err(&format!(
+                "note: the open-file limit is {fd_limit} and could not be raised: \
+                 at most about {} connections at once, two files each (see `ulimit -n`)",
+                fd_limit.saturating_sub(16) / 2
+            ));
+        }
+        let shared = Arc::new(Shared {
+            options,
+            upstream,
+            seed,
+            counts: Counts::default(),
+        });
+        let summary = serve(listener, shared, stop).await;
+        console::err(&summary);
+        Ok(())
+    });
+    console::flush(Duration::from_secs(2));
+    result
+}
+
+/// Accepts until `stop`, then lets open connections go on for the
+/// server's grace period before cutting them, and sums them up.
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: impl std::future::Future<Output = ()>,
+) -> String {
+    let (hard_tx, hard_rx) = watch::channel(false);
+    // Each connection holds a sender; when all are dropped, all are done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(stop);
+    let mut last_accept_error = None;
+    let mut accepted_count = 0u64;
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    accepted_count += 1;
+                    let index = accepted_count;
+                    let shared = shared.clone();
+                    let hard = hard_rx.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        connection::proxy(stream, peer, index, &shared, hard).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, usually: as the server does,
+                    // wait for some to free and say so once a second.
+                    if last_accept_error.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                        console::err(&format!("accept failed: {e}"));
+                        last_accept_error = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+
+    drop(listener);
+    drop(done_tx);
+    if tokio::time::timeout(shutdown::GRACE, done_rx.recv())
+        .await
+        .is_err()
+    {
+        hard_tx.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+    }
+    let counts = &shared.counts;
+    let ended = counts.connections.load(Ordering::Relaxed);
+    counts
+        .unfinished
+        .store(accepted_count.saturating_sub(ended), Ordering::Relaxed);
+    counts.summary()
+}
