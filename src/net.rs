@@ -32,6 +32,18 @@ pub(crate) fn resolve(addr: &str) -> Result<Vec<SocketAddr>, Error> {
 /// retries.
 const BACKLOG: u32 = 4096;
 
+/// After a failed `accept` (out of file descriptors, usually): waits for
+/// some to free rather than spin on an error that repeats at once, and
+/// says so once a second rather than fifty times.
+pub(crate) async fn accept_failed(error: &io::Error, last_said: &mut Option<std::time::Instant>) {
+    let now = std::time::Instant::now();
+    if last_said.is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1)) {
+        crate::console::err(&format!("accept failed: {error}"));
+        *last_said = Some(now);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}
+
 pub(crate) async fn bind(listen: &str) -> Result<TcpListener, Error> {
     let mut last_error = None;
     for addr in resolve(listen)? {

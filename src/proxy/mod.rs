@@ -15,7 +15,7 @@ pub(crate) mod toxics; // the fault model: which connections, which directions, 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -149,15 +149,7 @@ async fn serve(
                         drop(done);
                     });
                 }
-                Err(e) => {
-                    // Out of file descriptors, usually: as the server does,
-                    // wait for some to free and say so once a second.
-                    if last_accept_error.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
-                        console::err(&format!("accept failed: {e}"));
-                        last_accept_error = Some(Instant::now());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(e) => crate::net::accept_failed(&e, &mut last_accept_error).await,
             },
             _ = &mut stop => break,
         }

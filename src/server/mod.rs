@@ -14,7 +14,7 @@ mod transport; // plain TCP or TLS: what the one connection loop needs of each
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -248,16 +248,7 @@ async fn serve(
                         }),
                     };
                 }
-                Err(e) => {
-                    // Out of file descriptors, usually: wait for some to free
-                    // rather than spin on an error that repeats at once, and
-                    // say so once a second rather than fifty times.
-                    if last_accept_error.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
-                        console::err(&format!("accept failed: {e}"));
-                        last_accept_error = Some(Instant::now());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(e) => crate::net::accept_failed(&e, &mut last_accept_error).await,
             },
             _ = &mut stop => break,
         }

@@ -189,63 +189,7 @@ fn python_client(port: u16, ca: &Path, identity: Option<(&Path, &Path)>) -> Outp
 
 /// A client CA and a client certificate it signed, made with openssl.
 fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("req.cnf"),
-        "[req]\ndistinguished_name = dn\n[dn]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    let mut ca = vec!["req", "-x509", "-config", "req.cnf", "-nodes", "-days", "2"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "client-ca.key", "-out", "client-ca.pem"]);
-    ca.extend(["-subj", "/CN=tcpscript test client CA"]);
-    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
-    run(&ca);
-    let mut csr = vec!["req", "-config", "req.cnf", "-nodes"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "client.key", "-out", "client.csr"]);
-    csr.extend(["-subj", "/CN=client"]);
-    run(&csr);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "client-ca.pem",
-        "-CAkey",
-        "client-ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "client.pem",
-    ]);
-    (
-        dir.join("client-ca.pem"),
-        dir.join("client.pem"),
-        dir.join("client.key"),
-    )
+    crate::support::openssl_identity(dir, "client", "extendedKeyUsage=clientAuth")
 }
 
 #[test]
