@@ -160,3 +160,18 @@ fn a_partial_last_line_is_passed_on_at_the_close() {
     c.read_to_string(&mut got).unwrap();
     assert_eq!(got, "no newline\n");
 }
+
+#[test]
+fn delay_holds_back_that_message() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_server_message(msg) { if msg == "slow" { delay(300); } msg }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    let started = std::time::Instant::now();
+    assert_eq!(c.exchange("slow"), "slow");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(c.exchange("fast"), "fast");
+}
