@@ -175,3 +175,48 @@ fn delay_holds_back_that_message() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     assert_eq!(c.exchange("fast"), "fast");
 }
+
+#[test]
+fn curl_through_a_proxy_that_rewrites_response_headers() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "hello from python\n").unwrap();
+    let port = crate::support::closed_port();
+    let mut command = Command::new("python3");
+    command
+        .args(["-m", "http.server", "--protocol", "HTTP/1.1", "--bind"])
+        .args(["127.0.0.1", &port.to_string()])
+        .current_dir(site.path());
+    let _python = Running::start(command, None);
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < crate::support::PATIENCE,
+            "http.server never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let proxy = proxy(
+        &shipped("proxy_http_header.rhai"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let url = format!("http://127.0.0.1:{}/hello.txt", proxy.port);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "-", &url, &url])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Two requests on one keep-alive connection, each response marked.
+    assert_eq!(
+        text.matches("X-Proxied-By: tcpscript\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("Server: tcpscript-proxy over SimpleHTTP")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches("hello from python\n").count(), 2, "{text}");
+}
