@@ -411,6 +411,10 @@ impl RecordArgs {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    /// A script whose hooks see, change, drop or answer each message
+    /// (on_client_message, on_server_message); without one, bytes pass as they are
+    #[arg(value_name = "SCRIPT")]
+    pub(crate) script: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     pub(crate) listen: String,
@@ -604,6 +608,18 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
 
 fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
     let toxics = args.toxics.toxics();
+    let verbosity = Verbosity::from_flags(args.verbose as u8, args.quiet);
+    let script = match &args.script {
+        Some(_) if toxics.any() => {
+            return Err(Error::Usage(
+                "the toxics (--latency, --bandwidth, ...) cannot be combined with a SCRIPT yet; \
+                 a script can delay(), close() or reset() itself"
+                    .into(),
+            ));
+        }
+        Some(path) => Some(proxy::scripted::ProxyScript::load(path, verbosity)?),
+        None => None,
+    };
     // Flags that shape nothing on their own are likely a mistake.
     if !toxics.any() {
         for (given, flag) in [
@@ -626,14 +642,17 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
             "--jitter {jitter:?} is more than --latency {latency:?}: a delay cannot be negative"
         )));
     }
-    proxy::run(ProxyOptions {
-        listen: args.listen,
-        upstream: args.upstream,
-        connect_timeout: args.connect_timeout,
-        toxics,
-        seed: args.toxics.seed,
-        verbosity: Verbosity::from_flags(args.verbose as u8, args.quiet),
-    })
+    proxy::run(
+        ProxyOptions {
+            listen: args.listen,
+            upstream: args.upstream,
+            connect_timeout: args.connect_timeout,
+            toxics,
+            seed: args.toxics.seed,
+            verbosity,
+        },
+        script,
+    )
 }
 
 fn run_client(args: ClientArgs) -> Result<(), Error> {

@@ -94,22 +94,28 @@ impl Script {
     /// its top level. A constant is read without running the script, so a
     /// client knows it before connecting.
     pub(crate) fn declared_framing(&self) -> Result<Option<Framing>, Error> {
+        self.declared_framing_named("FRAMING")
+    }
+
+    /// A framing declared by the constant `constant` (a proxy script's
+    /// `UP_FRAMING`, say), read as `FRAMING` is.
+    pub(crate) fn declared_framing_named(&self, constant: &str) -> Result<Option<Framing>, Error> {
         let Some((_, _, value)) = self
             .ast
             .iter_literal_variables(true, false)
-            .find(|(name, _, _)| *name == "FRAMING")
+            .find(|(name, _, _)| *name == constant)
         else {
             return Ok(None);
         };
         let text = value.into_string().map_err(|_| {
             Error::Script(Box::new(Diagnostic::new(format!(
-                "{}: FRAMING must be a string such as \"raw\" or \"len:u16\"",
+                "{}: {constant} must be a string such as \"raw\" or \"len:u16\"",
                 self.path
             ))))
         })?;
         text.parse().map(Some).map_err(|e: String| {
             Error::Script(Box::new(Diagnostic::new(format!(
-                "{}: FRAMING: {e}",
+                "{}: {constant}: {e}",
                 self.path
             ))))
         })

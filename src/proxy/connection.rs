@@ -26,7 +26,7 @@ const BUFFER: usize = 64 * 1024;
 
 /// How one direction ended.
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
     /// The source closed; the close was passed on.
     Closed,
     /// The source closed while blackholed; the close was kept back.
@@ -42,7 +42,7 @@ enum End {
 }
 
 /// How the whole connection ended, and what that does to each side.
-enum Ending {
+pub(super) enum Ending {
     /// Both directions closed: the sockets are closed.
     Closed,
     /// RST to the sides marked.
@@ -125,7 +125,12 @@ pub(super) async fn proxy(
         ));
     }
     let (mut client, mut upstream) = (client, upstream);
-    let (ending, up, down) = relay(&mut client, &mut upstream, plan, hard).await;
+    let (ending, up, down) = match &shared.script {
+        Some(script) => {
+            super::scripted::relay(&mut client, &mut upstream, peer, script, counts, hard).await
+        }
+        None => relay(&mut client, &mut upstream, plan, hard).await,
+    };
     match &ending {
         Ending::Closed => {}
         Ending::Reset {
@@ -388,7 +393,7 @@ async fn close(to: &mut WriteHalf<'_>, shaper: Option<&Shaper>) -> End {
     }
 }
 
-fn gone(e: io::Error) -> End {
+pub(super) fn gone(e: io::Error) -> End {
     match e.kind() {
         io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionReset
@@ -397,7 +402,7 @@ fn gone(e: io::Error) -> End {
     }
 }
 
-fn is_reset(e: &io::Error) -> bool {
+pub(super) fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted

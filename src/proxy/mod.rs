@@ -5,11 +5,13 @@
 //! Seams for what comes next. Transport: both sides are plain `TcpStream`s
 //! today; TLS or UDP on either side would replace what `connection::relay`
 //! is given, not the accept loop or the fault model. Scripts: each
-//! direction is one `connection::pump` over bytes; a scripted proxy puts a
-//! framed pump per direction in its place (its own framing, hooks per
-//! message), and the toxics apply to its messages instead of to chunks.
+//! direction is one `connection::pump` over bytes; a scripted proxy
+//! (`scripted`) replaces both pumps with one loop over framed messages and
+//! their hooks. The toxics do not combine with it yet: they would apply to
+//! its messages instead of to chunks.
 
 mod connection; // one proxied connection: the upstream connect, both directions, how it ends
+pub(crate) mod scripted; // `proxy SCRIPT`: each direction's messages through the script's hooks
 pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
 
 use std::net::SocketAddr;
@@ -47,6 +49,8 @@ struct Shared {
     upstream: Vec<SocketAddr>,
     seed: u64,
     counts: Counts,
+    /// `proxy SCRIPT`: the script every connection's messages go through.
+    script: Option<scripted::ProxyScript>,
 }
 
 /// Added to by each connection as it ends; every connection ends (or is
@@ -83,7 +87,10 @@ impl Counts {
 }
 
 /// `tcpscript proxy`: forwards until SIGINT or SIGTERM, then prints a summary.
-pub(crate) fn run(options: ProxyOptions) -> Result<(), Error> {
+pub(crate) fn run(
+    options: ProxyOptions,
+    script: Option<scripted::ProxyScript>,
+) -> Result<(), Error> {
     let upstream = resolve(&options.upstream)?;
     let runtime = crate::server::runtime()?;
     let result = runtime.block_on(async {
@@ -112,6 +119,7 @@ pub(crate) fn run(options: ProxyOptions) -> Result<(), Error> {
             upstream,
             seed,
             counts: Counts::default(),
+            script,
         });
         let summary = serve(listener, shared, stop).await;
         console::err(&summary);

@@ -316,6 +316,8 @@ async fn perform<S: Transport>(
                 connection.flush().await?;
                 Box::pin(connection.pause(pause)).await;
             }
+            // `to_client` and `to_server` refuse to run in a server's hooks.
+            Action::ToClient(_) | Action::ToServer(_) => {}
             Action::Broadcast(message) => {
                 if let Some(member) = member {
                     member.room.broadcast(member.id, message);

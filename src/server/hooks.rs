@@ -40,6 +40,9 @@ pub(crate) struct Reply {
     pub(crate) close: bool,
     /// Start TLS once the actions are done (`starttls()`).
     pub(crate) starttls: bool,
+    /// Proxy scripts: reset both sides at once (`reset()`), nothing
+    /// pending written.
+    pub(crate) reset: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +55,10 @@ pub(crate) enum Action {
     SendRaw(Outgoing),
     /// The framing from the next message on (`set_framing`).
     Reframe(Framing),
+    /// Proxy scripts: a message to the client or to the upstream, framed
+    /// with that direction's framing (`to_client`, `to_server`).
+    ToClient(Outgoing),
+    ToServer(Outgoing),
 }
 
 /// How long a hook may hold its worker thread before the worker's other
@@ -110,6 +117,9 @@ struct HookCall {
     kept: usize,
     /// `tls_info()` of a TLS connection, lent by it for the call.
     tls: Option<Box<rhai::Map>>,
+    /// Whether the hook is a proxy script's: the proxy's natives refuse
+    /// to run in a server's hooks, where they would mean nothing.
+    proxy: bool,
 }
 
 impl HookCall {
@@ -119,6 +129,7 @@ impl HookCall {
             actions: Vec::new(),
             close: false,
             starttls: false,
+            reset: false,
         },
         limit: None,
         max_frame: 0,
@@ -127,6 +138,7 @@ impl HookCall {
         memory_start: 0,
         kept: 0,
         tls: None,
+        proxy: false,
     };
 
     /// Queues a message, refusing what the framing cannot carry.
@@ -295,6 +307,19 @@ fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResu
     })
 }
 
+/// [`with_current`] for the natives only a proxy script has.
+fn with_proxy<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
+    with_current(what, |call| {
+        if !call.proxy {
+            return Err(Failure::script(format!(
+                "{what} can only be used in a proxy script (`tcpscript proxy SCRIPT`)"
+            ))
+            .into());
+        }
+        Ok(f(call))
+    })?
+}
+
 /// A compiled server script whose top level has run.
 pub(crate) struct ServerScript {
     engine: Engine,
@@ -305,6 +330,11 @@ pub(crate) struct ServerScript {
     has_connect: bool,
     has_message: bool,
     has_disconnect: bool,
+    /// A proxy script's hooks, one per direction.
+    has_client_message: bool,
+    has_server_message: bool,
+    /// Loaded for `tcpscript proxy`: the proxy's natives work.
+    proxy: bool,
     /// Who is connected, when the script broadcasts or lists peers.
     room: Option<Arc<Room>>,
     budget: Arc<Budget>,
@@ -365,6 +395,9 @@ impl ServerScript {
             has_connect: script.has_fn("on_connect", 0),
             has_message: script.has_fn("on_message", 1),
             has_disconnect: script.has_fn("on_disconnect", 0),
+            has_client_message: script.has_fn("on_client_message", 1),
+            has_server_message: script.has_fn("on_server_message", 1),
+            proxy: false,
             engine,
             script,
             scope,
@@ -386,6 +419,44 @@ impl ServerScript {
     /// The script's `const FRAMING`, if it declares one.
     pub(crate) fn declared_framing(&self) -> Result<Option<crate::framing::Framing>, Error> {
         self.script.declared_framing()
+    }
+
+    /// Compiles a proxy script and runs its top level once. The server's
+    /// machinery, with what has no meaning between two peers refused.
+    pub(crate) fn load_proxy(
+        path: &Path,
+        limits: &Limits,
+        hook_timeout: Duration,
+        verbosity: Verbosity,
+    ) -> Result<Self, Error> {
+        let mut script = Self::load(path, limits, hook_timeout, Params::default(), verbosity)?;
+        for name in ["starttls", "broadcast", "peers", "set_framing", "tls_info"] {
+            if script.calls_any(&[name]) {
+                return Err(Error::Usage(format!(
+                    "{}: {name}() is for server scripts; a proxy script cannot use it \
+                     (its framings are UP_FRAMING, DOWN_FRAMING or FRAMING)",
+                    path.display()
+                )));
+            }
+        }
+        script.proxy = true;
+        script.room = None;
+        Ok(script)
+    }
+
+    /// Whether the script has `on_client_message` / `on_server_message`:
+    /// a direction without its hook is forwarded as it comes.
+    pub(crate) fn has_client_message(&self) -> bool {
+        self.has_client_message
+    }
+
+    pub(crate) fn has_server_message(&self) -> bool {
+        self.has_server_message
+    }
+
+    /// The framing a constant such as `UP_FRAMING` declares, if any.
+    pub(crate) fn declared_framing_named(&self, name: &str) -> Result<Option<Framing>, Error> {
+        self.script.declared_framing_named(name)
     }
 
     /// The hooks of one new connection, with its own copy of the variables.
@@ -557,6 +628,7 @@ fn server_engine(
     engine.register_fn("peers", move || -> rhai::Array {
         roster.peers().into_iter().map(Dynamic::from).collect()
     });
+    register_proxy_natives(&mut engine);
     register_shared_store(&mut engine);
     engine.register_fn("peer", || {
         with_current("peer()", |call| {
@@ -586,6 +658,37 @@ fn server_engine(
         room,
         budget: parts_budget,
     }
+}
+
+/// What only a proxy script's hooks do: inject into either direction,
+/// delay, reset.
+fn register_proxy_natives(engine: &mut Engine) {
+    engine.register_fn("to_client", |value: Dynamic| -> NativeResult<()> {
+        with_proxy("to_client()", |call| {
+            call.reply
+                .actions
+                .push(Action::ToClient(Outgoing::from_value(value)))
+        })
+    });
+    engine.register_fn("to_server", |value: Dynamic| -> NativeResult<()> {
+        with_proxy("to_server()", |call| {
+            call.reply
+                .actions
+                .push(Action::ToServer(Outgoing::from_value(value)))
+        })
+    });
+    // A proxy's pause is the server's `sleep`, by the name the issue and
+    // toxiproxy use for it.
+    engine.register_fn("delay", |ms: INT| -> NativeResult<()> {
+        with_proxy("delay()", |call| {
+            call.reply
+                .actions
+                .push(Action::Sleep(Duration::from_millis(ms.max(0) as u64)))
+        })
+    });
+    engine.register_fn("reset", || -> NativeResult<()> {
+        with_proxy("reset()", |call| call.reply.reset = true)
+    });
 }
 
 fn queue_sleep(pause: Duration) -> NativeResult<()> {
@@ -742,6 +845,18 @@ impl ConnectionHooks {
         self.call("on_disconnect", &mut [])
     }
 
+    /// A proxy's message from the client, on its way to the upstream.
+    pub(crate) fn on_client_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
+        let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
+        self.call("on_client_message", &mut [&mut message])
+    }
+
+    /// A proxy's message from the upstream, on its way to the client.
+    pub(crate) fn on_server_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
+        let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
+        self.call("on_server_message", &mut [&mut message])
+    }
+
     fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
         let kept = self.estimate();
         let start = memory::thread_net();
@@ -751,6 +866,8 @@ impl ConnectionHooks {
             std::mem::swap(&mut call.reply.actions, &mut self.spare);
             call.reply.close = false;
             call.reply.starttls = false;
+            call.reply.reset = false;
+            call.proxy = self.script.proxy;
             call.limit = self.limit;
             call.max_frame = self.max_frame;
             call.started = Some(Instant::now());

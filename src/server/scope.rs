@@ -50,8 +50,14 @@ use rhai::{ImmutableString, Map, Scope, Stmt};
 const BIG: usize = 4 * 1024;
 
 /// The hooks, by name and number of parameters: the functions called with
-/// a connection's variables.
-const HOOKS: [(&str, usize); 3] = [("on_connect", 0), ("on_message", 1), ("on_disconnect", 0)];
+/// a connection's variables (a server's, then a proxy's).
+const HOOKS: [(&str, usize); 5] = [
+    ("on_connect", 0),
+    ("on_message", 1),
+    ("on_disconnect", 0),
+    ("on_client_message", 1),
+    ("on_server_message", 1),
+];
 
 /// Native methods that change neither their object nor anything they are
 /// given, and that Rhai lets a constant array, map and blob call (checked

@@ -1,0 +1,504 @@
+//! `tcpscript proxy SCRIPT`: each direction is cut into messages by its
+//! framing and each message goes through the script's hook for that
+//! direction, whose return value is forwarded in its place.
+//!
+//! One task per connection owns both sockets. Hooks run inline and only
+//! record what to do (see `server::hooks`); what they forward or inject
+//! waits in one queue per direction, written out as the destination takes
+//! it. A side is read only while both queues are under [`QUEUE_LIMIT`]:
+//! a slow reader slows the writer down on either hop, and a hook that
+//! injects into its own side cannot grow a queue without bound.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use super::Counts;
+use super::connection::{Ending, gone, is_reset};
+use crate::console;
+use crate::engine::Limits;
+use crate::error::Error;
+use crate::framing::{self, Decoder, Framing};
+use crate::server::hooks::ServerScript;
+use crate::server::hooks::{Action, ConnectionHooks, DEFAULT_HOOK_TIMEOUT, HookFailure, Reply};
+use crate::transcript::Verbosity;
+
+/// Bytes read at a time from either side.
+const READ: usize = 64 * 1024;
+/// Bytes a direction may hold queued before reading stops (see the top).
+const QUEUE_LIMIT: usize = 16 * READ;
+/// Largest message either direction's framing accepts.
+const MAX_FRAME: usize = 1024 * 1024;
+
+/// A loaded proxy script and the framing of each direction.
+pub(crate) struct ProxyScript {
+    script: Arc<ServerScript>,
+    /// Client to upstream: `UP_FRAMING`, else `FRAMING`, else `raw`.
+    up: Framing,
+    /// Upstream to client: `DOWN_FRAMING`, else `FRAMING`, else `raw`.
+    down: Framing,
+}
+
+impl ProxyScript {
+    pub(crate) fn load(path: &Path, verbosity: Verbosity) -> Result<Self, Error> {
+        let limits = Limits::default().with_max_frame(MAX_FRAME);
+        let script = ServerScript::load_proxy(path, &limits, DEFAULT_HOOK_TIMEOUT, verbosity)?;
+        let both = script.declared_framing()?;
+        let up = script.declared_framing_named("UP_FRAMING")?;
+        let down = script.declared_framing_named("DOWN_FRAMING")?;
+        let pick = |own: Option<Framing>| own.or_else(|| both.clone()).unwrap_or(Framing::Raw);
+        let (up, down) = (pick(up), pick(down));
+        for framing in [&up, &down] {
+            framing
+                .check_max_frame(MAX_FRAME)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+        }
+        Ok(ProxyScript {
+            script: Arc::new(script),
+            up,
+            down,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+/// What one side sends, on its way to a hook.
+struct Inbound {
+    buf: BytesMut,
+    /// `None` when the script has no hook for this side: its bytes are
+    /// passed on as they arrive, untouched by any framing.
+    decoder: Option<Decoder>,
+    done: bool,
+}
+
+enum Item {
+    Data(Vec<u8>),
+    Pause(Duration),
+    Fin,
+}
+
+/// What waits to be written to one side.
+struct Outbound {
+    framing: Framing,
+    items: VecDeque<Item>,
+    /// Bytes in `items` and the unwritten part of `current`.
+    queued: usize,
+    current: Vec<u8>,
+    written: usize,
+    paused: Option<Instant>,
+    /// A FIN is queued: nothing more can follow it.
+    fin: bool,
+    /// The FIN went out.
+    shut: bool,
+    moved: u64,
+}
+
+impl Outbound {
+    fn new(framing: Framing) -> Self {
+        Outbound {
+            framing,
+            items: VecDeque::new(),
+            queued: 0,
+            current: Vec::new(),
+            written: 0,
+            paused: None,
+            fin: false,
+            shut: false,
+            moved: 0,
+        }
+    }
+
+    fn push_data(&mut self, data: Vec<u8>) {
+        // After a FIN the side cannot be written to: what a hook sends
+        // there (a `to_server` after the client's close) has nowhere to go.
+        if self.fin || data.is_empty() {
+            return;
+        }
+        self.queued += data.len();
+        // Many small messages go out in few writes.
+        if let Some(Item::Data(last)) = self.items.back_mut()
+            && last.len() + data.len() <= READ
+        {
+            last.extend_from_slice(&data);
+            return;
+        }
+        self.items.push_back(Item::Data(data));
+    }
+
+    fn push_framed(&mut self, message: &[u8]) -> Result<(), framing::FrameError> {
+        let mut data = Vec::with_capacity(message.len() + 4);
+        framing::encode(&self.framing, message, &mut data)?;
+        self.push_data(data);
+        Ok(())
+    }
+
+    fn push_fin(&mut self) {
+        if !self.fin {
+            self.fin = true;
+            self.items.push_back(Item::Fin);
+        }
+    }
+
+    /// Moves on once `current` is written; true when the next thing to
+    /// do is the FIN. A pause starts when the queue reaches it.
+    fn advance(&mut self) -> bool {
+        while self.written == self.current.len() && self.paused.is_none() {
+            self.current.clear();
+            self.written = 0;
+            match self.items.pop_front() {
+                Some(Item::Data(data)) => self.current = data,
+                Some(Item::Pause(pause)) => self.paused = Some(Instant::now() + pause),
+                Some(Item::Fin) => return true,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    fn writing(&self) -> bool {
+        self.paused.is_none() && self.written < self.current.len()
+    }
+}
+
+/// What a hook's reply, or a message that cannot be cut, does next.
+enum Flow {
+    Go,
+    /// Close both sides once what is queued is written.
+    Close(&'static str),
+    Reset,
+    Failed(String),
+}
+
+/// Both directions' queues: `up` is written to the upstream.
+struct Outs {
+    up: Outbound,
+    down: Outbound,
+}
+
+impl Outs {
+    /// Where what `side` sends goes.
+    fn forward(&mut self, side: Side) -> &mut Outbound {
+        match side {
+            Side::Client => &mut self.up,
+            Side::Upstream => &mut self.down,
+        }
+    }
+
+    /// Carries out `reply`: `send` and the return value go the hook's way
+    /// (`to`), `to_client`/`to_server` where they say. A `delay` holds
+    /// back what the reply puts after it in each direction, and nothing
+    /// already queued.
+    fn apply(&mut self, reply: &mut Reply, to: Side) -> Result<(), framing::FrameError> {
+        let mut pending = [Duration::ZERO; 2];
+        for action in reply.actions.drain(..) {
+            let (side, message, framed) = match action {
+                Action::Send(message) => (to, message, true),
+                Action::SendRaw(message) => (to, message, false),
+                Action::ToServer(message) => (Side::Client, message, true),
+                Action::ToClient(message) => (Side::Upstream, message, true),
+                Action::Sleep(pause) => {
+                    pending[0] += pause;
+                    pending[1] += pause;
+                    continue;
+                }
+                // Refused when a proxy script is loaded.
+                Action::Broadcast(_) | Action::Reframe(_) => continue,
+            };
+            let slot = &mut pending[side as usize];
+            let out = self.forward(side);
+            if !slot.is_zero() && !out.fin {
+                out.items.push_back(Item::Pause(std::mem::take(slot)));
+            }
+            if framed {
+                out.push_framed(message.as_bytes())?;
+            } else {
+                out.push_data(message.as_bytes().to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out a hook's outcome; a failed hook's error is reported
+    /// and what it queued before failing still goes out.
+    fn take(
+        &mut self,
+        result: Result<Reply, HookFailure>,
+        to: Side,
+        hooks: &mut ConnectionHooks,
+        errors: &mut u64,
+    ) -> Flow {
+        let (mut reply, failed) = match result {
+            Ok(reply) => (reply, false),
+            Err(failure) => {
+                failure.error.eprint();
+                *errors += 1;
+                (failure.before, true)
+            }
+        };
+        let flow = match self.apply(&mut reply, to) {
+            Err(e) => {
+                console::err(&format!("a hook's message cannot be sent: {e}"));
+                *errors += 1;
+                Flow::Close("closed after a hook error")
+            }
+            Ok(()) if failed => Flow::Close("closed after a hook error"),
+            Ok(()) if reply.reset => Flow::Reset,
+            Ok(()) if reply.close => Flow::Close("closed by the script"),
+            Ok(()) => Flow::Go,
+        };
+        hooks.recycle(reply);
+        flow
+    }
+}
+
+/// Every complete message `side` has sent, through its hook; at the end
+/// of the stream the last one too, and the FIN passed on.
+fn deliver(
+    side: Side,
+    inbound: &mut Inbound,
+    hooks: &mut ConnectionHooks,
+    outs: &mut Outs,
+    errors: &mut u64,
+) -> Flow {
+    let eof = inbound.done;
+    loop {
+        let Some(decoder) = &mut inbound.decoder else {
+            if !inbound.buf.is_empty() {
+                let data = inbound.buf.split().to_vec();
+                outs.forward(side).push_data(data);
+            }
+            break;
+        };
+        let next = if eof {
+            decoder.decode_eof(&mut inbound.buf)
+        } else {
+            decoder.decode(&mut inbound.buf)
+        };
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            // A stream that ends in the middle of a message: the rest is
+            // passed on as it is, as a plain proxy would.
+            Err(_) if eof => {
+                let data = inbound.buf.split().to_vec();
+                outs.forward(side).push_data(data);
+                break;
+            }
+            Err(e) => return Flow::Failed(format!("a message from the {}: {e}", side.name())),
+        };
+        let result = match side {
+            Side::Client => hooks.on_client_message(&message),
+            Side::Upstream => hooks.on_server_message(&message),
+        };
+        let flow = outs.take(result, side, hooks, errors);
+        if !matches!(flow, Flow::Go) {
+            return flow;
+        }
+    }
+    if eof {
+        outs.forward(side).push_fin();
+    }
+    Flow::Go
+}
+
+/// Carries both directions through the script until the connection ends;
+/// returns how, and the bytes written up and down.
+pub(super) async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    peer: SocketAddr,
+    script: &ProxyScript,
+    counts: &Counts,
+    mut hard: watch::Receiver<bool>,
+) -> (Ending, u64, u64) {
+    let mut errors = 0;
+    // The framing only matters to the limit on what hooks send, which the
+    // proxy checks when it frames them, per direction.
+    let mut hooks = script.script.connection(peer, &Framing::Raw, MAX_FRAME);
+    let inbound = |has_hook: bool, framing: &Framing| Inbound {
+        buf: BytesMut::new(),
+        decoder: has_hook.then(|| Decoder::new(framing.clone(), MAX_FRAME)),
+        done: false,
+    };
+    let mut from_client = inbound(script.script.has_client_message(), &script.up);
+    let mut from_upstream = inbound(script.script.has_server_message(), &script.down);
+    let mut outs = Outs {
+        up: Outbound::new(script.up.clone()),
+        down: Outbound::new(script.down.clone()),
+    };
+    let mut closing: Option<&'static str> = None;
+    let result = hooks.on_connect();
+    let mut flow = outs.take(result, Side::Upstream, &mut hooks, &mut errors);
+
+    let ending = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        loop {
+            match std::mem::replace(&mut flow, Flow::Go) {
+                Flow::Go => {}
+                Flow::Close(why) => {
+                    closing.get_or_insert(why);
+                    outs.up.push_fin();
+                    outs.down.push_fin();
+                }
+                Flow::Reset => {
+                    break Ending::Reset {
+                        client: true,
+                        upstream: true,
+                        why: "reset by the script",
+                    };
+                }
+                Flow::Failed(e) => break Ending::Failed(e),
+            }
+            if outs.up.advance() {
+                if let Err(e) = upstream_write.shutdown().await {
+                    break write_failed(Side::Upstream, e);
+                }
+                outs.up.shut = true;
+            }
+            if outs.down.advance() {
+                if let Err(e) = client_write.shutdown().await {
+                    break write_failed(Side::Client, e);
+                }
+                outs.down.shut = true;
+            }
+            if outs.up.shut && outs.down.shut {
+                break match closing {
+                    Some(why) => Ending::Close { why },
+                    None => Ending::Closed,
+                };
+            }
+            let room = outs.up.queued < QUEUE_LIMIT && outs.down.queued < QUEUE_LIMIT;
+            let read_client = room && closing.is_none() && !from_client.done;
+            let read_upstream = room && closing.is_none() && !from_upstream.done;
+            if read_client {
+                from_client.buf.reserve(READ);
+            }
+            if read_upstream {
+                from_upstream.buf.reserve(READ);
+            }
+            let now = Instant::now();
+            tokio::select! {
+                read = client_read.read_buf(&mut from_client.buf), if read_client => {
+                    match read {
+                        Ok(0) => from_client.done = true,
+                        Ok(_) => {}
+                        Err(e) => break read_failed(Side::Client, e),
+                    }
+                    flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors);
+                }
+                read = upstream_read.read_buf(&mut from_upstream.buf), if read_upstream => {
+                    match read {
+                        Ok(0) => from_upstream.done = true,
+                        Ok(_) => {}
+                        Err(e) => break read_failed(Side::Upstream, e),
+                    }
+                    flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors);
+                }
+                wrote = upstream_write.write(&outs.up.current[outs.up.written..]), if outs.up.writing() => {
+                    match wrote {
+                        Ok(n) => {
+                            outs.up.written += n;
+                            outs.up.queued -= n;
+                            outs.up.moved += n as u64;
+                        }
+                        Err(e) => break write_failed(Side::Upstream, e),
+                    }
+                }
+                wrote = client_write.write(&outs.down.current[outs.down.written..]), if outs.down.writing() => {
+                    match wrote {
+                        Ok(n) => {
+                            outs.down.written += n;
+                            outs.down.queued -= n;
+                            outs.down.moved += n as u64;
+                        }
+                        Err(e) => break write_failed(Side::Client, e),
+                    }
+                }
+                _ = sleep_until(outs.up.paused.unwrap_or(now)), if outs.up.paused.is_some() => {
+                    outs.up.paused = None;
+                }
+                _ = sleep_until(outs.down.paused.unwrap_or(now)), if outs.down.paused.is_some() => {
+                    outs.down.paused = None;
+                }
+                _ = hard.wait_for(|stopped| *stopped) => break Ending::Close {
+                    why: "closed by the proxy's shutdown",
+                },
+            }
+        }
+    };
+    // The sockets are closing or closed: what it sends goes nowhere, but
+    // it may log or keep count in the shared store.
+    let result = hooks.on_disconnect();
+    let mut farewell = match result {
+        Ok(reply) => reply,
+        Err(failure) => {
+            failure.error.eprint();
+            errors += 1;
+            failure.before
+        }
+    };
+    farewell.actions.clear();
+    counts.errors.fetch_add(errors, Ordering::Relaxed);
+    (ending, outs.up.moved, outs.down.moved)
+}
+
+/// Reading `side` failed: a reset reaches the other side.
+fn read_failed(side: Side, e: std::io::Error) -> Ending {
+    if !is_reset(&e) {
+        return Ending::Failed(e.to_string());
+    }
+    match side {
+        Side::Client => Ending::Reset {
+            client: false,
+            upstream: true,
+            why: "reset by the client",
+        },
+        Side::Upstream => Ending::Reset {
+            client: true,
+            upstream: false,
+            why: "reset by the upstream",
+        },
+    }
+}
+
+/// Writing to `side` failed: when it is gone, the other side hears so.
+fn write_failed(side: Side, e: std::io::Error) -> Ending {
+    match (gone(e), side) {
+        (super::connection::End::Gone, Side::Upstream) => Ending::Reset {
+            client: true,
+            upstream: false,
+            why: "upstream gone",
+        },
+        (super::connection::End::Gone, Side::Client) => Ending::Reset {
+            client: false,
+            upstream: true,
+            why: "client gone",
+        },
+        (super::connection::End::Failed(e), _) => Ending::Failed(e.to_string()),
+        (_, _) => Ending::Failed("write failed".into()),
+    }
+}

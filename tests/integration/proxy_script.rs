@@ -1,0 +1,222 @@
+//! `tcpscript proxy SCRIPT`: each direction's messages through the
+//! script's hooks, between a plain client and a tcpscript echo server.
+
+use std::io::{ErrorKind, Read};
+use std::process::Command;
+
+use crate::support::{BIN, LineClient, Running, script, shipped, tcpscript};
+
+/// `tcpscript proxy SCRIPT --upstream UPSTREAM`, once it is listening.
+fn proxy(script: &str, upstream: &str) -> Running {
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", script, "--upstream", upstream])
+        .args(["--listen", "127.0.0.1:0"]);
+    Running::listening(command, None)
+}
+
+fn echo_server() -> Running {
+    Running::server(&["--echo"])
+}
+
+#[test]
+fn a_pass_through_script_forwards_every_line_both_ways() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_client_message(msg) { msg }
+        fn on_server_message(msg) { msg }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    for line in ["one", "two", "three"] {
+        assert_eq!(c.exchange(line), line);
+    }
+}
+
+#[test]
+fn the_shipped_script_drops_the_third_message() {
+    let upstream = echo_server();
+    let proxy = proxy(&shipped("proxy_drop_third.rhai"), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    for line in ["a", "b", "c", "d"] {
+        c.send(line);
+    }
+    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let got: Vec<String> = std::iter::from_fn(|| c.recv()).collect();
+    assert_eq!(got, ["a", "b", "d"]);
+    proxy.wait_stderr("dropped: c");
+}
+
+#[test]
+fn a_reply_matching_a_pattern_is_rewritten() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_server_message(msg) {
+            let found = msg.captures("^price (\\d+)$");
+            if found == () { return msg; }
+            `price ${parse_int(found[1]) * 2}`
+        }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("price 21"), "price 42");
+    assert_eq!(c.exchange("other"), "other");
+}
+
+#[test]
+fn to_client_answers_a_request_the_upstream_never_sees() {
+    let upstream =
+        Running::server(&[
+            script(r#"fn on_message(msg) { log(`upstream got ${msg}`); msg }"#).path(),
+        ]);
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_client_message(msg) {
+            if msg == "PING" { to_client("PONG"); return; }
+            msg
+        }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("PING"), "PONG");
+    assert_eq!(c.exchange("hello"), "hello");
+    upstream.wait_stderr("upstream got hello");
+    assert!(
+        !upstream.stderr().contains("upstream got PING"),
+        "{}",
+        upstream.stderr()
+    );
+}
+
+#[test]
+fn reset_resets_the_client() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_client_message(msg) { if msg == "boom" { reset(); } msg }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("fine"), "fine");
+    c.send("boom");
+    let mut rest = Vec::new();
+    let err = c.stream().read_to_end(&mut rest).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{rest:?}");
+}
+
+#[test]
+fn a_hook_error_names_its_place_and_closes_that_connection_only() {
+    let upstream = echo_server();
+    let s = script(
+        "const FRAMING = \"line\";\nfn on_client_message(msg) {\n    if msg == \"bad\" { throw \"no\"; }\n    msg\n}\n",
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut other = LineClient::connect(proxy.port);
+    assert_eq!(other.exchange("before"), "before");
+    let mut c = LineClient::connect(proxy.port);
+    c.send("bad");
+    c.expect_closed();
+    let stderr = proxy.wait_stderr("test.rhai:3:");
+    assert!(stderr.contains("on_client_message"), "{stderr}");
+    assert_eq!(other.exchange("after"), "after");
+}
+
+#[test]
+fn to_client_in_a_server_script_is_an_error() {
+    let s = script("fn on_connect() { to_client(\"x\") }");
+    let server = Running::server(&[s.path()]);
+    let mut c = LineClient::connect(server.port);
+    c.expect_closed();
+    server.wait_stderr("only be used in a proxy script");
+}
+
+#[test]
+fn toxics_and_a_script_are_refused_together() {
+    let s = script("fn on_client_message(m) { m }");
+    tcpscript()
+        .args([
+            "proxy",
+            s.path(),
+            "--upstream",
+            "127.0.0.1:1",
+            "--latency",
+            "1s",
+        ])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn a_partial_last_line_is_passed_on_at_the_close() {
+    let upstream = echo_server();
+    let s = script("const FRAMING = \"line\";\nfn on_client_message(m) { m }");
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    std::io::Write::write_all(&mut c, b"no newline").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "no newline\n");
+}
+
+#[test]
+fn delay_holds_back_that_message() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_server_message(msg) { if msg == "slow" { delay(300); } msg }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let mut c = LineClient::connect(proxy.port);
+    let started = std::time::Instant::now();
+    assert_eq!(c.exchange("slow"), "slow");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(c.exchange("fast"), "fast");
+}
+
+#[test]
+fn curl_through_a_proxy_that_rewrites_response_headers() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "hello from python\n").unwrap();
+    let port = crate::support::closed_port();
+    let mut command = Command::new("python3");
+    command
+        .args(["-m", "http.server", "--protocol", "HTTP/1.1", "--bind"])
+        .args(["127.0.0.1", &port.to_string()])
+        .current_dir(site.path());
+    let _python = Running::start(command, None);
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < crate::support::PATIENCE,
+            "http.server never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let proxy = proxy(
+        &shipped("proxy_http_header.rhai"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let url = format!("http://127.0.0.1:{}/hello.txt", proxy.port);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "-", &url, &url])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Two requests on one keep-alive connection, each response marked.
+    assert_eq!(
+        text.matches("X-Proxied-By: tcpscript\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("Server: tcpscript-proxy over SimpleHTTP")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches("hello from python\n").count(), 2, "{text}");
+}
