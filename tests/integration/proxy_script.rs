@@ -270,3 +270,42 @@ fn the_shipped_corrupt_script_flips_one_byte_of_the_second_binary_reply() {
     assert_eq!(replies[1][6], payload[6] ^ 0xff);
     proxy.wait_stderr("flipped byte 6 of reply 2");
 }
+
+#[test]
+fn set_gives_a_proxy_script_its_parameters() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        let tag = param("tag", "none");
+        fn on_server_message(msg) { `${tag}:${msg}` }"#,
+    );
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["--set", "tag=x", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("hi"), "x:hi");
+}
+
+#[test]
+fn max_frame_bounds_what_a_proxy_script_takes_in() {
+    let upstream = echo_server();
+    let s = script("const FRAMING = \"line\";\nfn on_client_message(msg) { msg }");
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["--max-frame", "16", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("short"), "short");
+    c.send("a line much longer than sixteen bytes");
+    // The connection ends (closed or reset) rather than take it in.
+    let mut buf = [0u8; 64];
+    match c.stream().read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the line went through: {other:?}"),
+    }
+    proxy.wait_stderr("16 bytes");
+}
