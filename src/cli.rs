@@ -424,6 +424,15 @@ pub struct ProxyArgs {
     /// Longest wait for each connect to the upstream
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub(crate) connect_timeout: Duration,
+    /// With a SCRIPT: a parameter for its param("NAME"); repeatable
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_param, requires = "script")]
+    pub(crate) params: Vec<(String, String)>,
+    /// With a SCRIPT: the largest message its framings accept from either side
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_frame, default_value = "1MiB")]
+    pub(crate) max_frame: usize,
+    /// With a SCRIPT: wall-clock time one hook call may run before it is stopped
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub(crate) hook_timeout: Duration,
     #[command(flatten)]
     pub(crate) toxics: ToxicArgs,
     /// Show each connection's open and close, and the seed
@@ -617,7 +626,15 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
                     .into(),
             ));
         }
-        Some(path) => Some(proxy::scripted::ProxyScript::load(path, verbosity)?),
+        Some(path) => Some(proxy::scripted::ProxyScript::load(
+            path,
+            proxy::scripted::ScriptOptions {
+                params: Arc::new(args.params.iter().cloned().collect()),
+                max_frame: args.max_frame,
+                hook_timeout: args.hook_timeout,
+                verbosity,
+            },
+        )?),
         None => None,
     };
     // Flags that shape nothing on their own are likely a mistake.

@@ -29,16 +29,13 @@ use crate::engine::Limits;
 use crate::error::Error;
 use crate::framing::{self, Decoder, Framing};
 use crate::server::hooks::ServerScript;
-use crate::server::hooks::{Action, ConnectionHooks, DEFAULT_HOOK_TIMEOUT, HookFailure, Reply};
+use crate::server::hooks::{Action, ConnectionHooks, HookFailure, Reply};
 use crate::transcript::Verbosity;
 
 /// Bytes read at a time from either side.
 const READ: usize = 64 * 1024;
 /// Bytes a direction may hold queued before reading stops (see the top).
 const QUEUE_LIMIT: usize = 16 * READ;
-/// Largest message either direction's framing accepts.
-const MAX_FRAME: usize = 1024 * 1024;
-
 /// A loaded proxy script and the framing of each direction.
 pub(crate) struct ProxyScript {
     script: Arc<ServerScript>,
@@ -46,12 +43,29 @@ pub(crate) struct ProxyScript {
     up: Framing,
     /// Upstream to client: `DOWN_FRAMING`, else `FRAMING`, else `raw`.
     down: Framing,
+    /// `--max-frame`: the largest message either direction's framing accepts.
+    max_frame: usize,
+}
+
+/// What `proxy SCRIPT` takes from its flags.
+pub(crate) struct ScriptOptions {
+    pub(crate) params: crate::engine::Params,
+    pub(crate) max_frame: usize,
+    pub(crate) hook_timeout: std::time::Duration,
+    pub(crate) verbosity: Verbosity,
 }
 
 impl ProxyScript {
-    pub(crate) fn load(path: &Path, verbosity: Verbosity) -> Result<Self, Error> {
-        let limits = Limits::default().with_max_frame(MAX_FRAME);
-        let script = ServerScript::load_proxy(path, &limits, DEFAULT_HOOK_TIMEOUT, verbosity)?;
+    pub(crate) fn load(path: &Path, options: ScriptOptions) -> Result<Self, Error> {
+        let max_frame = options.max_frame;
+        let limits = Limits::default().with_max_frame(max_frame);
+        let script = ServerScript::load_proxy(
+            path,
+            &limits,
+            options.hook_timeout,
+            options.params,
+            options.verbosity,
+        )?;
         let both = script.declared_framing()?;
         let up = script.declared_framing_named("UP_FRAMING")?;
         let down = script.declared_framing_named("DOWN_FRAMING")?;
@@ -59,13 +73,14 @@ impl ProxyScript {
         let (up, down) = (pick(up), pick(down));
         for framing in [&up, &down] {
             framing
-                .check_max_frame(MAX_FRAME)
+                .check_max_frame(max_frame)
                 .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
         }
         Ok(ProxyScript {
             script: Arc::new(script),
             up,
             down,
+            max_frame,
         })
     }
 }
@@ -337,10 +352,12 @@ pub(super) async fn relay(
     let mut errors = 0;
     // The framing only matters to the limit on what hooks send, which the
     // proxy checks when it frames them, per direction.
-    let mut hooks = script.script.connection(peer, &Framing::Raw, MAX_FRAME);
+    let mut hooks = script
+        .script
+        .connection(peer, &Framing::Raw, script.max_frame);
     let inbound = |has_hook: bool, framing: &Framing| Inbound {
         buf: BytesMut::new(),
-        decoder: has_hook.then(|| Decoder::new(framing.clone(), MAX_FRAME)),
+        decoder: has_hook.then(|| Decoder::new(framing.clone(), script.max_frame)),
         done: false,
     };
     let mut from_client = inbound(script.script.has_client_message(), &script.up);

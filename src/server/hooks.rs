@@ -427,9 +427,10 @@ impl ServerScript {
         path: &Path,
         limits: &Limits,
         hook_timeout: Duration,
+        params: Params,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let mut script = Self::load(path, limits, hook_timeout, Params::default(), verbosity)?;
+        let mut script = Self::load(path, limits, hook_timeout, params, verbosity)?;
         for name in ["starttls", "broadcast", "peers", "set_framing", "tls_info"] {
             if script.calls_any(&[name]) {
                 return Err(Error::Usage(format!(

@@ -220,3 +220,92 @@ fn curl_through_a_proxy_that_rewrites_response_headers() {
     );
     assert_eq!(text.matches("hello from python\n").count(), 2, "{text}");
 }
+
+#[test]
+fn the_shipped_heal_script_resets_two_connections_then_lets_them_through() {
+    let upstream = echo_server();
+    let proxy = proxy(&shipped("proxy_heal_after_two.rhai"), &upstream.addr());
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        c.set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+        // The reset may come first and refuse the write: what counts is
+        // what the read then sees.
+        let _ = std::io::Write::write_all(&mut c, b"ping\n");
+        let mut buf = [0u8; 16];
+        outcomes.push(match c.read(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => "reset".to_string(),
+            Err(e) => format!("{e}"),
+        });
+    }
+    assert_eq!(outcomes, ["reset", "reset", "ping\n", "ping\n"]);
+    proxy.wait_stderr("connection 2: reset");
+}
+
+#[test]
+fn the_shipped_corrupt_script_flips_one_byte_of_the_second_binary_reply() {
+    let upstream = Running::server(&["--echo", "--framing", "len:u16"]);
+    let proxy = proxy(&shipped("proxy_corrupt_byte.rhai"), &upstream.addr());
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    c.set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+    let payload: Vec<u8> = (0u8..10).chain([0xfe, 0xff]).collect();
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        std::io::Write::write_all(&mut c, &frame).unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut body).unwrap();
+        replies.push(body);
+    }
+    assert_eq!(replies[0], payload);
+    assert_eq!(replies[2], payload);
+    let differing: Vec<usize> = (0..payload.len())
+        .filter(|&i| replies[1][i] != payload[i])
+        .collect();
+    assert_eq!(differing, [6], "{:?}", replies[1]);
+    assert_eq!(replies[1][6], payload[6] ^ 0xff);
+    proxy.wait_stderr("flipped byte 6 of reply 2");
+}
+
+#[test]
+fn set_gives_a_proxy_script_its_parameters() {
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        let tag = param("tag", "none");
+        fn on_server_message(msg) { `${tag}:${msg}` }"#,
+    );
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["--set", "tag=x", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("hi"), "x:hi");
+}
+
+#[test]
+fn max_frame_bounds_what_a_proxy_script_takes_in() {
+    let upstream = echo_server();
+    let s = script("const FRAMING = \"line\";\nfn on_client_message(msg) { msg }");
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["--max-frame", "16", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("short"), "short");
+    c.send("a line much longer than sixteen bytes");
+    // The connection ends (closed or reset) rather than take it in.
+    let mut buf = [0u8; 64];
+    match c.stream().read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the line went through: {other:?}"),
+    }
+    proxy.wait_stderr("16 bytes");
+}
