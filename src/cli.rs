@@ -433,6 +433,16 @@ pub struct ProxyArgs {
     /// With a SCRIPT: wall-clock time one hook call may run before it is stopped
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub(crate) hook_timeout: Duration,
+    /// Write each connection into DIR as N-client.rhai (replays the client,
+    /// asserting the upstream's replies) and N-server.rhai (a mock answering as the upstream did)
+    #[arg(long, value_name = "DIR", conflicts_with = "script")]
+    pub(crate) record: Option<PathBuf>,
+    /// With --record: what one message is, both ways [default: line]
+    #[arg(long, value_name = "FRAMING", requires = "record")]
+    pub(crate) framing: Option<Framing>,
+    /// With --record: assert and match every value literally, no patterns
+    #[arg(long, requires = "record")]
+    pub(crate) record_exact: bool,
     #[command(flatten)]
     pub(crate) toxics: ToxicArgs,
     /// Show each connection's open and close, and the seed
@@ -626,6 +636,25 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
                     .into(),
             ));
         }
+        None if args.record.is_some() && toxics.any() => {
+            return Err(Error::Usage(
+                "--record cannot be combined with the toxics: it writes down the conversation as it is"
+                    .into(),
+            ));
+        }
+        None => match &args.record {
+            Some(dir) => Some(proxy::scripted::ProxyScript::recording(
+                proxy::scripted::Record {
+                    dir: dir.clone(),
+                    upstream: args.upstream.clone(),
+                    exact: args.record_exact,
+                    verbosity,
+                },
+                args.framing.clone().unwrap_or(Framing::Line),
+                args.max_frame,
+            )?),
+            None => None,
+        },
         Some(path) => Some(proxy::scripted::ProxyScript::load(
             path,
             proxy::scripted::ScriptOptions {
@@ -635,7 +664,6 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
                 verbosity,
             },
         )?),
-        None => None,
     };
     // Flags that shape nothing on their own are likely a mistake.
     if !toxics.any() {

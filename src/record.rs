@@ -49,6 +49,8 @@ struct Header {
     started: SystemTime,
     /// The session's TLS flags: the replay needs them too.
     tls: Option<String>,
+    /// The command that recorded it, when not the role's own (`proxy`).
+    by: Option<&'static str>,
 }
 
 impl Header {
@@ -59,7 +61,8 @@ impl Header {
             .map(|f| format!(" {f}"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "// Recorded by `tcpscript {role} --record` on {},\n// {place}.\n// Replay: {replay}{flags}\n",
+            "// Recorded by `tcpscript {} --record` on {},\n// {place}.\n// Replay: {replay}{flags}\n",
+            self.by.unwrap_or(role),
             humantime::format_rfc3339_seconds(self.started)
         ));
         if self.tls.is_some() {
@@ -211,6 +214,12 @@ impl ClientRecorder {
         self.checkpoint();
     }
 
+    /// Recorded by `tcpscript proxy --record`, between a client and an upstream.
+    pub(crate) fn by_proxy(mut self) -> Self {
+        self.recording.header_mut().by = Some("proxy");
+        self
+    }
+
     pub(crate) fn sent(&mut self, message: &[u8]) {
         self.recording.sent(message);
     }
@@ -268,6 +277,12 @@ impl ServerRecorder {
             )
             .over_tls(options.tls.clone()),
         })
+    }
+
+    /// Recorded by `tcpscript proxy --record`, between a client and an upstream.
+    pub(crate) fn by_proxy(mut self) -> Self {
+        self.recording.header_mut().by = Some("proxy");
+        self
     }
 
     pub(crate) fn listening(&mut self, local: SocketAddr) {

@@ -127,7 +127,16 @@ pub(super) async fn proxy(
     let (mut client, mut upstream) = (client, upstream);
     let (ending, up, down) = match &shared.script {
         Some(script) => {
-            super::scripted::relay(&mut client, &mut upstream, peer, script, counts, hard).await
+            super::scripted::relay(
+                &mut client,
+                &mut upstream,
+                peer,
+                index,
+                script,
+                counts,
+                hard,
+            )
+            .await
         }
         None => relay(&mut client, &mut upstream, plan, hard).await,
     };

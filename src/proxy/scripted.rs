@@ -45,6 +45,96 @@ pub(crate) struct ProxyScript {
     down: Framing,
     /// `--max-frame`: the largest message either direction's framing accepts.
     max_frame: usize,
+    /// `--record DIR`: each connection written down as a client script and
+    /// a mock server script.
+    record: Option<Record>,
+}
+
+/// `proxy --record DIR`: where, and as what the upstream is reached.
+pub(crate) struct Record {
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) upstream: String,
+    pub(crate) exact: bool,
+    pub(crate) verbosity: Verbosity,
+}
+
+/// One connection's two recordings: the client's side as a conversation
+/// asserting the upstream's replies, and the upstream as a mock answering
+/// as it did.
+struct Recorders {
+    client: crate::record::ClientRecorder,
+    server: crate::record::ServerRecorder,
+    client_ended: bool,
+}
+
+impl Recorders {
+    fn start(
+        record: &Record,
+        index: u64,
+        peer: SocketAddr,
+        up: &Framing,
+        down: &Framing,
+    ) -> Result<Self, Error> {
+        let options = |name: &str| crate::record::RecordOptions {
+            path: record.dir.join(format!("{index}-{name}.rhai")),
+            exact: record.exact,
+            tls: None,
+        };
+        let client =
+            crate::record::ClientRecorder::start(&options("client"), &record.upstream, up)?
+                .by_proxy();
+        let mut server =
+            crate::record::ServerRecorder::start(&options("server"), "127.0.0.1:0", down)?
+                .by_proxy();
+        server.connected(peer);
+        Ok(Recorders {
+            client,
+            server,
+            client_ended: false,
+        })
+    }
+
+    fn message(&mut self, side: Side, message: &[u8]) {
+        match side {
+            Side::Client => {
+                self.client.sent(message);
+                self.server.message(message);
+                self.client.checkpoint();
+            }
+            Side::Upstream => {
+                self.client.received(bytes::Bytes::copy_from_slice(message));
+                self.server.replied(&String::from_utf8_lossy(message));
+                self.client.checkpoint();
+            }
+        }
+    }
+
+    /// `side` ended its stream. The client ending first is the end of the
+    /// conversation (the replay just stops); the upstream ending first is
+    /// a close the replay expects.
+    fn ended(&mut self, side: Side) {
+        match side {
+            Side::Client => {
+                self.client_ended = true;
+                self.client.input_ended();
+                self.client.checkpoint();
+            }
+            Side::Upstream if !self.client_ended => self.client.closed(),
+            Side::Upstream => {}
+        }
+    }
+
+    fn finish(mut self, ended: &Ending, verbosity: Verbosity) {
+        if !matches!(ended, Ending::Closed) {
+            self.client
+                .failed("the connection did not end with a close");
+        }
+        for result in [self.client.finish(verbosity), self.server.finish(verbosity)] {
+            if let Err(e) = result {
+                crate::console::err(&format!("--record: {e}"));
+            }
+        }
+    }
 }
 
 /// What `proxy SCRIPT` takes from its flags.
@@ -81,6 +171,32 @@ impl ProxyScript {
             up,
             down,
             max_frame,
+            record: None,
+        })
+    }
+
+    /// `proxy --record DIR`: every message passes as it is, and each
+    /// connection is written down.
+    pub(crate) fn recording(
+        record: Record,
+        framing: Framing,
+        max_frame: usize,
+    ) -> Result<Self, Error> {
+        framing
+            .check_max_frame(max_frame)
+            .map_err(|e| Error::Usage(format!("--framing {e}")))?;
+        std::fs::create_dir_all(&record.dir).map_err(|source| Error::WriteFile {
+            path: record.dir.display().to_string(),
+            source,
+        })?;
+        let limits = Limits::default().with_max_frame(max_frame);
+        let script = ServerScript::proxy_pass_through(&limits, record.verbosity)?;
+        Ok(ProxyScript {
+            script: Arc::new(script),
+            up: framing.clone(),
+            down: framing,
+            max_frame,
+            record: Some(record),
         })
     }
 }
@@ -297,6 +413,7 @@ fn deliver(
     hooks: &mut ConnectionHooks,
     outs: &mut Outs,
     errors: &mut u64,
+    recorders: &mut Option<Recorders>,
 ) -> Flow {
     let eof = inbound.done;
     loop {
@@ -324,6 +441,9 @@ fn deliver(
             }
             Err(e) => return Flow::Failed(format!("a message from the {}: {e}", side.name())),
         };
+        if let Some(recorders) = recorders {
+            recorders.message(side, &message);
+        }
         let result = match side {
             Side::Client => hooks.on_client_message(&message),
             Side::Upstream => hooks.on_server_message(&message),
@@ -334,6 +454,9 @@ fn deliver(
         }
     }
     if eof {
+        if let Some(recorders) = recorders {
+            recorders.ended(side);
+        }
         outs.forward(side).push_fin();
     }
     Flow::Go
@@ -345,11 +468,23 @@ pub(super) async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     peer: SocketAddr,
+    index: u64,
     script: &ProxyScript,
     counts: &Counts,
     mut hard: watch::Receiver<bool>,
 ) -> (Ending, u64, u64) {
     let mut errors = 0;
+    let mut recorders = match &script.record {
+        Some(record) => match Recorders::start(record, index, peer, &script.up, &script.down) {
+            Ok(recorders) => Some(recorders),
+            Err(e) => {
+                crate::console::err(&format!("--record: {e}"));
+                errors += 1;
+                None
+            }
+        },
+        None => None,
+    };
     // The framing only matters to the limit on what hooks send, which the
     // proxy checks when it frames them, per direction.
     let mut hooks = script
@@ -425,7 +560,7 @@ pub(super) async fn relay(
                         Ok(_) => {}
                         Err(e) => break read_failed(Side::Client, e),
                     }
-                    flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors);
+                    flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors, &mut recorders);
                 }
                 read = upstream_read.read_buf(&mut from_upstream.buf), if read_upstream => {
                     match read {
@@ -433,7 +568,7 @@ pub(super) async fn relay(
                         Ok(_) => {}
                         Err(e) => break read_failed(Side::Upstream, e),
                     }
-                    flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors);
+                    flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors, &mut recorders);
                 }
                 wrote = upstream_write.write(&outs.up.current[outs.up.written..]), if outs.up.writing() => {
                     match wrote {
@@ -479,6 +614,9 @@ pub(super) async fn relay(
         }
     };
     farewell.actions.clear();
+    if let (Some(recorders), Some(record)) = (recorders, &script.record) {
+        recorders.finish(&ending, record.verbosity);
+    }
     counts.errors.fetch_add(errors, Ordering::Relaxed);
     (ending, outs.up.moved, outs.down.moved)
 }

@@ -53,6 +53,7 @@ impl ClientRecording {
                 file,
                 started,
                 tls: None,
+                by: None,
             },
             connect: connect.to_string(),
             peer: None,
@@ -61,6 +62,10 @@ impl ClientRecording {
             events: Vec::new(),
             error: None,
         }
+    }
+
+    pub(super) fn header_mut(&mut self) -> &mut super::Header {
+        &mut self.header
     }
 
     /// A session over TLS, with the flags that set it up.

@@ -71,6 +71,7 @@ impl ServerRecording {
                 file,
                 started,
                 tls: None,
+                by: None,
             },
             listen: listen.to_string(),
             local: None,
@@ -78,6 +79,10 @@ impl ServerRecording {
             exact,
             connections: Vec::new(),
         }
+    }
+
+    pub(super) fn header_mut(&mut self) -> &mut super::Header {
+        &mut self.header
     }
 
     /// A session over TLS, with the flags that set it up.

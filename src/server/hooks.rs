@@ -445,6 +445,19 @@ impl ServerScript {
         Ok(script)
     }
 
+    /// A proxy script that forwards every message of both directions as it
+    /// is: what `proxy --record` runs, so that it sees whole messages.
+    pub(crate) fn proxy_pass_through(limits: &Limits, verbosity: Verbosity) -> Result<Self, Error> {
+        let mut script = Self::from_source(
+            "<record>",
+            "fn on_client_message(msg) { msg }\nfn on_server_message(msg) { msg }",
+            limits,
+            verbosity,
+        )?;
+        script.proxy = true;
+        Ok(script)
+    }
+
     /// Whether the script has `on_client_message` / `on_server_message`:
     /// a direction without its hook is forwarded as it comes.
     pub(crate) fn has_client_message(&self) -> bool {

@@ -15,6 +15,7 @@ mod memory;
 mod protocols;
 mod protocols_http_smtp;
 mod proxy;
+mod proxy_record;
 mod proxy_script;
 mod record;
 mod runner;
