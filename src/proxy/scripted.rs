@@ -48,6 +48,30 @@ pub(crate) struct ProxyScript {
     /// `--record DIR`: each connection written down as a client script and
     /// a mock server script.
     record: Option<Record>,
+    /// `-v`: every message shown as it arrives, with its direction.
+    verbose: bool,
+}
+
+/// `-v`: one line per message, `c>` from the client, `<s` from the
+/// upstream, with the time since the connection opened.
+struct Tap {
+    prefix: String,
+    start: std::time::Instant,
+}
+
+impl Tap {
+    fn show(&self, side: Side, message: &[u8]) {
+        let arrow = match side {
+            Side::Client => "c>",
+            Side::Upstream => "<s",
+        };
+        crate::console::err(&format!(
+            "{} +{:.3}s {arrow} {}",
+            self.prefix,
+            self.start.elapsed().as_secs_f64(),
+            crate::message::display_line(message)
+        ));
+    }
 }
 
 /// `proxy --record DIR`: where, and as what the upstream is reached.
@@ -172,6 +196,7 @@ impl ProxyScript {
             down,
             max_frame,
             record: None,
+            verbose: options.verbosity >= Verbosity::Verbose,
         })
     }
 
@@ -191,12 +216,14 @@ impl ProxyScript {
         })?;
         let limits = Limits::default().with_max_frame(max_frame);
         let script = ServerScript::proxy_pass_through(&limits, record.verbosity)?;
+        let verbose = record.verbosity >= Verbosity::Verbose;
         Ok(ProxyScript {
             script: Arc::new(script),
             up: framing.clone(),
             down: framing,
             max_frame,
             record: Some(record),
+            verbose,
         })
     }
 }
@@ -414,6 +441,7 @@ fn deliver(
     outs: &mut Outs,
     errors: &mut u64,
     recorders: &mut Option<Recorders>,
+    tap: Option<&Tap>,
 ) -> Flow {
     let eof = inbound.done;
     loop {
@@ -443,6 +471,9 @@ fn deliver(
         };
         if let Some(recorders) = recorders {
             recorders.message(side, &message);
+        }
+        if let Some(tap) = tap {
+            tap.show(side, &message);
         }
         let result = match side {
             Side::Client => hooks.on_client_message(&message),
@@ -474,6 +505,10 @@ pub(super) async fn relay(
     mut hard: watch::Receiver<bool>,
 ) -> (Ending, u64, u64) {
     let mut errors = 0;
+    let tap = script.verbose.then(|| Tap {
+        prefix: format!("#{index} {peer}"),
+        start: std::time::Instant::now(),
+    });
     let mut recorders = match &script.record {
         Some(record) => match Recorders::start(record, index, peer, &script.up, &script.down) {
             Ok(recorders) => Some(recorders),
@@ -560,7 +595,7 @@ pub(super) async fn relay(
                         Ok(_) => {}
                         Err(e) => break read_failed(Side::Client, e),
                     }
-                    flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors, &mut recorders);
+                    flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
                 }
                 read = upstream_read.read_buf(&mut from_upstream.buf), if read_upstream => {
                     match read {
@@ -568,7 +603,7 @@ pub(super) async fn relay(
                         Ok(_) => {}
                         Err(e) => break read_failed(Side::Upstream, e),
                     }
-                    flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors, &mut recorders);
+                    flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
                 }
                 wrote = upstream_write.write(&outs.up.current[outs.up.written..]), if outs.up.writing() => {
                     match wrote {

@@ -309,3 +309,27 @@ fn max_frame_bounds_what_a_proxy_script_takes_in() {
     }
     proxy.wait_stderr("16 bytes");
 }
+
+#[test]
+fn verbose_shows_each_message_with_its_direction() {
+    let upstream = echo_server();
+    let s = script(
+        "const FRAMING = \"line\";\nfn on_client_message(msg) { msg }\nfn on_server_message(msg) { msg.to_upper() }",
+    );
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["-v", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("ping"), "PING");
+    assert_eq!(c.exchange("ping\u{1b}[2J"), "PING\u{1b}[2J");
+    let shown = proxy.wait_stderr("<s <8 bytes");
+    assert!(
+        shown.contains("+0.") && shown.contains(" c> ping\n"),
+        "{shown}"
+    );
+    assert!(shown.contains(" <s ping\n"), "{shown}");
+    // Peer bytes are escaped before they reach a terminal.
+    assert!(!shown.contains('\u{1b}'), "{shown}");
+}
