@@ -18,7 +18,10 @@
 //! - bulk MB/s: one connection writing 256 MiB while reading its echo
 //!   (so 256 MiB each way through the proxy), median of rounds.
 //!
-//! Targets: tcpscript ≥ 0.9x the floor and ahead of socat on each row.
+//! Targets: tcpscript ≥ 0.9x the floor and ahead of socat on each row;
+//! `tcpscript proxy SCRIPT` with a pass-through script in `line` framing
+//! (each message through both hooks) ≥ 0.7x the floor in round trips (the
+//! bulk row streams bytes with no line ends, so it has no figure there).
 //! `TCPSCRIPT_BENCH_BIN=/path/to/tcpscript` measures that binary instead.
 //! Not part of CI's pass/fail: it always exits 0 unless it could not run.
 
@@ -37,6 +40,15 @@ use tokio::runtime::Runtime;
 const BUILT_TCPSCRIPT: &str = env!("CARGO_BIN_EXE_tcpscript");
 const MESSAGE: &[u8; 32] = b"00000000000000000000 ping-pong!\n";
 const BULK: u64 = 256 * 1024 * 1024;
+/// What `tcpscript proxy SCRIPT` runs: each line through both hooks as it is.
+const PASS_THROUGH: &str = "const FRAMING = \"line\";\n\
+    fn on_client_message(msg) { msg }\n\
+    fn on_server_message(msg) { msg }\n";
+/// Where each proxy sits in the list.
+const FLOOR: usize = 0;
+const TCPSCRIPT: usize = 1;
+const SCRIPT: usize = 2;
+const SOCAT: usize = 3;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -80,6 +92,9 @@ fn main() {
 
     let bin = std::env::var("TCPSCRIPT_BENCH_BIN").unwrap_or_else(|_| BUILT_TCPSCRIPT.into());
     let up = upstream.to_string();
+    let pass_through =
+        std::env::temp_dir().join(format!("tcpscript-bench-{}.rhai", std::process::id()));
+    std::fs::write(&pass_through, PASS_THROUGH).unwrap();
     let mut proxies = vec![
         (
             "floor",
@@ -89,6 +104,16 @@ fn main() {
             "tcpscript",
             start(Command::new(&bin).args([
                 "proxy",
+                "-q",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &up,
+            ])),
+        ),
+        (
+            "script",
+            start(Command::new(&bin).arg("proxy").arg(&pass_through).args([
                 "-q",
                 "--listen",
                 "127.0.0.1:0",
@@ -108,40 +133,58 @@ fn main() {
         "tcpscript proxy vs a tokio copy_bidirectional floor and socat; echo upstream; 127.0.0.1; {rounds} rounds"
     );
     println!(
-        "{:<22} {:>12} {:>12} {:>12} {:>9} {:>9}  target",
-        "", "floor", "tcpscript", "socat", "vs floor", "vs socat"
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}  target",
+        "", "floor", "tcpscript", "socat", "script", "vs floor", "vs socat", "script"
     );
     for row in [Row::RoundTrips(1), Row::RoundTrips(50), Row::Bulk] {
         // figures[p][r]: proxy p's figure in round r.
         let mut figures = vec![Vec::new(); proxies.len()];
+        let measured: Vec<usize> = (0..proxies.len())
+            .filter(|&p| p != SCRIPT || matches!(row, Row::RoundTrips(_)))
+            .collect();
         for r in 0..rounds {
-            for i in 0..proxies.len() {
-                let p = (i + r) % proxies.len();
+            for i in 0..measured.len() {
+                let p = measured[(i + r) % measured.len()];
                 let port = proxies[p].1.port;
                 let figure = load.block_on(row.measure(port, round));
                 figures[p].push(figure);
             }
         }
-        let ratio = |p: usize| median((0..rounds).map(|r| figures[1][r] / figures[p][r]).collect());
-        let vs_floor = ratio(0);
-        let vs_socat = have_socat.then(|| ratio(2));
-        let pass = vs_floor >= 0.9 && vs_socat.is_none_or(|v| v > 1.0);
+        let ratio = |of: usize, to: usize| {
+            (!figures[of].is_empty()).then(|| {
+                median(
+                    (0..rounds)
+                        .map(|r| figures[of][r] / figures[to][r])
+                        .collect(),
+                )
+            })
+        };
+        let vs_floor = ratio(TCPSCRIPT, FLOOR).unwrap_or_default();
+        let vs_socat = have_socat.then(|| ratio(TCPSCRIPT, SOCAT)).flatten();
+        let script = ratio(SCRIPT, FLOOR);
+        let pass =
+            vs_floor >= 0.9 && vs_socat.is_none_or(|v| v > 1.0) && script.is_none_or(|v| v >= 0.7);
         let cell = |p: usize| {
             figures
                 .get(p)
+                .filter(|f| !f.is_empty())
                 .map_or("-".to_string(), |f| format!("{:.0}", median(f.clone())))
         };
+        let times = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
         println!(
-            "{:<22} {:>12} {:>12} {:>12} {:>8.2}x {:>9}  {} (≥0.9x floor, > socat)",
+            "{:<22} {:>10} {:>10} {:>10} {:>10} {:>8.2}x {:>9} {:>9}  {} (≥0.9x floor, > socat; script ≥0.7x floor)",
             row.name(),
-            cell(0),
-            cell(1),
-            cell(2),
+            cell(FLOOR),
+            cell(TCPSCRIPT),
+            cell(SOCAT),
+            cell(SCRIPT),
             vs_floor,
-            vs_socat.map_or("-".into(), |v| format!("{v:.2}x")),
+            times(vs_socat),
+            times(script),
             if pass { "PASS" } else { "FAIL" },
         );
     }
+    let _ = std::fs::remove_file(&pass_through);
 }
 
 #[derive(Debug, Clone, Copy)]
