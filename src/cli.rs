@@ -443,6 +443,10 @@ pub struct ProxyArgs {
     /// With --record: assert and match every value literally, no patterns
     #[arg(long, requires = "record")]
     pub(crate) record_exact: bool,
+    /// Events on stdout, one JSON object per line: each connection's open
+    /// and close, and with a SCRIPT or --record each message
+    #[arg(long)]
+    pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) toxics: ToxicArgs,
     /// Show each connection's open and close, and the seed
@@ -695,6 +699,7 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
             toxics,
             seed: args.toxics.seed,
             verbosity,
+            json: args.json,
         },
         script,
     )

@@ -116,6 +116,16 @@ pub(super) async fn proxy(
     if plan.is_some() {
         counts.faulted.fetch_add(1, Ordering::Relaxed);
     }
+    if let Some(events) = &shared.events {
+        events.emit(
+            "open",
+            serde_json::json!({
+                "connection": index,
+                "peer": peer.to_string(),
+                "toxics": plan.is_some(),
+            }),
+        );
+    }
     let verbose = options.verbosity >= Verbosity::Verbose;
     if verbose {
         let toxics = if plan.is_some() { " (toxics)" } else { "" };
@@ -169,6 +179,18 @@ pub(super) async fn proxy(
     counts.bytes_up.fetch_add(up, Ordering::Relaxed);
     counts.bytes_down.fetch_add(down, Ordering::Relaxed);
     counts.connections.fetch_add(1, Ordering::Relaxed);
+    if let Some(events) = &shared.events {
+        events.emit(
+            "close",
+            serde_json::json!({
+                "connection": index,
+                "how": ending.describe(),
+                "seconds": connected.elapsed().as_secs_f64(),
+                "bytes_up": up,
+                "bytes_down": down,
+            }),
+        );
+    }
     if verbose {
         console::err(&format!(
             "#{index} {peer} {} after {:.3}s: {up} bytes up, {down} down",

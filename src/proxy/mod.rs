@@ -39,6 +39,8 @@ pub(crate) struct ProxyOptions {
     /// `None`: a random seed, shown with `-v`.
     pub(crate) seed: Option<u64>,
     pub(crate) verbosity: Verbosity,
+    /// `--json`: events on stdout, one object per line.
+    pub(crate) json: bool,
 }
 
 /// What every connection task shares.
@@ -51,6 +53,9 @@ struct Shared {
     counts: Counts,
     /// `proxy SCRIPT`: the script every connection's messages go through.
     script: Option<scripted::ProxyScript>,
+    /// `--json`: each connection's open and close (and, through a script
+    /// or `--record`, each message) as events.
+    events: Option<crate::report::events::TestEvents>,
 }
 
 /// Added to by each connection as it ends; every connection ends (or is
@@ -89,8 +94,14 @@ impl Counts {
 /// `tcpscript proxy`: forwards until SIGINT or SIGTERM, then prints a summary.
 pub(crate) fn run(
     options: ProxyOptions,
-    script: Option<scripted::ProxyScript>,
+    mut script: Option<scripted::ProxyScript>,
 ) -> Result<(), Error> {
+    let events = options
+        .json
+        .then(|| crate::report::events::Events::to_stdout().for_test("proxy"));
+    if let Some(script) = &mut script {
+        script.events = events.clone();
+    }
     let upstream = resolve(&options.upstream)?;
     let runtime = crate::server::runtime()?;
     let result = runtime.block_on(async {
@@ -120,8 +131,12 @@ pub(crate) fn run(
             seed,
             counts: Counts::default(),
             script,
+            events,
         });
-        let summary = serve(listener, shared, stop).await;
+        let summary = serve(listener, shared.clone(), stop).await;
+        if let Some(events) = &shared.events {
+            events.emit("summary", serde_json::json!({ "summary": summary }));
+        }
         console::err(&summary);
         Ok(())
     });

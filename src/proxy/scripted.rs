@@ -50,6 +50,8 @@ pub(crate) struct ProxyScript {
     record: Option<Record>,
     /// `-v`: every message shown as it arrives, with its direction.
     verbose: bool,
+    /// `--json`: every message an event too.
+    pub(crate) events: Option<crate::report::events::TestEvents>,
 }
 
 /// `-v`: one line per message, `c>` from the client, `<s` from the
@@ -57,10 +59,26 @@ pub(crate) struct ProxyScript {
 struct Tap {
     prefix: String,
     start: std::time::Instant,
+    verbose: bool,
+    index: u64,
+    events: Option<crate::report::events::TestEvents>,
 }
 
 impl Tap {
     fn show(&self, side: Side, message: &[u8]) {
+        if let Some(events) = &self.events {
+            let mut fields = crate::report::events::message_fields(message);
+            fields.insert("connection".into(), self.index.into());
+            let direction = match side {
+                Side::Client => "up",
+                Side::Upstream => "down",
+            };
+            fields.insert("direction".into(), direction.into());
+            events.emit("message", serde_json::Value::Object(fields));
+        }
+        if !self.verbose {
+            return;
+        }
         let arrow = match side {
             Side::Client => "c>",
             Side::Upstream => "<s",
@@ -197,6 +215,7 @@ impl ProxyScript {
             max_frame,
             record: None,
             verbose: options.verbosity >= Verbosity::Verbose,
+            events: None,
         })
     }
 
@@ -224,6 +243,7 @@ impl ProxyScript {
             max_frame,
             record: Some(record),
             verbose,
+            events: None,
         })
     }
 }
@@ -505,9 +525,12 @@ pub(super) async fn relay(
     mut hard: watch::Receiver<bool>,
 ) -> (Ending, u64, u64) {
     let mut errors = 0;
-    let tap = script.verbose.then(|| Tap {
+    let tap = (script.verbose || script.events.is_some()).then(|| Tap {
         prefix: format!("#{index} {peer}"),
         start: std::time::Instant::now(),
+        verbose: script.verbose,
+        index,
+        events: script.events.clone(),
     });
     let mut recorders = match &script.record {
         Some(record) => match Recorders::start(record, index, peer, &script.up, &script.down) {

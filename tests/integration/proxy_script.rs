@@ -333,3 +333,31 @@ fn verbose_shows_each_message_with_its_direction() {
     // Peer bytes are escaped before they reach a terminal.
     assert!(!shown.contains('\u{1b}'), "{shown}");
 }
+
+#[test]
+fn json_events_tell_each_connection_and_message() {
+    let upstream = echo_server();
+    let s = script("const FRAMING = \"line\";\nfn on_client_message(msg) { msg }");
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["--json", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    assert_eq!(c.exchange("ping"), "ping");
+    drop(c);
+    let out = proxy.wait_stdout("\"event\":\"close\"");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["open", "message", "close"], "{out}");
+    assert_eq!(events[1]["direction"], "up");
+    assert_eq!(events[1]["text"], "ping");
+    assert_eq!(events[2]["bytes_up"], 5);
+    assert_eq!(events[2]["bytes_down"], 5);
+}
