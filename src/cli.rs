@@ -427,7 +427,7 @@ pub struct ProxyArgs {
     /// With a SCRIPT: a parameter for its param("NAME"); repeatable
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_param, requires = "script")]
     pub(crate) params: Vec<(String, String)>,
-    /// With a SCRIPT: the largest message its framings accept from either side
+    /// With a SCRIPT or --record: the largest message its framings accept from either side
     #[arg(long, value_name = "BYTES", value_parser = parse_max_frame, default_value = "1MiB")]
     pub(crate) max_frame: usize,
     /// With a SCRIPT: wall-clock time one hook call may run before it is stopped
