@@ -107,7 +107,18 @@ struct Recorders {
     client: crate::record::ClientRecorder,
     server: crate::record::ServerRecorder,
     client_ended: bool,
+    index: u64,
+    /// Messages and bytes written down so far: a recording is kept whole
+    /// and rewritten after every message, so a connection that goes on
+    /// and on is recorded up to a limit, then only forwarded.
+    kept: usize,
+    kept_bytes: usize,
+    full: bool,
 }
+
+/// What `--record` keeps of one connection, at most.
+const RECORD_MESSAGES: usize = 1_000;
+const RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 impl Recorders {
     fn start(
@@ -133,10 +144,31 @@ impl Recorders {
             client,
             server,
             client_ended: false,
+            index,
+            kept: 0,
+            kept_bytes: 0,
+            full: false,
         })
     }
 
     fn message(&mut self, side: Side, message: &[u8]) {
+        if self.full {
+            return;
+        }
+        if self.kept >= RECORD_MESSAGES || self.kept_bytes + message.len() > RECORD_BYTES {
+            self.full = true;
+            let why = format!(
+                "the recording stopped after {} messages ({} bytes): --record keeps at most \
+                 {RECORD_MESSAGES} messages or {RECORD_BYTES} bytes of a connection",
+                self.kept, self.kept_bytes
+            );
+            crate::console::err(&format!("--record: connection #{}: {why}", self.index));
+            self.client.failed(&why);
+            self.client.checkpoint();
+            return;
+        }
+        self.kept += 1;
+        self.kept_bytes += message.len();
         match side {
             Side::Client => {
                 self.client.sent(message);
@@ -155,6 +187,9 @@ impl Recorders {
     /// conversation (the replay just stops); the upstream ending first is
     /// a close the replay expects.
     fn ended(&mut self, side: Side) {
+        if self.full {
+            return;
+        }
         match side {
             Side::Client => {
                 self.client_ended = true;

@@ -83,3 +83,27 @@ fn replay_client(script: &Path, addr: &str) {
         .assert()
         .success();
 }
+
+#[test]
+fn a_long_connection_is_recorded_up_to_a_limit_and_still_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rec");
+    let upstream = Running::server(&["--echo"]);
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", "--upstream", &upstream.addr(), "--listen", "127.0.0.1:0"])
+        .arg("--record")
+        .arg(&out);
+    let proxy = Running::listening(command, None);
+    let mut c = crate::support::LineClient::connect(proxy.port);
+    for n in 0..600 {
+        let line = format!("line {n}");
+        assert_eq!(c.exchange(&line), line);
+    }
+    proxy.wait_stderr("the recording stopped after 1000 messages");
+    drop(c);
+    proxy.wait_stderr("recorded 500 exchanges to");
+    let text = std::fs::read_to_string(out.join("1-client.rhai")).unwrap();
+    assert_eq!(text.matches("\nsend(").count(), 500, "{text}");
+    assert!(text.contains("--record keeps at most 1000 messages"), "{text}");
+}
