@@ -275,8 +275,6 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     let conversations = tally.passed + tally.failed;
     let per_second = conversations as f64 / seconds;
     let messages = tally.sent + tally.received;
-    let quantile = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
-    let handshake = |q: f64| tally.handshake.value_at_quantile(q) as f64 / 1000.0;
     let tls = !tally.handshake.is_empty();
     let mut failures: Vec<(&String, u64)> = tally
         .failures
@@ -296,25 +294,16 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
             "conversations_per_second": per_second,
             "messages": messages,
             "messages_per_second": messages as f64 / seconds,
-            "latency_ms": {
-                "p50": quantile(0.5),
-                "p90": quantile(0.9),
-                "p99": quantile(0.99),
-                "max": tally.latency.max() as f64 / 1000.0,
-            },
+            "latency_ms": Spread::of(&tally.latency).json(),
             "failures": failures
                 .iter()
                 .map(|(message, count)| json!({ "message": message, "count": count }))
                 .collect::<Vec<_>>(),
         });
         if tls {
-            summary["handshake_ms"] = json!({
-                "count": tally.handshake.len(),
-                "p50": handshake(0.5),
-                "p90": handshake(0.9),
-                "p99": handshake(0.99),
-                "max": tally.handshake.max() as f64 / 1000.0,
-            });
+            let mut handshake = Spread::of(&tally.handshake).json();
+            handshake["count"] = json!(tally.handshake.len());
+            summary["handshake_ms"] = handshake;
         }
         println!("{summary}");
         return;
@@ -329,19 +318,13 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
         messages as f64 / seconds
     ));
     crate::console::err(&format!(
-        "latency per conversation: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        quantile(0.5),
-        quantile(0.9),
-        quantile(0.99),
-        tally.latency.max() as f64 / 1000.0
+        "latency per conversation: {}",
+        Spread::of(&tally.latency).text()
     ));
     if tls {
         crate::console::err(&format!(
-            "TLS handshake (within the above): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            handshake(0.5),
-            handshake(0.9),
-            handshake(0.99),
-            tally.handshake.max() as f64 / 1000.0
+            "TLS handshake (within the above): {}",
+            Spread::of(&tally.handshake).text()
         ));
     }
     crate::console::err(&format!("{} passed, {} failed", tally.passed, tally.failed));
@@ -350,6 +333,37 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
             "  {count} × {}",
             crate::message::escape_controls(message)
         ));
+    }
+}
+
+/// A histogram of microseconds as the milliseconds a report shows.
+struct Spread {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Spread {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p90: ms(histogram.value_at_quantile(0.9)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({ "p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            self.p50, self.p90, self.p99, self.max
+        )
     }
 }
 

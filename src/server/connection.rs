@@ -163,37 +163,7 @@ impl<S: Transport> ServerConnection<S> {
     /// Takes the stream out, keeping the rest (the buffers, the framing,
     /// the counts) for [`ServerConnection::over`].
     pub(super) fn detach(self) -> (S, ServerConnection<()>) {
-        let ServerConnection {
-            stream,
-            decoder,
-            framing,
-            buf,
-            out,
-            out_sent,
-            eof,
-            read_size,
-            write_timeout,
-            stop,
-            transcript,
-            messages_in,
-            messages_out,
-        } = self;
-        let rest = ServerConnection {
-            stream: (),
-            decoder,
-            framing,
-            buf,
-            out,
-            out_sent,
-            eof,
-            read_size,
-            write_timeout,
-            stop,
-            transcript,
-            messages_in,
-            messages_out,
-        };
-        (stream, rest)
+        self.swap_stream(())
     }
 
     /// What `tls_info()` returns to this connection's hooks.
@@ -385,18 +355,12 @@ impl<S: Transport> ServerConnection<S> {
     }
 }
 
-impl ServerConnection<()> {
-    /// Bytes received and not yet taken as a message.
-    pub(super) fn unread(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Carries on over `stream` (TLS, after `starttls()`), its framing
-    /// starting afresh.
-    pub(super) fn over<S: Transport>(self, stream: S) -> ServerConnection<S> {
+impl<S> ServerConnection<S> {
+    /// The same connection over `stream`, and the stream it had.
+    fn swap_stream<T>(self, stream: T) -> (S, ServerConnection<T>) {
         let ServerConnection {
-            stream: (),
-            mut decoder,
+            stream: old,
+            decoder,
             framing,
             buf,
             out,
@@ -409,8 +373,7 @@ impl ServerConnection<()> {
             messages_in,
             messages_out,
         } = self;
-        decoder.reset();
-        ServerConnection {
+        let swapped = ServerConnection {
             stream,
             decoder,
             framing,
@@ -424,7 +387,22 @@ impl ServerConnection<()> {
             transcript,
             messages_in,
             messages_out,
-        }
+        };
+        (old, swapped)
+    }
+}
+
+impl ServerConnection<()> {
+    /// Bytes received and not yet taken as a message.
+    pub(super) fn unread(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Carries on over `stream` (TLS, after `starttls()`), its framing
+    /// starting afresh.
+    pub(super) fn over<S: Transport>(mut self, stream: S) -> ServerConnection<S> {
+        self.decoder.reset();
+        self.swap_stream(stream).1
     }
 }
 

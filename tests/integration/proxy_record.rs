@@ -91,7 +91,13 @@ fn a_long_connection_is_recorded_up_to_a_limit_and_still_forwarded() {
     let upstream = Running::server(&["--echo"]);
     let mut command = Command::new(BIN);
     command
-        .args(["proxy", "--upstream", &upstream.addr(), "--listen", "127.0.0.1:0"])
+        .args([
+            "proxy",
+            "--upstream",
+            &upstream.addr(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--record")
         .arg(&out);
     let proxy = Running::listening(command, None);
@@ -105,5 +111,8 @@ fn a_long_connection_is_recorded_up_to_a_limit_and_still_forwarded() {
     proxy.wait_stderr("recorded 500 exchanges to");
     let text = std::fs::read_to_string(out.join("1-client.rhai")).unwrap();
     assert_eq!(text.matches("\nsend(").count(), 500, "{text}");
-    assert!(text.contains("--record keeps at most 1000 messages"), "{text}");
+    assert!(
+        text.contains("--record keeps at most 1000 messages"),
+        "{text}"
+    );
 }
