@@ -1,5 +1,6 @@
 //! Integration tests: the real binary over real loopback sockets.
 
+mod action;
 mod bad_input;
 mod binary;
 mod builtins;
