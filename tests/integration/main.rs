@@ -7,6 +7,7 @@ mod builtins;
 mod check;
 mod client;
 mod diagnostics;
+mod generate;
 mod hostile;
 mod interop;
 mod isolation;
