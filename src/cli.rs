@@ -562,12 +562,7 @@ impl Command {
     /// `stack`): a server's top level, a client's conversation and the
     /// values they leave behind all live on it.
     fn run(self) -> Result<(), Error> {
-        match self {
-            // No script runs: no thread with a script-sized stack either.
-            Command::Completions(args) => crate::generate::completions::<Cli>(args.shell),
-            Command::Man(args) => crate::generate::man::<Cli>(args.command.as_deref()),
-            command => crate::stack::run("tcpscript", move || command.execute())?,
-        }
+        crate::stack::run("tcpscript", move || self.execute())?
     }
 
     fn execute(self) -> Result<(), Error> {
@@ -577,9 +572,8 @@ impl Command {
             Command::Test(args) => run_test(args),
             Command::Check(args) => check::run(&args.scripts, args.quiet),
             Command::Proxy(args) => run_proxy(args),
-            Command::Completions(_) | Command::Man(_) => {
-                unreachable!("run without a script thread")
-            }
+            Command::Completions(args) => crate::generate::completions::<Cli>(args.shell),
+            Command::Man(args) => crate::generate::man::<Cli>(args.command.as_deref()),
         }
     }
 }
