@@ -37,7 +37,8 @@ const LOAD_CASE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpscript",
-    version,
+    // The version, and the commit when built from git (see build.rs).
+    version = env!("TCPSCRIPT_VERSION"),
     about = "Drive TCP clients and servers from Rhai scripts",
     long_about = "Drive TCP clients and servers from Rhai scripts.\n\n\
         A server script says how to reply to every message; a client script says \
@@ -64,6 +65,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Forward connections to an upstream, with network faults on demand
     Proxy(ProxyArgs),
+    /// Print a shell completion script, e.g. `tcpscript completions bash > /etc/bash_completion.d/tcpscript`
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `tcpscript man | man -l -`
+    Man(ManArgs),
 }
 
 /// Flags both roles share.
@@ -522,6 +527,20 @@ pub struct CheckArgs {
     pub(crate) quiet: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command's own page (tcpscript-COMMAND(1)) instead of tcpscript(1)
+    #[arg(value_name = "COMMAND")]
+    pub(crate) command: Option<String>,
+}
+
 impl Cli {
     /// Runs the command and reports how it ended; returns the exit code.
     pub fn run(self) -> u8 {
@@ -553,6 +572,8 @@ impl Command {
             Command::Test(args) => run_test(args),
             Command::Check(args) => check::run(&args.scripts, args.quiet),
             Command::Proxy(args) => run_proxy(args),
+            Command::Completions(args) => crate::generate::completions::<Cli>(args.shell),
+            Command::Man(args) => crate::generate::man::<Cli>(args.command.as_deref()),
         }
     }
 }

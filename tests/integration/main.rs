@@ -1,11 +1,13 @@
 //! Integration tests: the real binary over real loopback sockets.
 
+mod action;
 mod bad_input;
 mod binary;
 mod builtins;
 mod check;
 mod client;
 mod diagnostics;
+mod generate;
 mod hostile;
 mod interop;
 mod isolation;
