@@ -324,6 +324,9 @@ pub struct TestArgs {
     /// Write a JUnit XML report
     #[arg(long, value_name = "FILE")]
     pub(crate) junit: Option<PathBuf>,
+    /// Write a self-contained HTML report, to open in a browser
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: Option<PathBuf>,
     /// Print a TAP version 13 report on stdout
     #[arg(long, conflicts_with = "json")]
     pub(crate) tap: bool,
@@ -892,6 +895,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
         }),
         jobs: args.jobs,
         junit: args.junit,
+        html: args.html,
         tap: args.tap,
         json: args.json,
     })

@@ -2,6 +2,7 @@
 
 pub(crate) mod events; // --json: one event per line
 pub(crate) mod github; // GitHub Actions: ::error annotations and the step summary
+pub(crate) mod html; // --html FILE: a self-contained page
 pub(crate) mod junit; // --junit FILE: JUnit XML
 pub(crate) mod tap; // --tap: TAP version 13
 
