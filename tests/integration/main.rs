@@ -7,6 +7,7 @@ mod check;
 mod client;
 mod diagnostics;
 mod hostile;
+mod html_report;
 mod interop;
 mod isolation;
 mod load;

@@ -88,7 +88,11 @@ pub(crate) fn render(results: &[CaseResult], total: Duration) -> String {
     order.sort_by_key(|(_, r)| r.outcome.passed());
 
     let mut out = String::with_capacity(16 * 1024);
-    let title = format!("tcpscript: {passed} passed, {failed} failed, {errors} errors");
+    let errors = match errors {
+        1 => "1 error".to_string(),
+        n => format!("{n} errors"),
+    };
+    let title = format!("tcpscript: {passed} passed, {failed} failed, {errors}");
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -102,10 +106,9 @@ pub(crate) fn render(results: &[CaseResult], total: Duration) -> String {
         "<header>\n<h1>tcpscript test report</h1>\n<p class=\"summary\">\
          <span class=\"count passed\">{passed} passed</span> \
          <span class=\"count failed\">{failed} failed</span> \
-         <span class=\"count error\">{errors} {}</span> \
+         <span class=\"count error\">{errors}</span> \
          <span class=\"count total\">{} cases</span> \
          <span class=\"duration\">in {:.2} s</span></p>\n",
-        if errors == 1 { "error" } else { "errors" },
         results.len(),
         total.as_secs_f64()
     );
