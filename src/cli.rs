@@ -296,6 +296,9 @@ pub struct ClientArgs {
     /// Load mode: start at most this many conversations per second
     #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
+    /// Load mode: write a self-contained HTML report with charts
+    #[arg(long, value_name = "FILE", requires = "script")]
+    pub(crate) html: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,
     #[command(flatten)]
@@ -748,7 +751,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         (None, Some(iterations)) => Some(Until::Iterations(iterations)),
         (None, None) => None,
     };
-    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() {
+    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() || args.html.is_some() {
         let Some(until) = until else {
             return Err(Error::Usage(
                 "load mode needs --duration or --iterations to know when to stop".into(),
@@ -763,6 +766,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             until,
             rate: args.rate,
             json: args.json,
+            html: args.html,
         });
     }
     let events = args

@@ -19,6 +19,8 @@
 //! Every text from a script or a peer goes through [`escape`] on its way
 //! in; the rest is this file's own markup.
 
+pub(crate) mod load; // load mode's --html: figures and charts
+
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -67,6 +69,19 @@ pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The page up to `<body>`: its title, the style, and a policy that lets
+/// nothing but that style in.
+fn head(out: &mut String, title: &str) {
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n",
+        escape(title)
+    );
+}
+
 /// How a case ended, as the page names it (and its CSS class).
 fn status(outcome: &Outcome) -> (&'static str, &'static str) {
     match outcome {
@@ -93,14 +108,7 @@ pub(crate) fn render(results: &[CaseResult], total: Duration) -> String {
         n => format!("{n} errors"),
     };
     let title = format!("tcpscript: {passed} passed, {failed} failed, {errors}");
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n",
-        escape(&title)
-    );
+    head(&mut out, &title);
     let _ = write!(
         out,
         "<header>\n<h1>tcpscript test report</h1>\n<p class=\"summary\">\
