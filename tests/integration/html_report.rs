@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 
-use crate::support::tcpscript;
+use crate::support::{Running, tcpscript};
 
 /// Replies as told: markup for `hostile`, bytes that are not text for
 /// `binary`, and anything else echoed.
@@ -383,4 +383,138 @@ fn two_hundred_cases_of_megabyte_messages_make_a_small_report_that_opens() {
     // Messages and values are shown by their start and their length.
     assert!(dom.contains("x… (1000000 bytes)</td>"));
     assert!(dom.contains("x… (1000002 bytes in all)"));
+}
+
+/// Every third conversation gets markup instead of its echo, and the
+/// client throws what it got: failures grouped by a peer's text.
+const LOAD_SERVER: &str = r#"
+fn on_message(msg) {
+    if shared_add("seen", 1) % 3 == 0 {
+        return "<script>alert(1)</script>";
+    }
+    msg
+}
+"#;
+const LOAD_CLIENT: &str =
+    "send(\"ping\");\nlet reply = recv();\nif reply != \"ping\" { throw reply; }\n";
+
+/// The load run, its report and the DOM Chromium built from it.
+fn load_run() -> &'static (tempfile::TempDir, String) {
+    static LOAD: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
+    LOAD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let server_script = dir.path().join("server.rhai");
+        std::fs::write(&server_script, LOAD_SERVER).unwrap();
+        let client = dir.path().join("client.rhai");
+        std::fs::write(&client, LOAD_CLIENT).unwrap();
+        let server = Running::server(&[server_script.to_str().unwrap(), "-q"]);
+        let report = dir.path().join("load.html");
+        tcpscript()
+            .arg("client")
+            .arg(&client)
+            .args(["--connect", &server.addr()])
+            .args(["--concurrency", "2", "--duration", "2500ms", "--html"])
+            .arg(&report)
+            .assert()
+            .code(3);
+        let dom = dump_dom(&report, Duration::from_secs(120));
+        (dir, dom)
+    })
+}
+
+/// The `<figure>` of the chart `id`.
+fn figure<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("<figure class=\"chart\" id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no chart {id} in {dom}"));
+    let end = start + dom[start..].find("</figure>").unwrap();
+    &dom[start..end]
+}
+
+#[test]
+fn a_load_report_has_three_svg_charts_with_axes_units_and_legends() {
+    let dom = &load_run().1;
+    let ticks =
+        Regex::new(r#"<text x="[\d.]+" y="[\d.]+" text-anchor="(end|middle)">[\d.%]+</text>"#)
+            .unwrap();
+    for (id, x_label, y_label, legend) in [
+        (
+            "throughput",
+            "seconds since the start",
+            "per second",
+            &["conversations/s", "failures/s"][..],
+        ),
+        (
+            "latency",
+            "seconds since the start",
+            "latency (ms)",
+            &["p50", "p90", "p99"][..],
+        ),
+        (
+            "distribution",
+            "percentile",
+            "latency (ms)",
+            &["latency"][..],
+        ),
+    ] {
+        let chart = figure(dom, id);
+        assert_eq!(chart.matches("<svg ").count(), 1, "{chart}");
+        assert!(chart.contains("<g class=\"axis x\""), "{chart}");
+        assert!(chart.contains("<g class=\"axis y\""), "{chart}");
+        assert!(chart.contains(&format!(">{x_label}</text>")), "{chart}");
+        assert!(chart.contains(&format!(">{y_label}</text>")), "{chart}");
+        // Two labelled ticks or more on each axis.
+        assert!(ticks.find_iter(chart).count() >= 4, "{chart}");
+        for name in legend {
+            assert!(
+                chart.contains(&format!(
+                    "<polyline class=\"series\" data-series=\"{name}\""
+                )),
+                "no {name} line in {chart}"
+            );
+            assert!(
+                chart.contains(&format!(">{name}</text>")),
+                "no {name} legend in {chart}"
+            );
+        }
+    }
+    // The run lasted 2.5 s: throughput has a point for each of its seconds.
+    let throughput = figure(dom, "throughput");
+    let points = Regex::new(r#"data-series="conversations/s"[^>]*points="([^"]*)""#).unwrap();
+    let points = &points.captures(throughput).unwrap()[1];
+    assert!(points.split(' ').count() >= 2, "{points}");
+}
+
+#[test]
+fn a_load_report_groups_failures_by_message_and_escapes_them() {
+    let dom = &load_run().1;
+    let failures = Regex::new(
+        r#"<tr><td class="time">(\d+)</td><td class="time">[\d.]+%</td><td class="message">[^<]*&lt;script&gt;alert\(1\)&lt;/script&gt;[^<]*</td></tr>"#,
+    )
+    .unwrap();
+    let rows: Vec<_> = failures.captures_iter(dom).collect();
+    assert_eq!(rows.len(), 1, "{dom}");
+    assert!(rows[0][1].parse::<u64>().unwrap() > 0);
+    assert_eq!(dom.to_lowercase().matches("<script").count(), 0, "{dom}");
+}
+
+#[test]
+fn a_screenshot_of_the_load_report_is_not_blank() {
+    let dir = &load_run().0;
+    let png = dir.path().join("load.png");
+    run_chromium(
+        &dir.path().join("load.html"),
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1000,900",
+            "--hide-scrollbars",
+        ],
+        Duration::from_secs(120),
+    );
+    let size = std::fs::metadata(&png).unwrap().len();
+    assert!(size > 20_000, "screenshot of {size} bytes");
+    // The conversations/s line's blue: a chart was drawn.
+    let (colours, blue) = png_colours(&png, [0x09, 0x69, 0xda]);
+    assert!(colours > 16, "{colours} colours");
+    assert!(blue, "no chart line in the screenshot");
 }
