@@ -62,22 +62,25 @@ struct Chart<'a> {
     series: Vec<Series>,
 }
 
-/// Round steps (1, 2 or 5 × 10ⁿ) from 0 to at least `max`.
+/// Round steps (1, 2 or 5 × 10ⁿ) from 0 to at least `max`: the finest
+/// step that needs at most 8 of them, so the axis ends near the data.
 fn ticks(max: f64) -> (f64, Vec<f64>) {
     let max = if max > 0.0 && max.is_finite() {
         max
     } else {
         1.0
     };
-    let raw = max / 5.0;
-    let magnitude = 10f64.powf(raw.log10().floor());
-    let step = match raw / magnitude {
-        r if r <= 1.0 => 1.0,
-        r if r <= 2.0 => 2.0,
-        r if r <= 5.0 => 5.0,
-        _ => 10.0,
-    } * magnitude;
-    let count = (max / step - 1e-9).ceil().max(1.0) as usize;
+    let mut magnitude = 10f64.powf((max / 10.0).log10().floor());
+    let (step, count) = loop {
+        if let Some(found) = [1.0, 2.0, 5.0].iter().find_map(|m| {
+            let step = m * magnitude;
+            let count = (max / step - 1e-9).ceil().max(1.0);
+            (count <= 8.0).then_some((step, count as usize))
+        }) {
+            break found;
+        }
+        magnitude *= 10.0;
+    };
     let values = (0..=count).map(|i| i as f64 * step).collect();
     (count as f64 * step, values)
 }
@@ -206,7 +209,8 @@ fn time_ticks(max: f64) -> (f64, Vec<(f64, String)>) {
     (top, labelled)
 }
 
-/// Per-bucket points: x at the bucket's start, in seconds. The last
+/// Per-bucket points: x in the middle of the time the bucket covers, in
+/// seconds. The last
 /// bucket is usually cut short by the run's end, so it is divided by the
 /// time it covered, not its width; under a quarter of its width, it is
 /// left out: a run that ends 10 ms into a second would draw a cliff.
@@ -227,7 +231,7 @@ fn over_time(
             if covered < width / 4.0 && i + 1 == buckets.len() {
                 return None;
             }
-            value(bucket, covered.max(width / 4.0)).map(|v| (start, v))
+            value(bucket, covered.max(width / 4.0)).map(|v| (start + covered / 2.0, v))
         })
         .collect()
 }
@@ -413,6 +417,8 @@ mod tests {
     fn ticks_are_round_and_cover_the_data() {
         assert_eq!(ticks(9.0), (10.0, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]));
         assert_eq!(ticks(0.0).0, 1.0);
+        assert_eq!(ticks(6.02).0, 7.0);
+        assert_eq!(ticks(1500.0).0, 1600.0);
         let (top, values) = ticks(0.37);
         assert!(top >= 0.37 && values.len() <= 11, "{top} {values:?}");
         assert_eq!(label(0.1, 0.1), "0.1");
