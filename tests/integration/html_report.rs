@@ -51,6 +51,10 @@ const CASES: &[(&str, &str)] = &[
     ),
     ("e_broken.rhai", "let x = 1;\nx.no_such_method();\n"),
     ("f_pass.rhai", "send(\"ping\");\nexpect(\"^ping$\");\n"),
+    (
+        "g_diff.rhai",
+        "assert_eq(\"one\\n-two\\nthree\", \"one\\n-two\\n3\");\n",
+    ),
 ];
 
 /// The browser: `$CHROMIUM`, or the first of Debian's, Ubuntu's and
@@ -193,6 +197,7 @@ fn every_case_has_a_row_with_its_status_failures_first() {
         ("failed", "FAIL", "c_hostile"),
         ("failed", "FAIL", "d_binary"),
         ("error", "ERROR", "e_broken"),
+        ("failed", "FAIL", "g_diff"),
         ("passed", "PASS", "a_pass"),
         ("passed", "PASS", "f_pass"),
     ];
@@ -209,13 +214,13 @@ fn every_case_has_a_row_with_its_status_failures_first() {
 fn the_summary_counts_passed_failed_and_errors() {
     for count in [
         r#"<span class="count passed">2 passed</span>"#,
-        r#"<span class="count failed">3 failed</span>"#,
+        r#"<span class="count failed">4 failed</span>"#,
         r#"<span class="count error">1 error</span>"#,
-        r#"<span class="count total">6 cases</span>"#,
+        r#"<span class="count total">7 cases</span>"#,
     ] {
         assert!(dom().contains(count), "no {count} in {}", dom());
     }
-    assert!(dom().contains("<title>tcpscript: 2 passed, 3 failed, 1 error</title>"));
+    assert!(dom().contains("<title>tcpscript: 2 passed, 4 failed, 1 error</title>"));
 }
 
 #[test]
@@ -230,6 +235,18 @@ fn a_failure_shows_its_source_line_caret_expected_and_actual() {
     );
     assert!(failed.contains(r#"<span class="expected">  = expected: "two"</span>"#));
     assert!(failed.contains(r#"<span class="actual">  =   actual: "one"</span>"#));
+    // A line diff, each side in its colour; a context line that starts
+    // with a sign is still context.
+    let diff = section(dom(), "g_diff.rhai");
+    assert!(
+        diff.contains("<span class=\"removed\">    -3</span>"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("<span class=\"added\">    +three</span>"),
+        "{diff}"
+    );
+    assert!(diff.contains("\n     -two\n"), "{diff}");
     let broken = section(dom(), "e_broken.rhai");
     assert!(
         broken.contains("Function not found: no_such_method"),
@@ -517,4 +534,23 @@ fn a_screenshot_of_the_load_report_is_not_blank() {
     let (colours, blue) = png_colours(&png, [0x09, 0x69, 0xda]);
     assert!(colours > 16, "{colours} colours");
     assert!(blue, "no chart line in the screenshot");
+}
+
+#[test]
+fn a_load_report_needs_a_load_run_that_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = dir.path().join("client.rhai");
+    std::fs::write(&client, LOAD_CLIENT).unwrap();
+    let report = dir.path().join("load.html");
+    tcpscript()
+        .arg("client")
+        .arg(&client)
+        .arg("--html")
+        .arg(&report)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "load mode needs --duration or --iterations",
+        ));
+    assert!(!report.exists());
 }

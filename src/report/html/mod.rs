@@ -181,6 +181,13 @@ fn diagnostic(out: &mut String, error: &Error) {
     let plain = anstream::adapter::strip_str(&diagnostic.render()).to_string();
     *out += "<pre class=\"diagnostic\">";
     let mut in_diff = false;
+    // Diff lines follow the gutter's width and three spaces; their first
+    // character after that is the sign (a context line's text may itself
+    // start with one).
+    let gutter = diagnostic
+        .location
+        .as_ref()
+        .map_or(1, |l| l.line.to_string().len());
     // Rendering escaped the control characters of every field, so each
     // line below is one line of the report, never a peer's forged one.
     for line in plain.lines() {
@@ -196,9 +203,9 @@ fn diagnostic(out: &mut String, error: &Error) {
             Some("note")
         } else if trimmed.starts_with("= note:") {
             Some("note")
-        } else if in_diff && trimmed.starts_with('-') {
+        } else if in_diff && line.get(gutter + 3..).is_some_and(|l| l.starts_with('-')) {
             Some("removed")
-        } else if in_diff && trimmed.starts_with('+') {
+        } else if in_diff && line.get(gutter + 3..).is_some_and(|l| l.starts_with('+')) {
             Some("added")
         } else {
             None
