@@ -300,6 +300,33 @@ fn a_peers_markup_is_text_and_never_an_element() {
     assert!(!lower.contains("onerror=\""), "{}", dom());
 }
 
+#[test]
+fn a_report_is_self_contained_and_lets_nothing_else_in() {
+    // Text's `<` is serialised as `&lt;`: every `<` left opens an element.
+    let tags = Regex::new(r"<[a-zA-Z][^>]*>").unwrap();
+    let links = Regex::new(r#"href="([^"]*)""#).unwrap();
+    for dom in [dom(), load_run().1.as_str()] {
+        for tag in tags.find_iter(dom).map(|m| m.as_str()) {
+            assert!(!tag.contains(" src="), "{tag} fetches");
+            assert!(
+                !tag.starts_with("<link") && !tag.starts_with("<script"),
+                "{tag}"
+            );
+        }
+        for link in links.captures_iter(dom) {
+            assert!(link[1].starts_with("#case-"), "a link out: {}", &link[1]);
+        }
+        let style = &dom[dom.find("<style>").unwrap()..dom.find("</style>").unwrap()];
+        assert!(
+            !style.contains("url(") && !style.contains("@import"),
+            "{style}"
+        );
+        assert!(dom.contains(
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        ));
+    }
+}
+
 /// How many distinct colours the PNG at `path` has, and whether it has
 /// `rgb`: decoded by Python's zlib, since the tests have no image crate.
 fn png_colours(path: &Path, rgb: [u8; 3]) -> (usize, bool) {
