@@ -301,6 +301,9 @@ pub struct ClientArgs {
     /// Load mode: start at most this many conversations per second
     #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
+    /// Load mode: write a self-contained HTML report with charts
+    #[arg(long, value_name = "FILE", requires = "script")]
+    pub(crate) html: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,
     #[command(flatten)]
@@ -329,6 +332,9 @@ pub struct TestArgs {
     /// Write a JUnit XML report
     #[arg(long, value_name = "FILE")]
     pub(crate) junit: Option<PathBuf>,
+    /// Write a self-contained HTML report, to open in a browser
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: Option<PathBuf>,
     /// Print a TAP version 13 report on stdout
     #[arg(long, conflicts_with = "json")]
     pub(crate) tap: bool,
@@ -766,7 +772,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         (None, Some(iterations)) => Some(Until::Iterations(iterations)),
         (None, None) => None,
     };
-    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() {
+    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() || args.html.is_some() {
         let Some(until) = until else {
             return Err(Error::Usage(
                 "load mode needs --duration or --iterations to know when to stop".into(),
@@ -781,6 +787,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             until,
             rate: args.rate,
             json: args.json,
+            html: args.html,
         });
     }
     let events = args
@@ -913,6 +920,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
         }),
         jobs: args.jobs,
         junit: args.junit,
+        html: args.html,
         tap: args.tap,
         json: args.json,
     })

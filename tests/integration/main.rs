@@ -9,6 +9,7 @@ mod client;
 mod diagnostics;
 mod generate;
 mod hostile;
+mod html_report;
 mod interop;
 mod isolation;
 mod load;
