@@ -460,12 +460,59 @@ pub struct ProxyArgs {
     pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) toxics: ToxicArgs,
+    #[command(flatten)]
+    pub(crate) tls: ServerTlsArgs,
+    #[command(flatten)]
+    pub(crate) upstream_tls: UpstreamTlsArgs,
     /// Show each connection's open and close, and the seed
     #[arg(short, long)]
     pub(crate) verbose: bool,
     /// Print errors only
     #[arg(short, long, conflicts_with = "verbose")]
     pub(crate) quiet: bool,
+}
+
+/// `proxy`'s TLS toward the upstream; its `--tls` flags are the server's,
+/// toward clients.
+#[derive(Debug, Args)]
+pub struct UpstreamTlsArgs {
+    /// Speak TLS to the upstream, verifying it against the system's roots and --upstream-tls-ca
+    #[arg(long)]
+    pub(crate) upstream_tls: bool,
+    /// Also trust the CAs in this PEM file for the upstream; repeatable
+    #[arg(long, value_name = "FILE", requires = "upstream_tls")]
+    pub(crate) upstream_tls_ca: Vec<PathBuf>,
+    /// Do not verify the upstream's certificate at all (said on stderr)
+    #[arg(long, requires = "upstream_tls")]
+    pub(crate) upstream_insecure: bool,
+    /// The name to verify the upstream as and send as SNI [default: the host of --upstream]
+    #[arg(long, value_name = "NAME", requires = "upstream_tls")]
+    pub(crate) upstream_tls_servername: Option<String>,
+    /// An ALPN protocol to offer the upstream; repeatable, in order of preference
+    #[arg(long, value_name = "PROTO", requires = "upstream_tls")]
+    pub(crate) upstream_tls_alpn: Vec<String>,
+    /// Client certificate chain for the upstream, PEM (with --upstream-tls-key)
+    #[arg(long, value_name = "FILE", requires_all = ["upstream_tls", "upstream_tls_key"])]
+    pub(crate) upstream_tls_cert: Option<PathBuf>,
+    /// Private key of --upstream-tls-cert, PEM
+    #[arg(long, value_name = "FILE", requires = "upstream_tls_cert")]
+    pub(crate) upstream_tls_key: Option<PathBuf>,
+}
+
+impl UpstreamTlsArgs {
+    fn options(&self) -> Option<crate::tls::ClientTls> {
+        self.upstream_tls.then(|| crate::tls::ClientTls {
+            ca: self.upstream_tls_ca.clone(),
+            insecure: self.upstream_insecure,
+            servername: self.upstream_tls_servername.clone(),
+            alpn: self.upstream_tls_alpn.clone(),
+            identity: self
+                .upstream_tls_cert
+                .clone()
+                .zip(self.upstream_tls_key.clone()),
+            trusted: Vec::new(),
+        })
+    }
 }
 
 /// toxiproxy's toxics, as flags of `proxy`.
@@ -718,12 +765,38 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
             "--jitter {jitter:?} is more than --latency {latency:?}: a delay cannot be negative"
         )));
     }
+    // The server's TLS flags without --tls configure its starttls(); a
+    // proxy has none, so they would do nothing.
+    let tls = match args.tls.options(false) {
+        Some(_) if !args.tls.tls => {
+            return Err(Error::Usage(
+                "the --tls-* flags of `proxy` shape its TLS toward clients, and need --tls".into(),
+            ));
+        }
+        Some(options) => Some(crate::tls::server_config(&options)?),
+        None => None,
+    };
+    let upstream_tls = match args.upstream_tls.options() {
+        Some(options) => {
+            if options.insecure {
+                crate::tls::warn_insecure("--upstream-insecure");
+            }
+            Some(proxy::transport::UpstreamTls::new(
+                &options,
+                &args.upstream,
+            )?)
+        }
+        None => None,
+    };
     proxy::run(
         ProxyOptions {
             listen: args.listen,
             upstream: args.upstream,
             connect_timeout: args.connect_timeout,
             toxics,
+            fingerprint: tls.as_ref().map(|setup| setup.fingerprint.clone()),
+            tls: tls.map(|setup| tokio_rustls::TlsAcceptor::from(setup.config)),
+            upstream_tls,
             seed: args.toxics.seed,
             verbosity,
             json: args.json,

@@ -20,6 +20,7 @@ mod protocols_http_smtp;
 mod proxy;
 mod proxy_record;
 mod proxy_script;
+mod proxy_tls;
 mod record;
 mod runner;
 mod scripts;
