@@ -707,10 +707,17 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
     let toxics = args.toxics.toxics();
     let verbosity = Verbosity::from_flags(args.verbose as u8, args.quiet);
     let script = match &args.script {
-        Some(_) if toxics.any() => {
+        // With a script the toxics apply to whole messages; these three
+        // cut bytes, which would split them.
+        Some(_)
+            if toxics.bandwidth.is_some()
+                || toxics.slice.is_some()
+                || toxics.limit_data.is_some() =>
+        {
             return Err(Error::Usage(
-                "the toxics (--latency, --bandwidth, ...) cannot be combined with a SCRIPT yet; \
-                 a script can delay(), close() or reset() itself"
+                "--bandwidth, --slice and --limit-data cut bytes and cannot be combined with a SCRIPT, \
+                 whose toxics apply to whole messages (--latency, --jitter, --reset-after, \
+                 --blackhole-after, --slow-close); a script can delay(), close() or reset() itself"
                     .into(),
             ));
         }

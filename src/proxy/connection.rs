@@ -161,10 +161,10 @@ pub(super) async fn proxy(
 }
 
 /// Which connection this is, for what it reports.
-struct This {
-    peer: SocketAddr,
-    index: u64,
-    connected: Instant,
+pub(super) struct This {
+    pub(super) peer: SocketAddr,
+    pub(super) index: u64,
+    pub(super) connected: Instant,
 }
 
 /// Both sides are connected: the relay, then the ending passed on and
@@ -176,11 +176,7 @@ async fn carry<C: Stream, U: Stream>(
     shared: &Shared,
     hard: watch::Receiver<bool>,
 ) {
-    let This {
-        peer,
-        index,
-        connected,
-    } = this;
+    let (peer, index, connected) = (this.peer, this.index, this.connected);
     let options = &shared.options;
     let counts = &shared.counts;
     let mut rng = SplitMix64::for_connection(shared.seed, index);
@@ -211,9 +207,9 @@ async fn carry<C: Stream, U: Stream>(
             super::scripted::relay(
                 &mut client,
                 &mut upstream,
-                peer,
-                index,
+                &this,
                 script,
+                plan,
                 counts,
                 hard,
             )

@@ -7,8 +7,8 @@
 //! not the accept loop or the fault model. Scripts: each
 //! direction is one `connection::pump` over bytes; a scripted proxy
 //! (`scripted`) replaces both pumps with one loop over framed messages and
-//! their hooks. The toxics do not combine with it yet: they would apply to
-//! its messages instead of to chunks.
+//! their hooks; there the toxics that delay, swallow or reset apply to
+//! whole messages as they arrive, and those that cut bytes are refused.
 
 mod connection; // one proxied connection: the upstream connect, both directions, how it ends
 pub(crate) mod scripted; // `proxy SCRIPT`: each direction's messages through the script's hooks

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use super::Counts;
-use super::connection::{Ending, gone, is_reset};
+use super::connection::{Ending, This, gone, is_reset};
+use super::toxics::{Plan, Shaper};
 use super::transport::{Stream, eof_as_close};
 use crate::console;
 use crate::engine::Limits;
@@ -310,6 +311,8 @@ struct Inbound {
 enum Item {
     Data(Vec<u8>),
     Pause(Duration),
+    /// `--latency`: what follows is due then, counted from its arrival.
+    Until(Instant),
     Fin,
 }
 
@@ -322,6 +325,9 @@ struct Outbound {
     current: Vec<u8>,
     written: usize,
     paused: Option<Instant>,
+    /// The toxics of this direction, when the connection drew them: they
+    /// apply to whole messages as they arrive, not to chunks.
+    shaper: Option<Shaper>,
     /// A FIN is queued: nothing more can follow it.
     fin: bool,
     /// The FIN went out.
@@ -330,7 +336,7 @@ struct Outbound {
 }
 
 impl Outbound {
-    fn new(framing: Framing) -> Self {
+    fn new(framing: Framing, shaper: Option<Shaper>) -> Self {
         Outbound {
             framing,
             items: VecDeque::new(),
@@ -338,6 +344,7 @@ impl Outbound {
             current: Vec::new(),
             written: 0,
             paused: None,
+            shaper,
             fin: false,
             shut: false,
             moved: 0,
@@ -368,6 +375,40 @@ impl Outbound {
         Ok(())
     }
 
+    /// A message (or, without a hook this way, a chunk) arrived for this
+    /// direction: false when `--blackhole-after` has passed and it is to
+    /// vanish; under `--latency`, what it becomes waits out its delay.
+    fn arrived(&mut self) -> bool {
+        let Some(shaper) = &mut self.shaper else {
+            return true;
+        };
+        if shaper.blackholed() {
+            return false;
+        }
+        let now = Instant::now();
+        let due = shaper.chunk_due(now);
+        if due > now {
+            self.items.push_back(Item::Until(due));
+        }
+        true
+    }
+
+    /// The source closed: passed on after `--slow-close`, and not at all
+    /// once blackholed (the side is then done, as if it had been).
+    fn push_source_fin(&mut self) {
+        if let Some(shaper) = &self.shaper {
+            if shaper.blackholed() {
+                self.fin = true;
+                self.shut = true;
+                return;
+            }
+            if let Some(delay) = shaper.slow_close() {
+                self.items.push_back(Item::Pause(delay));
+            }
+        }
+        self.push_fin();
+    }
+
     fn push_fin(&mut self) {
         if !self.fin {
             self.fin = true;
@@ -384,6 +425,7 @@ impl Outbound {
             match self.items.pop_front() {
                 Some(Item::Data(data)) => self.current = data,
                 Some(Item::Pause(pause)) => self.paused = Some(Instant::now() + pause),
+                Some(Item::Until(due)) => self.paused = Some(due),
                 Some(Item::Fin) => return true,
                 None => return false,
             }
@@ -503,7 +545,10 @@ fn deliver(
         let Some(decoder) = &mut inbound.decoder else {
             if !inbound.buf.is_empty() {
                 let data = inbound.buf.split().to_vec();
-                outs.forward(side).push_data(data);
+                let out = outs.forward(side);
+                if out.arrived() {
+                    out.push_data(data);
+                }
             }
             break;
         };
@@ -524,6 +569,9 @@ fn deliver(
             }
             Err(e) => return Flow::Failed(format!("a message from the {}: {e}", side.name())),
         };
+        if !outs.forward(side).arrived() {
+            continue;
+        }
         if let Some(recorders) = recorders {
             recorders.message(side, &message);
         }
@@ -543,7 +591,7 @@ fn deliver(
         if let Some(recorders) = recorders {
             recorders.ended(side);
         }
-        outs.forward(side).push_fin();
+        outs.forward(side).push_source_fin();
     }
     Flow::Go
 }
@@ -553,12 +601,13 @@ fn deliver(
 pub(super) async fn relay<C: Stream, U: Stream>(
     client: &mut C,
     upstream: &mut U,
-    peer: SocketAddr,
-    index: u64,
+    this: &This,
     script: &ProxyScript,
+    mut plan: Option<Plan>,
     counts: &Counts,
     mut hard: watch::Receiver<bool>,
 ) -> (Ending, u64, u64) {
+    let (peer, index) = (this.peer, this.index);
     let mut errors = 0;
     let tap = (script.verbose || script.events.is_some()).then(|| Tap {
         prefix: format!("#{index} {peer}"),
@@ -591,10 +640,14 @@ pub(super) async fn relay<C: Stream, U: Stream>(
     let mut from_client = inbound(script.script.has_client_message(), &script.up);
     let mut from_upstream = inbound(script.script.has_server_message(), &script.down);
     let mut outs = Outs {
-        up: Outbound::new(script.up.clone()),
-        down: Outbound::new(script.down.clone()),
+        up: Outbound::new(script.up.clone(), plan.as_mut().and_then(|p| p.up.take())),
+        down: Outbound::new(
+            script.down.clone(),
+            plan.as_mut().and_then(|p| p.down.take()),
+        ),
     };
     let mut closing: Option<&'static str> = None;
+    let reset_at = plan.as_ref().and_then(|p| p.reset_at);
     let result = hooks.on_connect();
     let mut flow = outs.take(result, Side::Upstream, &mut hooks, &mut errors);
 
@@ -689,6 +742,11 @@ pub(super) async fn relay<C: Stream, U: Stream>(
                 _ = sleep_until(outs.down.paused.unwrap_or(now)), if outs.down.paused.is_some() => {
                     outs.down.paused = None;
                 }
+                _ = sleep_until(reset_at.unwrap_or(now)), if reset_at.is_some() => break Ending::Reset {
+                    client: true,
+                    upstream: true,
+                    why: "reset (--reset-after)",
+                },
                 _ = hard.wait_for(|stopped| *stopped) => break Ending::Close {
                     why: "closed by the proxy's shutdown",
                 },
