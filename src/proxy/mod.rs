@@ -72,6 +72,10 @@ struct Counts {
     connections: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    /// With a SCRIPT or `--record`: the messages cut for a hook (a side
+    /// with no hook passes bytes and counts none).
+    messages_up: AtomicU64,
+    messages_down: AtomicU64,
     /// Connections the toxics applied to.
     faulted: AtomicU64,
     /// Upstream connects that failed, and I/O errors other than a reset.
@@ -80,7 +84,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn summary(&self) -> String {
+    fn summary(&self, framed: bool) -> String {
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let mut line = format!(
             "shut down: {} connections, {} bytes up, {} down, {} with faults, {} errors",
@@ -90,6 +94,13 @@ impl Counts {
             load(&self.faulted),
             load(&self.errors),
         );
+        if framed {
+            line += &format!(
+                " (messages: {} up, {} down)",
+                load(&self.messages_up),
+                load(&self.messages_down)
+            );
+        }
         let unfinished = load(&self.unfinished);
         if unfinished > 0 {
             line += &format!(" ({unfinished} connections had not finished and are not counted)");
@@ -202,5 +213,5 @@ async fn serve(
     counts
         .unfinished
         .store(accepted_count.saturating_sub(ended), Ordering::Relaxed);
-    counts.summary()
+    counts.summary(shared.script.is_some())
 }

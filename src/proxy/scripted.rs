@@ -306,6 +306,8 @@ struct Inbound {
     /// passed on as they arrive, untouched by any framing.
     decoder: Option<Decoder>,
     done: bool,
+    /// Messages cut from this side, for the summary.
+    messages: u64,
 }
 
 enum Item {
@@ -569,6 +571,7 @@ fn deliver(
             }
             Err(e) => return Flow::Failed(format!("a message from the {}: {e}", side.name())),
         };
+        inbound.messages += 1;
         if !outs.forward(side).arrived() {
             continue;
         }
@@ -636,6 +639,7 @@ pub(super) async fn relay<C: Stream, U: Stream>(
         buf: BytesMut::new(),
         decoder: has_hook.then(|| Decoder::new(framing.clone(), script.max_frame)),
         done: false,
+        messages: 0,
     };
     let mut from_client = inbound(script.script.has_client_message(), &script.up);
     let mut from_upstream = inbound(script.script.has_server_message(), &script.down);
@@ -769,6 +773,12 @@ pub(super) async fn relay<C: Stream, U: Stream>(
         recorders.finish(&ending, record.verbosity);
     }
     counts.errors.fetch_add(errors, Ordering::Relaxed);
+    counts
+        .messages_up
+        .fetch_add(from_client.messages, Ordering::Relaxed);
+    counts
+        .messages_down
+        .fetch_add(from_upstream.messages, Ordering::Relaxed);
     (ending, outs.up.moved, outs.down.moved)
 }
 

@@ -27,11 +27,21 @@ fn a_pass_through_script_forwards_every_line_both_ways() {
         fn on_client_message(msg) { msg }
         fn on_server_message(msg) { msg }"#,
     );
-    let proxy = proxy(s.path(), &upstream.addr());
+    let mut proxy = proxy(s.path(), &upstream.addr());
     let mut c = LineClient::connect(proxy.port);
     for line in ["one", "two", "three"] {
         assert_eq!(c.exchange(line), line);
     }
+    drop(c);
+    proxy.send_signal("TERM");
+    proxy.wait_exit();
+    assert!(
+        proxy
+            .stderr()
+            .contains("shut down: 1 connections, 14 bytes up, 14 down, 0 with faults, 0 errors (messages: 3 up, 3 down)"),
+        "{}",
+        proxy.stderr()
+    );
 }
 
 #[test]
@@ -160,17 +170,17 @@ fn delay_holds_back_that_message() {
     assert_eq!(c.exchange("fast"), "fast");
 }
 
-#[test]
-fn curl_through_a_proxy_that_rewrites_response_headers() {
-    let site = tempfile::tempdir().unwrap();
-    std::fs::write(site.path().join("hello.txt"), "hello from python\n").unwrap();
+/// `python3 -m http.server` serving `hello.txt` over HTTP/1.1 on a free
+/// port, once it accepts connections; it logs each request on stderr.
+fn http_server(site: &std::path::Path) -> (Running, u16) {
+    std::fs::write(site.join("hello.txt"), "hello from python\n").unwrap();
     let port = crate::support::closed_port();
     let mut command = Command::new("python3");
     command
         .args(["-m", "http.server", "--protocol", "HTTP/1.1", "--bind"])
         .args(["127.0.0.1", &port.to_string()])
-        .current_dir(site.path());
-    let _python = Running::start(command, None);
+        .current_dir(site);
+    let python = Running::start(command, None);
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -179,6 +189,13 @@ fn curl_through_a_proxy_that_rewrites_response_headers() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    (python, port)
+}
+
+#[test]
+fn curl_through_a_proxy_that_rewrites_response_headers() {
+    let site = tempfile::tempdir().unwrap();
+    let (_python, port) = http_server(site.path());
     let proxy = proxy(
         &shipped("proxy_http_header.rhai"),
         &format!("127.0.0.1:{port}"),
@@ -478,4 +495,58 @@ fn byte_cutting_toxics_are_refused_with_a_script() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("whole messages"));
+}
+
+#[test]
+fn the_shipped_health_script_answers_from_the_proxy_and_forwards_the_rest() {
+    let site = tempfile::tempdir().unwrap();
+    let (python, port) = http_server(site.path());
+    let proxy = proxy(
+        &shipped("proxy_answer_health.rhai"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let base = format!("http://127.0.0.1:{}", proxy.port);
+    // One keep-alive connection: the proxy's answer sits between two of
+    // the upstream's.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("{base}/hello.txt"))
+        .arg(format!("{base}/health"))
+        .arg(format!("{base}/hello.txt"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from python\nhealthy (answered by the proxy)\nhello from python\n"
+    );
+    let log = python.wait_stderr_count("GET /hello.txt", 2);
+    assert!(!log.contains("/health"), "{log}");
+}
+
+#[test]
+fn the_shipped_delay_script_holds_back_only_matching_replies() {
+    let upstream = echo_server();
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", &shipped("proxy_delay_matching.rhai")])
+        .args(["--upstream", &upstream.addr(), "--set", "ms=400"])
+        .args(["--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    let timed = |c: &mut LineClient, line: &str| {
+        let started = std::time::Instant::now();
+        assert_eq!(c.exchange(line), line);
+        started.elapsed()
+    };
+    let quick = timed(&mut c, "OK fine");
+    let slow = timed(&mut c, "ERR no such key");
+    let quick_again = timed(&mut c, "OK again");
+    assert!(slow >= std::time::Duration::from_millis(400), "{slow:?}");
+    assert!(quick < std::time::Duration::from_millis(400), "{quick:?}");
+    assert!(
+        quick_again < std::time::Duration::from_millis(400),
+        "{quick_again:?}"
+    );
+    proxy.wait_stderr("delaying by 400 ms: ERR no such key");
 }
