@@ -252,6 +252,11 @@ pub struct ServerArgs {
     /// Without a script: reply to each message with itself
     #[arg(long, conflicts_with_all = ["script", "record"])]
     pub(crate) echo: bool,
+    /// Serve UDP: one datagram is one message, a session per peer address
+    /// (ended by --idle-timeout, default 30s, or close()); framing applies
+    /// within a datagram only when given
+    #[arg(long, conflicts_with = "tls")]
+    pub(crate) udp: bool,
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
     #[command(flatten)]
@@ -275,6 +280,10 @@ pub struct ClientArgs {
     /// Keep retrying a refused connect for this long (a server still starting)
     #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
     pub(crate) connect_retry: Option<Duration>,
+    /// Speak UDP: one datagram is one message (framing applies within a
+    /// datagram only when given); connect() opens more sockets
+    #[arg(long, conflicts_with = "tls")]
+    pub(crate) udp: bool,
     /// Operations the script may run in all (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) max_ops: u64,
@@ -315,6 +324,9 @@ pub struct TestArgs {
     /// Start this server script in-process on a free loopback port
     #[arg(long, value_name = "SCRIPT", conflicts_with = "connect")]
     pub(crate) server: Option<PathBuf>,
+    /// The cases, and the --server, speak UDP
+    #[arg(long, conflicts_with = "tls")]
+    pub(crate) udp: bool,
     /// Run against a server already listening here
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     pub(crate) connect: String,
@@ -367,9 +379,14 @@ pub struct ServerLimitArgs {
     /// Wall-clock time one hook call may run before it is stopped
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub(crate) hook_timeout: Duration,
-    /// Close a connection that sends nothing, or reads none of its replies, this long
+    /// Close a connection that sends nothing, or reads none of its replies,
+    /// this long; with --udp, end a session that sends nothing this long [default with --udp: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) idle_timeout: Option<Duration>,
+    /// With --udp: live sessions at most; a new peer past it evicts the
+    /// session idle the longest, and says so
+    #[arg(long, value_name = "N", requires = "udp", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_sessions: Option<u64>,
     /// Memory all connections' scripts may hold in all (variables, map keys,
     /// what a hook call builds); a connection past it, or past its share
     /// when all together are, ends with an error
@@ -378,6 +395,17 @@ pub struct ServerLimitArgs {
 }
 
 impl ServerLimitArgs {
+    /// The UDP server's options, with `--udp`.
+    fn udp(&self, udp: bool) -> Option<crate::server::udp::UdpOptions> {
+        udp.then(|| crate::server::udp::UdpOptions {
+            max_sessions: self
+                .max_sessions
+                .map_or(crate::server::udp::DEFAULT_MAX_SESSIONS, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+        })
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_operations: self.max_ops,
@@ -580,6 +608,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             verbosity,
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
+        (None, false) if args.udp => return Err(manual_udp()),
         (None, false) => {
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
@@ -603,8 +632,15 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
     };
     let framing = match args.common.framing {
         Some(framing) => framing,
-        None => script.declared_framing()?.unwrap_or(Framing::Line),
+        None => script
+            .declared_framing()?
+            .unwrap_or(default_framing(args.udp)),
     };
+    if args.udp && script.calls_any(&["starttls"]) {
+        return Err(Error::Usage(
+            "starttls() upgrades a TCP connection: a --udp server has none".into(),
+        ));
+    }
     // A certificate that cannot be used is a usage error before listening.
     // Without --tls, the same flags (or a throwaway certificate, when none
     // are given) serve the script's `starttls()`.
@@ -624,9 +660,21 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             max_frame: args.common.max_frame,
             verbosity,
             hook_timeout: args.limits.hook_timeout,
+            udp: args.limits.udp(args.udp),
         },
         tls,
     )
+}
+
+/// What one message is unless the flags or the script say: a line over
+/// TCP, the whole datagram over UDP.
+pub(crate) fn default_framing(udp: bool) -> Framing {
+    if udp { Framing::Raw } else { Framing::Line }
+}
+
+/// Manual mode reads a person's lines from stdin: over TCP only, for now.
+fn manual_udp() -> Error {
+    Error::Usage("--udp needs a script (or --echo): manual mode speaks TCP only for now".into())
 }
 
 fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
@@ -709,6 +757,9 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
+        if args.udp {
+            return Err(manual_udp());
+        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
@@ -727,6 +778,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         connect: args.connect,
         timeout: args.timeout,
         connect_retry: args.connect_retry,
+        udp: args.udp,
         framing: args.common.framing,
         max_frame: args.common.max_frame,
         verbosity,
@@ -868,6 +920,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             connect: args.connect,
             timeout: args.timeout,
             connect_retry: args.connect_retry,
+            udp: args.udp,
             framing: args.common.framing.clone(),
             max_frame: args.common.max_frame,
             params: args.common.params(),
@@ -885,6 +938,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
                     limits,
                     hook_timeout: args.limits.hook_timeout,
                     idle_timeout: args.limits.idle_timeout,
+                    udp: args.limits.udp(args.udp),
                     tls: server_tls,
                     tls_on_accept: args.tls.tls,
                 },

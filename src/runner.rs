@@ -38,6 +38,8 @@ pub(crate) struct ServerSettings {
     pub(crate) limits: crate::engine::Limits,
     pub(crate) hook_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// `--udp`: the server serves datagrams.
+    pub(crate) udp: Option<crate::server::udp::UdpOptions>,
     /// `--tls`: the server's TLS, its throwaway CA already trusted by
     /// every case's client.
     pub(crate) tls: Option<crate::tls::ServerSetup>,
@@ -66,7 +68,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                 Some(framing) => framing.clone(),
                 None => script
                     .declared_framing()?
-                    .unwrap_or(crate::framing::Framing::Line),
+                    .unwrap_or(crate::cli::default_framing(settings.udp.is_some())),
             };
             let background = server::spawn(
                 script,
@@ -77,6 +79,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     verbosity: quieter(verbosity),
                     hook_timeout: settings.hook_timeout,
                     idle_timeout: settings.idle_timeout,
+                    udp: settings.udp,
                 },
                 settings.tls.clone().map(|setup| server::Tls {
                     setup,
