@@ -89,8 +89,9 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
             client.connect = background.addr().to_string();
             if verbosity >= Verbosity::Normal {
                 crate::console::err(&format!(
-                    "server {} listening on {}",
+                    "server {} listening on {}{}",
                     path.display(),
+                    if settings.udp.is_some() { "udp " } else { "" },
                     background.addr()
                 ));
                 if let Some(tls) = &settings.tls {

@@ -364,7 +364,10 @@ impl Write for Transport {
         match self {
             Transport::Plain(stream) => stream.write(buf),
             Transport::Tls(tls) => tls.write(buf),
-            Transport::Udp(datagrams) => datagrams.send(buf),
+            Transport::Udp(datagrams) => {
+                datagrams.send(buf).map_err(io::Error::other)?;
+                Ok(buf.len())
+            }
         }
     }
 
@@ -491,11 +494,14 @@ impl Datagrams {
         }
     }
 
-    /// One datagram; the caller has checked its size.
-    fn send(&mut self, datagram: &[u8]) -> io::Result<usize> {
+    /// One datagram, even an empty one (`write_all` would send nothing),
+    /// refused whole when too large.
+    fn send(&mut self, datagram: &[u8]) -> Result<(), RecvError> {
+        self.limit.check(datagram.len())?;
         self.socket
             .send(datagram)
-            .map_err(|e| refused(self.peer, e))
+            .map_err(|e| refused(self.peer, e))?;
+        Ok(())
     }
 }
 
@@ -728,8 +734,8 @@ impl Connection {
     pub(crate) fn send(&mut self, message: &[u8]) -> Result<(), RecvError> {
         self.out.clear();
         framing::encode(&self.framing, message, &mut self.out)?;
-        if let Transport::Udp(datagrams) = &self.transport {
-            datagrams.limit.check(self.out.len())?;
+        if let Transport::Udp(datagrams) = &mut self.transport {
+            return datagrams.send(&self.out);
         }
         self.transport.write_all(&self.out)?;
         self.transport.flush()?;
@@ -738,8 +744,8 @@ impl Connection {
 
     /// Sends the bytes as they are, no framing added.
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), RecvError> {
-        if let Transport::Udp(datagrams) = &self.transport {
-            datagrams.limit.check(bytes.len())?;
+        if let Transport::Udp(datagrams) = &mut self.transport {
+            return datagrams.send(bytes);
         }
         self.transport.write_all(bytes)?;
         self.transport.flush()?;

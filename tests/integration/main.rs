@@ -30,3 +30,4 @@ mod support;
 mod tls_client;
 mod tls_commands;
 mod tls_server;
+mod udp;
