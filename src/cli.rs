@@ -38,8 +38,8 @@ const LOAD_CASE_TIMEOUT: Duration = Duration::from_secs(60);
 #[command(
     name = "tcpscript",
     version,
-    about = "Drive TCP clients and servers from Rhai scripts",
-    long_about = "Drive TCP clients and servers from Rhai scripts.\n\n\
+    about = "Drive TCP and UDP clients and servers from Rhai scripts",
+    long_about = "Drive TCP and UDP clients and servers from Rhai scripts.\n\n\
         A server script says how to reply to every message; a client script says \
         what to send and asserts what comes back. Without a script, both commands \
         run by hand on stdin, like the TCP tutorial they automate.\n\n\

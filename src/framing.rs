@@ -644,6 +644,51 @@ pub(crate) fn encode(
 mod tests {
     use super::*;
 
+    fn records(framing: &str, datagram: &[u8]) -> Result<Vec<&'static str>, FrameError> {
+        let framing: Framing = framing.parse().unwrap();
+        let mut ranges = Vec::new();
+        datagram_records(&framing, 100, datagram, &mut BytesMut::new(), &mut ranges)?;
+        Ok(ranges
+            .into_iter()
+            .map(|r| &*String::from_utf8(datagram[r].to_vec()).unwrap().leak())
+            .collect())
+    }
+
+    #[test]
+    fn a_raw_datagram_is_one_message_even_empty() {
+        assert_eq!(records("raw", b"a\nb"), Ok(vec!["a\nb"]));
+        assert_eq!(records("raw", b""), Ok(vec![""]));
+    }
+
+    #[test]
+    fn records_packed_in_a_datagram_lie_where_they_are() {
+        assert_eq!(
+            records("len:u16", b"\x00\x02ab\x00\x00\x00\x01c"),
+            Ok(vec!["ab", "", "c"])
+        );
+        assert_eq!(records("line", b"a\r\nbc\nd"), Ok(vec!["a", "bc", "d"]));
+        assert_eq!(records("line", b""), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_record_cut_by_the_datagram_end_is_an_error() {
+        assert_eq!(
+            records("len:u16", b"\x00\x01a\x00\x05ab"),
+            Err(FrameError::DatagramCut { pending: 4 })
+        );
+    }
+
+    #[test]
+    fn a_datagram_over_max_frame_is_refused_whole() {
+        assert_eq!(
+            records("raw", &[b'x'; 101]),
+            Err(FrameError::DatagramTooLarge {
+                size: 101,
+                max: 100
+            })
+        );
+    }
+
     const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 
     fn decode_all(framing: &str, input: &[u8]) -> Vec<Vec<u8>> {
