@@ -343,15 +343,21 @@ fn floor_server() {
         .enable_all()
         .build()
         .expect("runtime");
+    // A task of its own, as tcpscript's loop is: a worker waits on the
+    // socket and runs it at once, where the thread in `block_on` would be
+    // woken by a worker for every datagram.
     runtime.block_on(async {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         eprintln!("listening on udp {}", socket.local_addr().expect("addr"));
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            if let Ok((n, peer)) = socket.recv_from(&mut buf).await {
-                let _ = socket.send_to(&buf[..n], peer).await;
+        let _ = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                    let _ = socket.send_to(&buf[..n], peer).await;
+                }
             }
-        }
+        })
+        .await;
     });
 }
 

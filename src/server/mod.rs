@@ -150,7 +150,7 @@ fn run_udp(
         // Tests and CI wait for this line, as for TCP: datagrams sent from
         // now on are received.
         console::err(&format!("listening on udp {local}"));
-        let summary = udp::serve(socket, script, options, udp, stop).await;
+        let summary = serve_udp_on_worker(socket, script, options, udp, stop).await;
         console::err(&summary);
         Ok(())
     });
@@ -234,6 +234,22 @@ pub(crate) fn spawn(
     })
 }
 
+/// The receive loop as a task of the runtime, not the future `block_on`
+/// drives: a worker then waits on the socket itself and runs the loop as
+/// soon as a datagram comes, where the thread in `block_on` had to be woken
+/// by a worker for each one (measured: half again the CPU per datagram).
+async fn serve_udp_on_worker(
+    socket: tokio::net::UdpSocket,
+    script: ServerScript,
+    options: ServerOptions,
+    udp: udp::UdpOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> String {
+    tokio::spawn(udp::serve(socket, script, options, udp, stop))
+        .await
+        .unwrap_or_else(|e| format!("shut down: the server failed: {e}"))
+}
+
 /// [`spawn`] over datagrams.
 fn spawn_udp(
     runtime: tokio::runtime::Runtime,
@@ -249,7 +265,7 @@ fn spawn_udp(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
-            runtime.block_on(udp::serve(socket, script, options, udp, async {
+            runtime.block_on(serve_udp_on_worker(socket, script, options, udp, async {
                 let _ = stopped.await;
             }));
         })
