@@ -70,7 +70,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// What one message is: line, raw, delim:SEQ, len:u8|u16|u32[:be|le] or bytes:N
-    /// [default: the script's FRAMING constant, else line]
+    /// [default: the script's FRAMING constant, else line; with --udp, raw: the whole datagram]
     #[arg(long, value_name = "FRAMING")]
     pub(crate) framing: Option<Framing>,
     /// Largest message accepted from the peer, e.g. 65536, 64KiB, 1MiB
@@ -384,7 +384,7 @@ pub struct ServerLimitArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) idle_timeout: Option<Duration>,
     /// With --udp: live sessions at most; a new peer past it evicts the
-    /// session idle the longest, and says so
+    /// session idle the longest, and says so [default: 10000]
     #[arg(long, value_name = "N", requires = "udp", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) max_sessions: Option<u64>,
     /// Memory all connections' scripts may hold in all (variables, map keys,

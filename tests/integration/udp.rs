@@ -283,11 +283,13 @@ fn past_max_sessions_the_session_idle_longest_is_evicted_and_said_so() {
 
 #[test]
 fn broadcast_reaches_every_other_live_session() {
-    let server_script = script(r#"fn on_message(m) { broadcast(`${peer()} says ${m}`); "sent" }"#);
+    let server_script = script(
+        r#"fn on_message(m) { broadcast(`${peer()} says ${m}`); `sent to ${peers().len() - 1}` }"#,
+    );
     let server = Running::server(&["--udp", server_script.path()]);
     let (a, b) = (peer(server.port), peer(server.port));
-    assert_eq!(text(exchange(&a, b"hi")), "sent");
-    assert_eq!(text(exchange(&b, b"hello")), "sent");
+    assert_eq!(text(exchange(&a, b"hi")), "sent to 0");
+    assert_eq!(text(exchange(&b, b"hello")), "sent to 1");
     assert_eq!(
         text(recv(&a)),
         format!("{} says hello", b.local_addr().unwrap())
