@@ -672,9 +672,11 @@ pub(crate) fn default_framing(udp: bool) -> Framing {
     if udp { Framing::Raw } else { Framing::Line }
 }
 
-/// Manual mode reads a person's lines from stdin: over TCP only, for now.
+/// The manual server answers one TCP client at a time: not a UDP server.
 fn manual_udp() -> Error {
-    Error::Usage("--udp needs a script (or --echo): manual mode speaks TCP only for now".into())
+    Error::Usage(
+        "server --udp needs a script (or --echo): the manual server speaks TCP only for now".into(),
+    )
 }
 
 fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
@@ -757,14 +759,17 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
-        if args.udp {
-            return Err(manual_udp());
+        if args.udp && args.record.record.is_some() {
+            return Err(Error::Usage(
+                "--record writes TCP sessions only for now: drop --udp or --record".into(),
+            ));
         }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
             connect_retry: args.connect_retry,
-            framing: args.common.framing.unwrap_or(Framing::Line),
+            udp: args.udp,
+            framing: args.common.framing.unwrap_or(default_framing(args.udp)),
             max_frame: args.common.max_frame,
             verbosity,
             record: args.record.options(args.tls.replay_flags()),

@@ -6,6 +6,8 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -407,6 +409,9 @@ struct Datagrams {
     /// The socket's read timeout as last set (see [`FrameReader`]).
     read_timeout: Option<Option<Duration>>,
     limit: DatagramLimit,
+    /// Set by `close()`: a reader on another thread (manual mode) stops,
+    /// where a TCP reader would see the connection end.
+    closed: Arc<AtomicBool>,
 }
 
 impl Datagrams {
@@ -501,6 +506,63 @@ impl Datagrams {
         self.socket
             .send(datagram)
             .map_err(|e| refused(self.peer, e))?;
+        Ok(())
+    }
+}
+
+/// How often manual mode's reader looks whether the socket was closed.
+const CLOSED_POLL: Duration = Duration::from_millis(100);
+
+/// Manual mode's reader of a UDP socket, on a thread of its own: the
+/// datagrams' bytes as a stream, ending when the connection is closed.
+struct UdpReader {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    closed: Arc<AtomicBool>,
+    buf: Vec<u8>,
+}
+
+impl Read for UdpReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            let n = match self.socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(refused(self.peer, e)),
+            };
+            if n > out.len() {
+                let too_large = FrameError::DatagramTooLarge {
+                    size: n,
+                    max: out.len(),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    too_large.to_string(),
+                ));
+            }
+            // An empty datagram adds nothing to the stream; a read of 0
+            // would say the connection ended.
+            if n > 0 {
+                out[..n].copy_from_slice(&self.buf[..n]);
+                return Ok(n);
+            }
+        }
+    }
+}
+
+impl Source for UdpReader {
+    /// Its own short timeout stays: the reader must look at `closed`.
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
         Ok(())
     }
 }
@@ -616,6 +678,7 @@ impl Connection {
                         records: Vec::new(),
                         read_timeout: None,
                         limit: DatagramLimit::new(max_frame),
+                        closed: Arc::default(),
                     };
                     let transport = Transport::Udp(Box::new(datagrams));
                     return Ok(Self::over(transport, target, framing, max_frame));
@@ -663,11 +726,15 @@ impl Connection {
         Ok(match &mut self.transport {
             Transport::Plain(stream) => Box::new(stream.try_clone()?),
             Transport::Tls(tls) => Box::new(tls.reader()?),
-            Transport::Udp(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "manual mode speaks TCP only",
-                ));
+            Transport::Udp(datagrams) => {
+                let socket = datagrams.socket.try_clone()?;
+                socket.set_read_timeout(Some(CLOSED_POLL))?;
+                Box::new(UdpReader {
+                    socket,
+                    peer: datagrams.peer,
+                    closed: datagrams.closed.clone(),
+                    buf: vec![0; DATAGRAM_BUFFER],
+                })
             }
         })
     }
@@ -837,6 +904,9 @@ impl Connection {
     pub(crate) fn close(&mut self) {
         if let Transport::Tls(tls) = &mut self.transport {
             tls.close_notify();
+        }
+        if let Transport::Udp(datagrams) = &self.transport {
+            datagrams.closed.store(true, Ordering::Relaxed);
         }
         if let Some(stream) = self.transport.tcp() {
             let _ = stream.shutdown(Shutdown::Both);

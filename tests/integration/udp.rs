@@ -414,8 +414,27 @@ fn udp_with_tls_or_without_a_script_is_a_usage_error() {
         .assert()
         .code(2);
     tcpscript()
-        .args(["client", "--udp"])
+        .args(["server", "--udp"])
         .assert()
         .code(2)
-        .stderr(contains("--udp needs a script"));
+        .stderr(contains("server --udp needs a script (or --echo)"));
+}
+
+#[test]
+fn the_manual_client_sends_each_line_as_a_datagram_and_prints_what_comes_back() {
+    let server = python_server("b'<' + d + b'>'");
+    tcpscript()
+        .args([
+            "client",
+            "--udp",
+            "--connect",
+            &server.addr(),
+            "--timeout",
+            "2s",
+        ])
+        .write_stdin("hello\nworld\n")
+        .assert()
+        .success()
+        .stdout("<hello>\n<world>\n")
+        .stderr(contains(format!("sending to udp {}", server.addr())));
 }
