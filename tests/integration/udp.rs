@@ -3,6 +3,7 @@
 
 use std::net::UdpSocket;
 use std::process::Command;
+use std::time::Duration;
 
 use predicates::str::contains;
 
@@ -279,6 +280,31 @@ fn past_max_sessions_the_session_idle_longest_is_evicted_and_said_so() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_sleep_in_one_session_delays_its_replies_and_no_one_else() {
+    let server_script = script(
+        r#"
+        fn on_message(m) {
+            if m == "slow" { send("before"); sleep(2000); close(); return "after"; }
+            m
+        }
+        fn on_disconnect() { log("slow session closed"); }
+        "#,
+    );
+    let server = Running::server(&["--udp", server_script.path()]);
+    let (slow, quick) = (peer(server.port), peer(server.port));
+    assert_eq!(text(exchange(&slow, b"slow")), "before");
+    // The slow session's pause holds nobody else up.
+    quick
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert_eq!(text(exchange(&quick, b"quick")), "quick");
+    assert!(!server.stderr().contains("slow session closed"));
+    // What followed the pause goes out after it, the close with it.
+    assert_eq!(text(recv(&slow)), "after");
+    server.wait_stderr("slow session closed");
 }
 
 #[test]
