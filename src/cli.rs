@@ -37,7 +37,8 @@ const LOAD_CASE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Parser)]
 #[command(
     name = "tcpscript",
-    version,
+    // The version, and the commit when built from git (see build.rs).
+    version = env!("TCPSCRIPT_VERSION"),
     about = "Drive TCP and UDP clients and servers from Rhai scripts",
     long_about = "Drive TCP and UDP clients and servers from Rhai scripts.\n\n\
         A server script says how to reply to every message; a client script says \
@@ -64,6 +65,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Forward connections to an upstream, with network faults on demand
     Proxy(ProxyArgs),
+    /// Print a shell completion script, e.g. `tcpscript completions bash > /etc/bash_completion.d/tcpscript`
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `tcpscript man | man -l -`
+    Man(ManArgs),
 }
 
 /// Flags both roles share.
@@ -305,6 +310,9 @@ pub struct ClientArgs {
     /// Load mode: start at most this many conversations per second
     #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
+    /// Load mode: write a self-contained HTML report with charts
+    #[arg(long, value_name = "FILE", requires = "script")]
+    pub(crate) html: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,
     #[command(flatten)]
@@ -336,6 +344,9 @@ pub struct TestArgs {
     /// Write a JUnit XML report
     #[arg(long, value_name = "FILE")]
     pub(crate) junit: Option<PathBuf>,
+    /// Write a self-contained HTML report, to open in a browser
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: Option<PathBuf>,
     /// Print a TAP version 13 report on stdout
     #[arg(long, conflicts_with = "json")]
     pub(crate) tap: bool,
@@ -477,12 +488,59 @@ pub struct ProxyArgs {
     pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) toxics: ToxicArgs,
+    #[command(flatten)]
+    pub(crate) tls: ServerTlsArgs,
+    #[command(flatten)]
+    pub(crate) upstream_tls: UpstreamTlsArgs,
     /// Show each connection's open and close, and the seed
     #[arg(short, long)]
     pub(crate) verbose: bool,
     /// Print errors only
     #[arg(short, long, conflicts_with = "verbose")]
     pub(crate) quiet: bool,
+}
+
+/// `proxy`'s TLS toward the upstream; its `--tls` flags are the server's,
+/// toward clients.
+#[derive(Debug, Args)]
+pub struct UpstreamTlsArgs {
+    /// Speak TLS to the upstream, verifying it against the system's roots and --upstream-tls-ca
+    #[arg(long)]
+    pub(crate) upstream_tls: bool,
+    /// Also trust the CAs in this PEM file for the upstream; repeatable
+    #[arg(long, value_name = "FILE", requires = "upstream_tls")]
+    pub(crate) upstream_tls_ca: Vec<PathBuf>,
+    /// Do not verify the upstream's certificate at all (said on stderr)
+    #[arg(long, requires = "upstream_tls")]
+    pub(crate) upstream_insecure: bool,
+    /// The name to verify the upstream as and send as SNI [default: the host of --upstream]
+    #[arg(long, value_name = "NAME", requires = "upstream_tls")]
+    pub(crate) upstream_tls_servername: Option<String>,
+    /// An ALPN protocol to offer the upstream; repeatable, in order of preference
+    #[arg(long, value_name = "PROTO", requires = "upstream_tls")]
+    pub(crate) upstream_tls_alpn: Vec<String>,
+    /// Client certificate chain for the upstream, PEM (with --upstream-tls-key)
+    #[arg(long, value_name = "FILE", requires_all = ["upstream_tls", "upstream_tls_key"])]
+    pub(crate) upstream_tls_cert: Option<PathBuf>,
+    /// Private key of --upstream-tls-cert, PEM
+    #[arg(long, value_name = "FILE", requires = "upstream_tls_cert")]
+    pub(crate) upstream_tls_key: Option<PathBuf>,
+}
+
+impl UpstreamTlsArgs {
+    fn options(&self) -> Option<crate::tls::ClientTls> {
+        self.upstream_tls.then(|| crate::tls::ClientTls {
+            ca: self.upstream_tls_ca.clone(),
+            insecure: self.upstream_insecure,
+            servername: self.upstream_tls_servername.clone(),
+            alpn: self.upstream_tls_alpn.clone(),
+            identity: self
+                .upstream_tls_cert
+                .clone()
+                .zip(self.upstream_tls_key.clone()),
+            trusted: Vec::new(),
+        })
+    }
 }
 
 /// toxiproxy's toxics, as flags of `proxy`.
@@ -550,6 +608,20 @@ pub struct CheckArgs {
     pub(crate) quiet: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command's own page (tcpscript-COMMAND(1)) instead of tcpscript(1)
+    #[arg(value_name = "COMMAND")]
+    pub(crate) command: Option<String>,
+}
+
 impl Cli {
     /// Runs the command and reports how it ended; returns the exit code.
     pub fn run(self) -> u8 {
@@ -581,6 +653,8 @@ impl Command {
             Command::Test(args) => run_test(args),
             Command::Check(args) => check::run(&args.scripts, args.quiet),
             Command::Proxy(args) => run_proxy(args),
+            Command::Completions(args) => crate::generate::completions::<Cli>(args.shell),
+            Command::Man(args) => crate::generate::man::<Cli>(args.command.as_deref()),
         }
     }
 }
@@ -741,12 +815,38 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
             "--jitter {jitter:?} is more than --latency {latency:?}: a delay cannot be negative"
         )));
     }
+    // The server's TLS flags without --tls configure its starttls(); a
+    // proxy has none, so they would do nothing.
+    let tls = match args.tls.options(false) {
+        Some(_) if !args.tls.tls => {
+            return Err(Error::Usage(
+                "the --tls-* flags of `proxy` shape its TLS toward clients, and need --tls".into(),
+            ));
+        }
+        Some(options) => Some(crate::tls::server_config(&options)?),
+        None => None,
+    };
+    let upstream_tls = match args.upstream_tls.options() {
+        Some(options) => {
+            if options.insecure {
+                crate::tls::warn_insecure("--upstream-insecure");
+            }
+            Some(proxy::transport::UpstreamTls::new(
+                &options,
+                &args.upstream,
+            )?)
+        }
+        None => None,
+    };
     proxy::run(
         ProxyOptions {
             listen: args.listen,
             upstream: args.upstream,
             connect_timeout: args.connect_timeout,
             toxics,
+            fingerprint: tls.as_ref().map(|setup| setup.fingerprint.clone()),
+            tls: tls.map(|setup| tokio_rustls::TlsAcceptor::from(setup.config)),
+            upstream_tls,
             seed: args.toxics.seed,
             verbosity,
             json: args.json,
@@ -802,7 +902,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         (None, Some(iterations)) => Some(Until::Iterations(iterations)),
         (None, None) => None,
     };
-    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() {
+    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() || args.html.is_some() {
         let Some(until) = until else {
             return Err(Error::Usage(
                 "load mode needs --duration or --iterations to know when to stop".into(),
@@ -817,6 +917,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             until,
             rate: args.rate,
             json: args.json,
+            html: args.html,
         });
     }
     let events = args
@@ -951,6 +1052,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
         }),
         jobs: args.jobs,
         junit: args.junit,
+        html: args.html,
         tap: args.tap,
         json: args.json,
     })

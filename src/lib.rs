@@ -9,6 +9,7 @@ mod diagnostic; // rustc-like error reports pointing into scripts
 mod engine; // Rhai engine set-up, compilation, common functions, error mapping
 pub mod error; // error kinds and the exit-code table
 mod framing; // what one message is: line, raw, delim, len, bytes, resp, http
+mod generate; // `tcpscript completions` and `tcpscript man`, from the clap definitions
 mod load; // load mode: many virtual users running a conversation in a loop
 mod manual; // manual mode: the tutorial's programs on stdin
 mod memory; // memory in bytes: the counting allocator, footprints, the server's budget

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use serde_json::json;
 use crate::client::{ClientOptions, ClientScript};
 use crate::error::{Error, exit};
 use crate::report::diagnostic_of;
+use crate::report::timeline::{Second, Timeline};
 use crate::transcript::{SHOWN_ON_FAILURE, Verbosity};
 
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub(crate) struct LoadOptions {
     /// New conversations per second across all users; `None`: as fast as they go.
     pub(crate) rate: Option<f64>,
     pub(crate) json: bool,
+    /// `--html FILE`: a page of charts, from figures kept per second.
+    pub(crate) html: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +149,11 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     });
     let progress = progress_bar(options);
     let total = Arc::new(Mutex::new(Tally::new()));
+    let timeline = options
+        .html
+        .is_some()
+        .then(|| Mutex::new(Timeline::default()));
+    let timeline = timeline.as_ref();
 
     // One thread per user, each with a stack sized for scripts (virtual
     // memory: see `stack`). If the system refuses one, the run stops.
@@ -160,10 +169,15 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
             let total = total.clone();
             let user = crate::stack::spawn_scoped(scope, "tcpscript-user", move || {
                 let mut tally = Tally::new();
+                let mut second = Second::default();
                 while pace.claim() {
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
                     let micros = conversed.elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
                     let _ = tally.latency.record(micros);
+                    if let Some(timeline) = timeline {
+                        let failed = conversed.result.is_err();
+                        second.record(pace.started.elapsed(), micros, failed, timeline);
+                    }
                     for handshake in &conversed.handshakes {
                         let micros = handshake.as_micros().clamp(1, u64::MAX as u128) as u64;
                         let _ = tally.handshake.record(micros);
@@ -190,6 +204,9 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
                         }
                     }
                     pace.done.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(timeline) = timeline {
+                    second.flush(timeline);
                 }
                 total.lock().unwrap_or_else(|e| e.into_inner()).merge(tally);
                 pace.running.fetch_sub(1, Ordering::Relaxed);
@@ -227,6 +244,23 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .unwrap_or_else(|_| Tally::new());
     report(&tally, elapsed, options);
+    if let (Some(path), Some(timeline)) = (&options.html, timeline) {
+        let timeline = timeline.lock().unwrap_or_else(|e| e.into_inner());
+        crate::report::html::load::write(
+            path,
+            &crate::report::html::load::Figures {
+                script: &options.client.script.display().to_string(),
+                users: options.concurrency,
+                elapsed,
+                passed: tally.passed,
+                failed: tally.failed,
+                messages: tally.sent + tally.received,
+                latency: &tally.latency,
+                failures: &sorted_failures(&tally),
+                timeline: &timeline,
+            },
+        )?;
+    }
     let code = exit_code(&tally);
     if code == exit::OK {
         Ok(())
@@ -276,12 +310,7 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     let per_second = conversations as f64 / seconds;
     let messages = tally.sent + tally.received;
     let tls = !tally.handshake.is_empty();
-    let mut failures: Vec<(&String, u64)> = tally
-        .failures
-        .iter()
-        .map(|(message, (count, _))| (message, *count))
-        .collect();
-    failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let failures = sorted_failures(tally);
 
     if options.json {
         let mut summary = json!({
@@ -334,6 +363,17 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
             crate::message::escape_controls(message)
         ));
     }
+}
+
+/// Failure messages and their counts, most frequent first.
+fn sorted_failures(tally: &Tally) -> Vec<(&String, u64)> {
+    let mut failures: Vec<(&String, u64)> = tally
+        .failures
+        .iter()
+        .map(|(message, (count, _))| (message, *count))
+        .collect();
+    failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    failures
 }
 
 /// A histogram of microseconds as the milliseconds a report shows.

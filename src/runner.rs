@@ -29,6 +29,7 @@ pub(crate) struct TestOptions {
     pub(crate) server: Option<(PathBuf, ServerSettings)>,
     pub(crate) jobs: usize,
     pub(crate) junit: Option<PathBuf>,
+    pub(crate) html: Option<PathBuf>,
     pub(crate) tap: bool,
     pub(crate) json: bool,
 }
@@ -127,6 +128,9 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
     }
     if let Some(path) = &options.junit {
         report::junit::write(path, &results, total)?;
+    }
+    if let Some(path) = &options.html {
+        report::html::write(path, &results, total)?;
     }
     if report::github::enabled() {
         for result in &results {

@@ -8,14 +8,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::Shared;
 use super::toxics::{Plan, Shaper, SplitMix64, Verdict};
+use super::transport::{self, Link, Stream, eof_as_close};
 use crate::console;
 use crate::transcript::Verbosity;
 
@@ -77,12 +77,46 @@ pub(super) async fn proxy(
     let options = &shared.options;
     let counts = &shared.counts;
     let connected = Instant::now();
-    let connect = tokio::time::timeout(
-        options.connect_timeout,
-        TcpStream::connect(&shared.upstream[..]),
-    );
+    // Small request-reply exchanges must not wait on Nagle at either hop.
+    let _ = client.set_nodelay(true);
+    // The client's handshake first: a client that fails it costs the
+    // upstream no connection.
+    let client = match &options.tls {
+        None => Link::Plain(client),
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                accepted = Box::pin(transport::accept(client, acceptor)) => accepted,
+                _ = hard.wait_for(|stopped| *stopped) => Err("the proxy stopped first".into()),
+            };
+            match accepted {
+                Ok(link) => link,
+                Err(why) => {
+                    console::err(&format!("#{index} {peer}: TLS handshake failed: {why}"));
+                    counts.errors.fetch_add(1, Ordering::Relaxed);
+                    counts.connections.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    };
+    let connect = async {
+        let stream = tokio::time::timeout(
+            options.connect_timeout,
+            TcpStream::connect(&shared.upstream[..]),
+        )
+        .await
+        .map_err(|_| format!("no answer within {:?}", options.connect_timeout))?
+        .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        match &options.upstream_tls {
+            None => Ok(Link::Plain(stream)),
+            Some(tls) => transport::connect(stream, tls)
+                .await
+                .map_err(|why| format!("TLS handshake failed: {why}")),
+        }
+    };
     let attempt = tokio::select! {
-        attempt = connect => attempt,
+        attempt = Box::pin(connect) => attempt,
         // An upstream slow to answer must not hold the shutdown up.
         _ = hard.wait_for(|stopped| *stopped) => {
             counts.connections.fetch_add(1, Ordering::Relaxed);
@@ -90,27 +124,65 @@ pub(super) async fn proxy(
         }
     };
     let upstream = match attempt {
-        Ok(Ok(upstream)) => upstream,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("no answer within {:?}", options.connect_timeout),
-            };
+        Ok(upstream) => upstream,
+        Err(why) => {
             console::err(&format!(
                 "#{index} {peer}: cannot connect to upstream {}: {why}; resetting the client",
                 options.upstream
             ));
             // A reset, not a close: the client must not take the proxy
             // for an upstream that accepted and then had nothing to say.
-            let _ = client.set_zero_linger();
+            match client {
+                Link::Plain(client) => {
+                    let _ = client.set_zero_linger();
+                }
+                Link::Tls(client) => {
+                    let _ = client.socket().set_zero_linger();
+                }
+            }
             counts.errors.fetch_add(1, Ordering::Relaxed);
             counts.connections.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
-    // Small request-reply exchanges must not wait on Nagle at either hop.
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
+    let this = This {
+        peer,
+        index,
+        connected,
+    };
+    // Each pair of transports is its own copy of the relays, as the
+    // server's connection loop is per transport.
+    match (client, upstream) {
+        (Link::Plain(c), Link::Plain(u)) => carry(c, u, this, shared, hard).await,
+        (Link::Plain(c), Link::Tls(u)) => carry(c, u, this, shared, hard).await,
+        (Link::Tls(c), Link::Plain(u)) => carry(c, u, this, shared, hard).await,
+        (Link::Tls(c), Link::Tls(u)) => carry(c, u, this, shared, hard).await,
+    }
+}
+
+/// Which connection this is, for what it reports.
+struct This {
+    peer: SocketAddr,
+    index: u64,
+    connected: Instant,
+}
+
+/// Both sides are connected: the relay, then the ending passed on and
+/// counted.
+async fn carry<C: Stream, U: Stream>(
+    mut client: C,
+    mut upstream: U,
+    this: This,
+    shared: &Shared,
+    hard: watch::Receiver<bool>,
+) {
+    let This {
+        peer,
+        index,
+        connected,
+    } = this;
+    let options = &shared.options;
+    let counts = &shared.counts;
     let mut rng = SplitMix64::for_connection(shared.seed, index);
     let plan = options.toxics.plan(&mut rng, connected);
     if plan.is_some() {
@@ -134,7 +206,6 @@ pub(super) async fn proxy(
             options.upstream
         ));
     }
-    let (mut client, mut upstream) = (client, upstream);
     let (ending, up, down) = match &shared.script {
         Some(script) => {
             super::scripted::relay(
@@ -158,10 +229,10 @@ pub(super) async fn proxy(
             ..
         } => {
             if *reset_client {
-                let _ = client.set_zero_linger();
+                let _ = client.socket().set_zero_linger();
             }
             if *reset_upstream {
-                let _ = upstream.set_zero_linger();
+                let _ = upstream.socket().set_zero_linger();
             }
         }
         Ending::Close { .. } => {
@@ -171,8 +242,8 @@ pub(super) async fn proxy(
         Ending::Failed(e) => {
             console::err(&format!("#{index} {peer}: {e}; resetting both sides"));
             counts.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = client.set_zero_linger();
-            let _ = upstream.set_zero_linger();
+            let _ = client.socket().set_zero_linger();
+            let _ = upstream.socket().set_zero_linger();
         }
     }
     drop((client, upstream));
@@ -202,9 +273,9 @@ pub(super) async fn proxy(
 
 /// Carries both directions until the connection ends; returns how, and
 /// the bytes forwarded up and down.
-async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+async fn relay<C: Stream, U: Stream>(
+    client: &mut C,
+    upstream: &mut U,
     plan: Option<Plan>,
     mut hard: watch::Receiver<bool>,
 ) -> (Ending, u64, u64) {
@@ -214,8 +285,8 @@ async fn relay(
         None => (None, None, None),
     };
     let ending = {
-        let (mut client_read, mut client_write) = client.split();
-        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let (mut client_read, mut client_write) = client.halves();
+        let (mut upstream_read, mut upstream_write) = upstream.halves();
         let up = pump(
             &mut client_read,
             &mut upstream_write,
@@ -291,8 +362,8 @@ fn settle(up: Option<&End>, down: Option<&End>) -> Option<Ending> {
 /// One direction: read into a fixed buffer, write out, until the source
 /// closes or something breaks. Without toxics it is a plain copy.
 async fn pump(
-    from: &mut ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
     shaper: Option<Shaper>,
     moved: &mut u64,
 ) -> End {
@@ -301,7 +372,7 @@ async fn pump(
     }
     let mut buffer = vec![0u8; BUFFER];
     loop {
-        let n = match from.read(&mut buffer).await {
+        let n = match eof_as_close(from.read(&mut buffer).await) {
             Ok(0) => return close(to, None).await,
             Ok(n) => n,
             Err(e) if is_reset(&e) => return End::Reset,
@@ -325,8 +396,8 @@ const QUEUE_LIMIT: usize = 16 * BUFFER;
 /// read, not after the one before it was written, so `--latency` delays a
 /// stream without capping its rate.
 async fn shaped_pump(
-    from: &mut ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
     mut shaper: Shaper,
     moved: &mut u64,
 ) -> End {
@@ -355,7 +426,7 @@ async fn shaped_pump(
                 }
             }
             read = from.read(&mut buffer), if ending.is_none() && queued < QUEUE_LIMIT => {
-                let n = match read {
+                let n = match eof_as_close(read) {
                     Ok(0) => {
                         ending = Some(false);
                         continue;
@@ -386,7 +457,7 @@ async fn shaped_pump(
 
 /// Writes one chunk in the pieces `--slice` and `--bandwidth` make of it.
 async fn write_shaped(
-    to: &mut WriteHalf<'_>,
+    to: &mut (impl AsyncWrite + Unpin),
     shaper: &mut Shaper,
     chunk: &[u8],
     moved: &mut u64,
@@ -409,7 +480,7 @@ async fn write_shaped(
 
 /// The source closed: pass the half-close on, after `--slow-close`;
 /// blackholed, keep it back.
-async fn close(to: &mut WriteHalf<'_>, shaper: Option<&Shaper>) -> End {
+async fn close(to: &mut (impl AsyncWrite + Unpin), shaper: Option<&Shaper>) -> End {
     if let Some(shaper) = shaper {
         if shaper.blackholed() {
             return End::Swallowed;

@@ -2,9 +2,9 @@
 //! connection opens one to the upstream and bytes flow both ways, with
 //! half-close and reset passed on, and toxiproxy's faults when asked.
 //!
-//! Seams for what comes next. Transport: both sides are plain `TcpStream`s
-//! today; TLS or UDP on either side would replace what `connection::relay`
-//! is given, not the accept loop or the fault model. Scripts: each
+//! Seams. Transport: either side is plain TCP or TLS (`transport`); the
+//! relays are generic over it, so UDP would replace what they are given,
+//! not the accept loop or the fault model. Scripts: each
 //! direction is one `connection::pump` over bytes; a scripted proxy
 //! (`scripted`) replaces both pumps with one loop over framed messages and
 //! their hooks. The toxics do not combine with it yet: they would apply to
@@ -13,6 +13,7 @@
 mod connection; // one proxied connection: the upstream connect, both directions, how it ends
 pub(crate) mod scripted; // `proxy SCRIPT`: each direction's messages through the script's hooks
 pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
+pub(crate) mod transport; // plain TCP or TLS on either side, and the handshakes
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,13 +30,19 @@ use crate::server::shutdown;
 use crate::transcript::Verbosity;
 use toxics::Toxics;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ProxyOptions {
     pub(crate) listen: String,
     pub(crate) upstream: String,
     /// How long each connection's connect to the upstream may take.
     pub(crate) connect_timeout: Duration,
     pub(crate) toxics: Toxics,
+    /// `--tls`: each client's handshake starts from this.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `--upstream-tls`: each upstream connection's handshake.
+    pub(crate) upstream_tls: Option<transport::UpstreamTls>,
+    /// Printed after `listening on`, as the server does.
+    pub(crate) fingerprint: Option<String>,
     /// `None`: a random seed, shown with `-v`.
     pub(crate) seed: Option<u64>,
     pub(crate) verbosity: Verbosity,
@@ -113,6 +120,9 @@ pub(crate) fn run(
         let stop = shutdown::signal()?;
         // Tests and CI wait for this exact line, as with the server.
         console::err(&format!("listening on {local}"));
+        if let Some(fingerprint) = &options.fingerprint {
+            console::err(&format!("tls fingerprint SHA256 {fingerprint}"));
+        }
         let seed = options.seed.unwrap_or_else(toxics::random_seed);
         if options.verbosity >= Verbosity::Verbose && options.toxics.any() {
             console::err(&format!("seed {seed} (repeat this run with --seed {seed})"));

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use super::Counts;
 use super::connection::{Ending, gone, is_reset};
+use super::transport::{Stream, eof_as_close};
 use crate::console;
 use crate::engine::Limits;
 use crate::error::Error;
@@ -550,9 +550,9 @@ fn deliver(
 
 /// Carries both directions through the script until the connection ends;
 /// returns how, and the bytes written up and down.
-pub(super) async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+pub(super) async fn relay<C: Stream, U: Stream>(
+    client: &mut C,
+    upstream: &mut U,
     peer: SocketAddr,
     index: u64,
     script: &ProxyScript,
@@ -599,8 +599,8 @@ pub(super) async fn relay(
     let mut flow = outs.take(result, Side::Upstream, &mut hooks, &mut errors);
 
     let ending = {
-        let (mut client_read, mut client_write) = client.split();
-        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let (mut client_read, mut client_write) = client.halves();
+        let (mut upstream_read, mut upstream_write) = upstream.halves();
         loop {
             match std::mem::replace(&mut flow, Flow::Go) {
                 Flow::Go => {}
@@ -648,7 +648,7 @@ pub(super) async fn relay(
             let now = Instant::now();
             tokio::select! {
                 read = client_read.read_buf(&mut from_client.buf), if read_client => {
-                    match read {
+                    match eof_as_close(read) {
                         Ok(0) => from_client.done = true,
                         Ok(_) => {}
                         Err(e) => break read_failed(Side::Client, e),
@@ -656,7 +656,7 @@ pub(super) async fn relay(
                     flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
                 }
                 read = upstream_read.read_buf(&mut from_upstream.buf), if read_upstream => {
-                    match read {
+                    match eof_as_close(read) {
                         Ok(0) => from_upstream.done = true,
                         Ok(_) => {}
                         Err(e) => break read_failed(Side::Upstream, e),

@@ -2,8 +2,10 @@
 
 pub(crate) mod events; // --json: one event per line
 pub(crate) mod github; // GitHub Actions: ::error annotations and the step summary
+pub(crate) mod html; // --html FILE: a self-contained page
 pub(crate) mod junit; // --junit FILE: JUnit XML
 pub(crate) mod tap; // --tap: TAP version 13
+pub(crate) mod timeline; // load mode's figures over time, for --html
 
 use std::time::Duration;
 

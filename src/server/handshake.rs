@@ -2,7 +2,6 @@
 //! task (a slow or silent peer never holds up the accept loop), then the
 //! same conversation as over plain TCP.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -60,31 +59,12 @@ pub(super) async fn handshake(
     tokio::select! {
         accepted = tokio::time::timeout(limit, acceptor.accept(stream)) => match accepted {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(reason(&error)),
+            Ok(Err(error)) => Err(crate::tls::describe_io(&error)),
             Err(_) => Err(format!(
                 "no handshake within {}",
                 humantime::format_duration(limit)
             )),
         },
         _ = stop.hard() => Err("the server stopped first".into()),
-    }
-}
-
-/// tokio-rustls carries rustls's error inside an `io::Error`.
-fn reason(error: &io::Error) -> String {
-    if let Some(tls) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return crate::tls::describe(tls);
-    }
-    match error.kind() {
-        io::ErrorKind::UnexpectedEof => {
-            "the peer closed the connection during the handshake".into()
-        }
-        io::ErrorKind::ConnectionReset => {
-            "the peer reset the connection during the handshake".into()
-        }
-        _ => error.to_string(),
     }
 }

@@ -1,7 +1,29 @@
 //! A failed handshake as the one line a user needs: what went wrong and,
 //! where there is one, the flag that fixes it.
 
+use std::io;
+
 use rustls::{AlertDescription, CertificateError, Error};
+
+/// A handshake's error as tokio-rustls gives it: rustls's error inside an
+/// `io::Error`, or the socket's own.
+pub(crate) fn describe_io(error: &io::Error) -> String {
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+    {
+        return describe(tls);
+    }
+    match error.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            "the peer closed the connection during the handshake".into()
+        }
+        io::ErrorKind::ConnectionReset => {
+            "the peer reset the connection during the handshake".into()
+        }
+        _ => error.to_string(),
+    }
+}
 
 /// Why a handshake failed, for a user: `unknown issuer`, `name mismatch`...
 pub(crate) fn describe(error: &Error) -> String {

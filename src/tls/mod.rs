@@ -23,7 +23,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use thiserror::Error;
 
-pub(crate) use failure::describe;
+pub(crate) use failure::{describe, describe_io};
 
 /// Why TLS could not be set up: before any connection, so a usage error.
 #[derive(Debug, Error)]
@@ -207,8 +207,12 @@ pub(crate) fn server_name(
     ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))
 }
 
-/// `host` of `host:port`, `[::1]:port` or a bare host.
+/// `host` of `host:port`, `[::1]:port` or a bare host; a bare port is
+/// 127.0.0.1's, as `net::resolve` takes it.
 fn host_of(addr: &str) -> &str {
+    if addr.parse::<u16>().is_ok() {
+        return "127.0.0.1";
+    }
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -365,6 +369,7 @@ mod tests {
         assert_eq!(host_of("localhost:8443"), "localhost");
         assert_eq!(host_of("[::1]:443"), "::1");
         assert_eq!(host_of("example.com"), "example.com");
+        assert_eq!(host_of("6380"), "127.0.0.1");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Integration tests: the real binary over real loopback sockets.
 
+mod action;
 mod bad_input;
 mod binary;
 mod builtins;
 mod check;
 mod client;
 mod diagnostics;
+mod generate;
 mod hostile;
+mod html_report;
 mod interop;
 mod isolation;
 mod load;
@@ -17,6 +20,7 @@ mod protocols_http_smtp;
 mod proxy;
 mod proxy_record;
 mod proxy_script;
+mod proxy_tls;
 mod record;
 mod runner;
 mod scripts;

@@ -13,7 +13,7 @@ use predicates::str::contains;
 use crate::support::{BIN, PATIENCE, Running, closed_port, repo_path, tcpscript};
 
 /// `tcpscript proxy ARGS --listen 127.0.0.1:0`, once it is listening.
-fn proxy(upstream: &str, args: &[&str]) -> Running {
+pub(crate) fn proxy(upstream: &str, args: &[&str]) -> Running {
     let mut command = Command::new(BIN);
     command
         .args(["proxy", "--upstream", upstream])
@@ -24,7 +24,7 @@ fn proxy(upstream: &str, args: &[&str]) -> Running {
 
 /// A throwaway redis-server on a free port, persisting nothing; returned
 /// once it says it accepts connections.
-fn redis_server() -> Running {
+pub(crate) fn redis_server() -> Running {
     let port = closed_port();
     let mut command = Command::new("redis-server");
     command.args([
