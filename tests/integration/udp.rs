@@ -464,3 +464,13 @@ fn the_manual_client_sends_each_line_as_a_datagram_and_prints_what_comes_back() 
         .stdout("<hello>\n<world>\n")
         .stderr(contains(format!("sending to udp {}", server.addr())));
 }
+
+#[test]
+fn load_mode_runs_conversations_over_udp() {
+    let server = Running::server(&["--udp", "--echo", "-q"]);
+    udp_client(&shipped("echo_conversation.rhai"), &server.addr())
+        .args(["--concurrency", "4", "--iterations", "40"])
+        .assert()
+        .success()
+        .stderr(contains("40 passed, 0 failed"));
+}
