@@ -145,17 +145,20 @@ pub(super) async fn serve(
     tokio::pin!(expiry, stop);
     let mut armed = false;
     loop {
+        // Datagrams last: a flood that always has one waiting must not keep
+        // the server from stopping, sessions from expiring or a pause from
+        // ending.
         tokio::select! {
             biased;
+            () = &mut stop => break,
+            () = &mut expiry, if armed => server.expire().await,
+            Some(delayed) = pauses_over.recv() => server.carry_out(delayed).await,
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, peer)) => server.datagram(peer, &buf[..n]).await,
                 // A Linux socket with no peer of its own hears of no ICMP
                 // error; what is left is rare and passes.
                 Err(e) => console::err(&format!("udp receive failed: {e}")),
             },
-            Some(delayed) = pauses_over.recv() => server.carry_out(delayed).await,
-            () = &mut expiry, if armed => server.expire().await,
-            () = &mut stop => break,
         }
         // The oldest activity decides the next expiry: it changes only as
         // the queue's front is taken, so the timer is seldom reset.
