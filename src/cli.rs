@@ -39,8 +39,8 @@ const LOAD_CASE_TIMEOUT: Duration = Duration::from_secs(60);
     name = "tcpscript",
     // The version, and the commit when built from git (see build.rs).
     version = env!("TCPSCRIPT_VERSION"),
-    about = "Drive TCP clients and servers from Rhai scripts",
-    long_about = "Drive TCP clients and servers from Rhai scripts.\n\n\
+    about = "Drive TCP and UDP clients and servers from Rhai scripts",
+    long_about = "Drive TCP and UDP clients and servers from Rhai scripts.\n\n\
         A server script says how to reply to every message; a client script says \
         what to send and asserts what comes back. Without a script, both commands \
         run by hand on stdin, like the TCP tutorial they automate.\n\n\
@@ -75,7 +75,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// What one message is: line, raw, delim:SEQ, len:u8|u16|u32[:be|le] or bytes:N
-    /// [default: the script's FRAMING constant, else line]
+    /// [default: the script's FRAMING constant, else line; with --udp, raw: the whole datagram]
     #[arg(long, value_name = "FRAMING")]
     pub(crate) framing: Option<Framing>,
     /// Largest message accepted from the peer, e.g. 65536, 64KiB, 1MiB
@@ -257,6 +257,11 @@ pub struct ServerArgs {
     /// Without a script: reply to each message with itself
     #[arg(long, conflicts_with_all = ["script", "record"])]
     pub(crate) echo: bool,
+    /// Serve UDP: one datagram is one message, a session per peer address
+    /// (ended by --idle-timeout, default 30s, or close()); framing applies
+    /// within a datagram only when given
+    #[arg(long, conflicts_with = "tls")]
+    pub(crate) udp: bool,
     #[command(flatten)]
     pub(crate) limits: ServerLimitArgs,
     #[command(flatten)]
@@ -280,6 +285,10 @@ pub struct ClientArgs {
     /// Keep retrying a refused connect for this long (a server still starting)
     #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
     pub(crate) connect_retry: Option<Duration>,
+    /// Speak UDP: one datagram is one message (framing applies within a
+    /// datagram only when given); connect() opens more sockets
+    #[arg(long, conflicts_with = "tls")]
+    pub(crate) udp: bool,
     /// Operations the script may run in all (0 = no limit)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) max_ops: u64,
@@ -323,6 +332,9 @@ pub struct TestArgs {
     /// Start this server script in-process on a free loopback port
     #[arg(long, value_name = "SCRIPT", conflicts_with = "connect")]
     pub(crate) server: Option<PathBuf>,
+    /// The cases, and the --server, speak UDP
+    #[arg(long, conflicts_with = "tls")]
+    pub(crate) udp: bool,
     /// Run against a server already listening here
     #[arg(short, long, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     pub(crate) connect: String,
@@ -378,9 +390,14 @@ pub struct ServerLimitArgs {
     /// Wall-clock time one hook call may run before it is stopped
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub(crate) hook_timeout: Duration,
-    /// Close a connection that sends nothing, or reads none of its replies, this long
+    /// Close a connection that sends nothing, or reads none of its replies,
+    /// this long; with --udp, end a session that sends nothing this long [default with --udp: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) idle_timeout: Option<Duration>,
+    /// With --udp: live sessions at most; a new peer past it evicts the
+    /// session idle the longest, and says so [default: 10000]
+    #[arg(long, value_name = "N", requires = "udp", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_sessions: Option<u64>,
     /// Memory all connections' scripts may hold in all (variables, map keys,
     /// what a hook call builds); a connection past it, or past its share
     /// when all together are, ends with an error
@@ -389,6 +406,17 @@ pub struct ServerLimitArgs {
 }
 
 impl ServerLimitArgs {
+    /// The UDP server's options, with `--udp`.
+    fn udp(&self, udp: bool) -> Option<crate::server::udp::UdpOptions> {
+        udp.then(|| crate::server::udp::UdpOptions {
+            max_sessions: self
+                .max_sessions
+                .map_or(crate::server::udp::DEFAULT_MAX_SESSIONS, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+        })
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_operations: self.max_ops,
@@ -654,6 +682,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             verbosity,
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
+        (None, false) if args.udp => return Err(manual_udp()),
         (None, false) => {
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
@@ -677,8 +706,15 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
     };
     let framing = match args.common.framing {
         Some(framing) => framing,
-        None => script.declared_framing()?.unwrap_or(Framing::Line),
+        None => script
+            .declared_framing()?
+            .unwrap_or(default_framing(args.udp)),
     };
+    if args.udp && script.calls_any(&["starttls"]) {
+        return Err(Error::Usage(
+            "starttls() upgrades a TCP connection: a --udp server has none".into(),
+        ));
+    }
     // A certificate that cannot be used is a usage error before listening.
     // Without --tls, the same flags (or a throwaway certificate, when none
     // are given) serve the script's `starttls()`.
@@ -698,8 +734,22 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             max_frame: args.common.max_frame,
             verbosity,
             hook_timeout: args.limits.hook_timeout,
+            udp: args.limits.udp(args.udp),
         },
         tls,
+    )
+}
+
+/// What one message is unless the flags or the script say: a line over
+/// TCP, the whole datagram over UDP.
+pub(crate) fn default_framing(udp: bool) -> Framing {
+    if udp { Framing::Raw } else { Framing::Line }
+}
+
+/// The manual server answers one TCP client at a time: not a UDP server.
+fn manual_udp() -> Error {
+    Error::Usage(
+        "server --udp needs a script (or --echo): the manual server speaks TCP only for now".into(),
     )
 }
 
@@ -816,11 +866,17 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
     let Some(script) = args.script else {
+        if args.udp && args.record.record.is_some() {
+            return Err(Error::Usage(
+                "--record writes TCP sessions only for now: drop --udp or --record".into(),
+            ));
+        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
             connect_retry: args.connect_retry,
-            framing: args.common.framing.unwrap_or(Framing::Line),
+            udp: args.udp,
+            framing: args.common.framing.unwrap_or(default_framing(args.udp)),
             max_frame: args.common.max_frame,
             verbosity,
             record: args.record.options(args.tls.replay_flags()),
@@ -834,6 +890,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         connect: args.connect,
         timeout: args.timeout,
         connect_retry: args.connect_retry,
+        udp: args.udp,
         framing: args.common.framing,
         max_frame: args.common.max_frame,
         verbosity,
@@ -976,6 +1033,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
             connect: args.connect,
             timeout: args.timeout,
             connect_retry: args.connect_retry,
+            udp: args.udp,
             framing: args.common.framing.clone(),
             max_frame: args.common.max_frame,
             params: args.common.params(),
@@ -993,6 +1051,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
                     limits,
                     hook_timeout: args.limits.hook_timeout,
                     idle_timeout: args.limits.idle_timeout,
+                    udp: args.limits.udp(args.udp),
                     tls: server_tls,
                     tls_on_accept: args.tls.tls,
                 },

@@ -80,6 +80,98 @@ pub(crate) enum FrameError {
     TooLongForPrefix { size: usize, width: usize },
     #[error("{0}")]
     Protocol(#[from] ProtocolError),
+    /// UDP: a datagram larger than --max-frame arrived. It is refused
+    /// whole: cut to the limit it would read as a different message.
+    #[error(
+        "a datagram of {size} bytes arrived, larger than --max-frame ({max} bytes): refused whole, not cut"
+    )]
+    DatagramTooLarge { size: usize, max: usize },
+    /// UDP: a message that would not fit one datagram.
+    #[error("a datagram of {size} bytes is larger than {limit}: not sent")]
+    DatagramTooLong { size: usize, limit: DatagramLimit },
+    /// UDP with a framing: a datagram whose last record is incomplete.
+    /// Records never continue in the next datagram.
+    #[error("a datagram ended in the middle of a message ({pending} bytes left over)")]
+    DatagramCut { pending: usize },
+}
+
+/// The largest UDP payload over IPv4: 65,535 less the IP and UDP headers.
+pub(crate) const MAX_DATAGRAM: usize = 65_507;
+
+/// What bounds a datagram sent: --max-frame when it is the smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DatagramLimit {
+    pub(crate) max: usize,
+}
+
+impl DatagramLimit {
+    pub(crate) fn new(max_frame: usize) -> Self {
+        DatagramLimit {
+            max: max_frame.min(MAX_DATAGRAM),
+        }
+    }
+
+    /// `Err` when `size` bytes cannot go out as one datagram.
+    pub(crate) fn check(self, size: usize) -> Result<(), FrameError> {
+        if size > self.max {
+            return Err(FrameError::DatagramTooLong { size, limit: self });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for DatagramLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.max < MAX_DATAGRAM {
+            write!(f, "--max-frame ({} bytes)", self.max)
+        } else {
+            write!(
+                f,
+                "the most one UDP datagram carries ({MAX_DATAGRAM} bytes)"
+            )
+        }
+    }
+}
+
+/// Where the messages of one datagram lie in it, appended to `records`:
+/// the whole of it with `raw` framing (an empty datagram is an empty
+/// message), else the records `framing` cuts out of it, the datagram's end
+/// ending the last one as a close would. Records never continue in the
+/// next datagram. On an error, the records before it are still there.
+pub(crate) fn datagram_records(
+    framing: &Framing,
+    max_frame: usize,
+    datagram: &[u8],
+    scratch: &mut BytesMut,
+    records: &mut Vec<std::ops::Range<usize>>,
+) -> Result<(), FrameError> {
+    if datagram.len() > max_frame {
+        return Err(FrameError::DatagramTooLarge {
+            size: datagram.len(),
+            max: max_frame,
+        });
+    }
+    if *framing == Framing::Raw {
+        records.push(0..datagram.len());
+        return Ok(());
+    }
+    scratch.clear();
+    scratch.extend_from_slice(datagram);
+    let mut decoder = Decoder::new(framing.clone(), max_frame);
+    let mut offset = 0;
+    loop {
+        let frame = match decoder.last_frame(scratch) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(FrameError::Truncated { pending }) => {
+                return Err(FrameError::DatagramCut { pending });
+            }
+            Err(e) => return Err(e),
+        };
+        records.push(offset + frame.start..offset + frame.end);
+        offset += frame.consumed;
+        frame.consume(scratch);
+    }
 }
 
 impl FromStr for Framing {
@@ -551,6 +643,51 @@ pub(crate) fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn records(framing: &str, datagram: &[u8]) -> Result<Vec<&'static str>, FrameError> {
+        let framing: Framing = framing.parse().unwrap();
+        let mut ranges = Vec::new();
+        datagram_records(&framing, 100, datagram, &mut BytesMut::new(), &mut ranges)?;
+        Ok(ranges
+            .into_iter()
+            .map(|r| &*String::from_utf8(datagram[r].to_vec()).unwrap().leak())
+            .collect())
+    }
+
+    #[test]
+    fn a_raw_datagram_is_one_message_even_empty() {
+        assert_eq!(records("raw", b"a\nb"), Ok(vec!["a\nb"]));
+        assert_eq!(records("raw", b""), Ok(vec![""]));
+    }
+
+    #[test]
+    fn records_packed_in_a_datagram_lie_where_they_are() {
+        assert_eq!(
+            records("len:u16", b"\x00\x02ab\x00\x00\x00\x01c"),
+            Ok(vec!["ab", "", "c"])
+        );
+        assert_eq!(records("line", b"a\r\nbc\nd"), Ok(vec!["a", "bc", "d"]));
+        assert_eq!(records("line", b""), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_record_cut_by_the_datagram_end_is_an_error() {
+        assert_eq!(
+            records("len:u16", b"\x00\x01a\x00\x05ab"),
+            Err(FrameError::DatagramCut { pending: 4 })
+        );
+    }
+
+    #[test]
+    fn a_datagram_over_max_frame_is_refused_whole() {
+        assert_eq!(
+            records("raw", &[b'x'; 101]),
+            Err(FrameError::DatagramTooLarge {
+                size: 101,
+                max: 100
+            })
+        );
+    }
 
     const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 

@@ -31,6 +31,8 @@ pub(crate) struct ManualClientOptions {
     pub(crate) connect: String,
     pub(crate) timeout: Duration,
     pub(crate) connect_retry: Option<Duration>,
+    /// `--udp`: each line one datagram, each datagram back printed.
+    pub(crate) udp: bool,
     pub(crate) framing: Framing,
     pub(crate) max_frame: usize,
     pub(crate) verbosity: Verbosity,
@@ -172,16 +174,25 @@ pub(crate) fn client(options: &ManualClientOptions) -> Result<(), Error> {
         )?),
         None => None,
     };
-    let mut connection = Connection::connect(
-        &options.connect,
-        options.framing.clone(),
-        options.max_frame,
-        options.timeout,
-        options.connect_retry,
-        options.tls.as_ref(),
-    )?;
+    let mut connection = if options.udp {
+        Connection::connect_udp(&options.connect, options.framing.clone(), options.max_frame)?
+    } else {
+        Connection::connect(
+            &options.connect,
+            options.framing.clone(),
+            options.max_frame,
+            options.timeout,
+            options.connect_retry,
+            options.tls.as_ref(),
+        )?
+    };
     if options.verbosity >= Verbosity::Normal {
-        crate::console::err(&format!("connected to {}", connection.peer()));
+        let to = if options.udp {
+            "sending to udp"
+        } else {
+            "connected to"
+        };
+        crate::console::err(&format!("{to} {}", connection.peer()));
         if let Some(record) = &options.record {
             crate::console::err(&format!("recording to {}", record.path.display()));
         }

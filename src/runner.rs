@@ -39,6 +39,8 @@ pub(crate) struct ServerSettings {
     pub(crate) limits: crate::engine::Limits,
     pub(crate) hook_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// `--udp`: the server serves datagrams.
+    pub(crate) udp: Option<crate::server::udp::UdpOptions>,
     /// `--tls`: the server's TLS, its throwaway CA already trusted by
     /// every case's client.
     pub(crate) tls: Option<crate::tls::ServerSetup>,
@@ -67,7 +69,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                 Some(framing) => framing.clone(),
                 None => script
                     .declared_framing()?
-                    .unwrap_or(crate::framing::Framing::Line),
+                    .unwrap_or(crate::cli::default_framing(settings.udp.is_some())),
             };
             let background = server::spawn(
                 script,
@@ -78,6 +80,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
                     verbosity: quieter(verbosity),
                     hook_timeout: settings.hook_timeout,
                     idle_timeout: settings.idle_timeout,
+                    udp: settings.udp,
                 },
                 settings.tls.clone().map(|setup| server::Tls {
                     setup,
@@ -87,8 +90,9 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
             client.connect = background.addr().to_string();
             if verbosity >= Verbosity::Normal {
                 crate::console::err(&format!(
-                    "server {} listening on {}",
+                    "server {} listening on {}{}",
                     path.display(),
+                    if settings.udp.is_some() { "udp " } else { "" },
                     background.addr()
                 ));
                 if let Some(tls) = &settings.tls {

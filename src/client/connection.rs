@@ -1,9 +1,13 @@
 //! A blocking, framed TCP connection: what client scripts and manual mode
-//! talk through. Every read has a deadline; nothing here waits forever.
+//! talk through; or, with `--udp`, a connected UDP socket behind the same
+//! functions. Every read has a deadline; nothing here waits forever.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -11,7 +15,7 @@ use regex::bytes::Regex;
 use thiserror::Error;
 
 use crate::error::Error;
-use crate::framing::{self, Decoder, FrameError, Framing};
+use crate::framing::{self, DatagramLimit, Decoder, FrameError, Framing};
 use crate::net::resolve;
 use crate::protocols::ProtocolError;
 use crate::tls::{self, blocking::TlsStream};
@@ -327,20 +331,22 @@ impl<S: Source + ?Sized> Source for Box<S> {
     }
 }
 
-/// The seam between plain TCP and TLS: a `Connection` reads and writes
-/// through this, and reaches the socket under it for deadlines and
+/// The seam between plain TCP, TLS and UDP: a `Connection` reads and
+/// writes through this, and reaches the socket under it for deadlines and
 /// shutdown.
 #[derive(Debug)]
 enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    Udp(Box<Datagrams>),
 }
 
 impl Transport {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Transport::Plain(stream) => stream,
-            Transport::Tls(tls) => tls.tcp(),
+            Transport::Plain(stream) => Some(stream),
+            Transport::Tls(tls) => Some(tls.tcp()),
+            Transport::Udp(_) => None,
         }
     }
 }
@@ -350,6 +356,7 @@ impl Read for Transport {
         match self {
             Transport::Plain(stream) => stream.read(buf),
             Transport::Tls(tls) => tls.read(buf),
+            Transport::Udp(datagrams) => datagrams.read_stream(buf),
         }
     }
 }
@@ -359,12 +366,16 @@ impl Write for Transport {
         match self {
             Transport::Plain(stream) => stream.write(buf),
             Transport::Tls(tls) => tls.write(buf),
+            Transport::Udp(datagrams) => {
+                datagrams.send(buf).map_err(io::Error::other)?;
+                Ok(buf.len())
+            }
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Transport::Plain(_) => Ok(()),
+            Transport::Plain(_) | Transport::Udp(_) => Ok(()),
             Transport::Tls(tls) => tls.flush(),
         }
     }
@@ -372,8 +383,203 @@ impl Write for Transport {
 
 impl Source for Transport {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.tcp().set_read_timeout(timeout)
+        match self {
+            Transport::Udp(datagrams) => datagrams.socket.set_read_timeout(timeout),
+            tcp => tcp.tcp().expect("TCP or TLS").set_read_timeout(timeout),
+        }
     }
+}
+
+/// Bytes asked for per datagram: more than any UDP payload, so the kernel
+/// never cuts one, and one larger than --max-frame is seen whole and
+/// refused rather than cut.
+const DATAGRAM_BUFFER: usize = 65_536;
+
+/// A connected UDP socket, read a datagram at a time: one datagram is one
+/// message, or the records a framing packs in it.
+#[derive(Debug)]
+struct Datagrams {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    /// The messages of the last datagram not yet taken.
+    queue: VecDeque<Bytes>,
+    buf: Vec<u8>,
+    scratch: BytesMut,
+    records: Vec<Range<usize>>,
+    /// The socket's read timeout as last set (see [`FrameReader`]).
+    read_timeout: Option<Option<Duration>>,
+    limit: DatagramLimit,
+    /// Set by `close()`: a reader on another thread (manual mode) stops,
+    /// where a TCP reader would see the connection end.
+    closed: Arc<AtomicBool>,
+}
+
+impl Datagrams {
+    /// The next message, waiting at most `timeout` (`None`: for ever).
+    fn next(
+        &mut self,
+        framing: &Framing,
+        max_frame: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Received, RecvError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Even a zero timeout (`try_recv()`) looks at what has arrived.
+        let mut first_read = true;
+        loop {
+            if let Some(message) = self.queue.pop_front() {
+                return Ok(Received::Message(message));
+            }
+            let wait = match deadline {
+                Some(deadline) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() && !first_read {
+                        return Ok(Received::TimedOut);
+                    }
+                    Some(remaining.max(Duration::from_millis(1)))
+                }
+                None => None,
+            };
+            first_read = false;
+            if self.read_timeout != Some(wait) {
+                self.socket.set_read_timeout(wait)?;
+                self.read_timeout = Some(wait);
+            }
+            let n = match self.socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Received::TimedOut);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(refused(self.peer, e).into()),
+            };
+            let datagram = &self.buf[..n];
+            self.records.clear();
+            framing::datagram_records(
+                framing,
+                max_frame,
+                datagram,
+                &mut self.scratch,
+                &mut self.records,
+            )?;
+            self.queue.extend(
+                self.records
+                    .iter()
+                    .map(|range| Bytes::copy_from_slice(&datagram[range.clone()])),
+            );
+        }
+    }
+
+    /// The stream reads (`recv_until`, `expect_stream`...) see the
+    /// datagrams' bytes one after another; an empty datagram adds none.
+    fn read_stream(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self
+                .socket
+                .recv(&mut self.buf)
+                .map_err(|e| refused(self.peer, e))?;
+            if n > out.len() {
+                let too_large = FrameError::DatagramTooLarge {
+                    size: n,
+                    max: out.len(),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    too_large.to_string(),
+                ));
+            }
+            if n > 0 {
+                out[..n].copy_from_slice(&self.buf[..n]);
+                return Ok(n);
+            }
+        }
+    }
+
+    /// One datagram, even an empty one (`write_all` would send nothing),
+    /// refused whole when too large.
+    fn send(&mut self, datagram: &[u8]) -> Result<(), RecvError> {
+        self.limit.check(datagram.len())?;
+        self.socket
+            .send(datagram)
+            .map_err(|e| refused(self.peer, e))?;
+        Ok(())
+    }
+}
+
+/// How often manual mode's reader looks whether the socket was closed.
+const CLOSED_POLL: Duration = Duration::from_millis(100);
+
+/// Manual mode's reader of a UDP socket, on a thread of its own: the
+/// datagrams' bytes as a stream, ending when the connection is closed.
+struct UdpReader {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    closed: Arc<AtomicBool>,
+    buf: Vec<u8>,
+}
+
+impl Read for UdpReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            let n = match self.socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(refused(self.peer, e)),
+            };
+            if n > out.len() {
+                let too_large = FrameError::DatagramTooLarge {
+                    size: n,
+                    max: out.len(),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    too_large.to_string(),
+                ));
+            }
+            // An empty datagram adds nothing to the stream; a read of 0
+            // would say the connection ended.
+            if n > 0 {
+                out[..n].copy_from_slice(&self.buf[..n]);
+                return Ok(n);
+            }
+        }
+    }
+}
+
+impl Source for UdpReader {
+    /// Its own short timeout stays: the reader must look at `closed`.
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a connected UDP socket reports after an ICMP port unreachable,
+/// said plainly.
+fn refused(peer: SocketAddr, error: io::Error) -> io::Error {
+    if error.kind() != io::ErrorKind::ConnectionRefused {
+        return error;
+    }
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "nothing listens on udp {peer}: its host answered an earlier datagram \
+             with ICMP port unreachable"
+        ),
+    )
 }
 
 /// A connected, framed stream, over plain TCP or TLS.
@@ -444,6 +650,48 @@ impl Connection {
         }
     }
 
+    /// A connected UDP socket to `addr`: a connect only picks the peer, so
+    /// nothing is known about it until a datagram comes back or is refused.
+    pub(crate) fn connect_udp(
+        addr: &str,
+        framing: Framing,
+        max_frame: usize,
+    ) -> Result<Self, Error> {
+        let mut last_error = None;
+        for target in resolve(addr)? {
+            let any: SocketAddr = match target {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let connected = UdpSocket::bind(any).and_then(|socket| {
+                socket.connect(target)?;
+                Ok(socket)
+            });
+            match connected {
+                Ok(socket) => {
+                    let datagrams = Datagrams {
+                        socket,
+                        peer: target,
+                        queue: VecDeque::new(),
+                        buf: vec![0; DATAGRAM_BUFFER],
+                        scratch: BytesMut::new(),
+                        records: Vec::new(),
+                        read_timeout: None,
+                        limit: DatagramLimit::new(max_frame),
+                        closed: Arc::default(),
+                    };
+                    let transport = Transport::Udp(Box::new(datagrams));
+                    return Ok(Self::over(transport, target, framing, max_frame));
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(Error::Connect {
+            addr: addr.to_string(),
+            source: last_error.unwrap_or_else(|| io::Error::other("no address")),
+        })
+    }
+
     /// A plain TCP connection already made (manual mode's accepted client).
     pub(crate) fn from_stream(
         stream: TcpStream,
@@ -478,6 +726,16 @@ impl Connection {
         Ok(match &mut self.transport {
             Transport::Plain(stream) => Box::new(stream.try_clone()?),
             Transport::Tls(tls) => Box::new(tls.reader()?),
+            Transport::Udp(datagrams) => {
+                let socket = datagrams.socket.try_clone()?;
+                socket.set_read_timeout(Some(CLOSED_POLL))?;
+                Box::new(UdpReader {
+                    socket,
+                    peer: datagrams.peer,
+                    closed: datagrams.closed.clone(),
+                    buf: vec![0; DATAGRAM_BUFFER],
+                })
+            }
         })
     }
 
@@ -532,15 +790,10 @@ impl Connection {
         self.peer
     }
 
-    /// The socket, under TLS if there is any.
-    pub(crate) fn stream(&self) -> &TcpStream {
-        self.transport.tcp()
-    }
-
     /// `tls_info()`: what the handshake settled; `None` on plain TCP.
     pub(crate) fn tls_info(&self) -> Option<rhai::Map> {
         match &self.transport {
-            Transport::Plain(_) => None,
+            Transport::Plain(_) | Transport::Udp(_) => None,
             Transport::Tls(tls) => Some(tls.info()),
         }
     }
@@ -548,6 +801,9 @@ impl Connection {
     pub(crate) fn send(&mut self, message: &[u8]) -> Result<(), RecvError> {
         self.out.clear();
         framing::encode(&self.framing, message, &mut self.out)?;
+        if let Transport::Udp(datagrams) = &mut self.transport {
+            return datagrams.send(&self.out);
+        }
         self.transport.write_all(&self.out)?;
         self.transport.flush()?;
         Ok(())
@@ -555,6 +811,9 @@ impl Connection {
 
     /// Sends the bytes as they are, no framing added.
     pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), RecvError> {
+        if let Transport::Udp(datagrams) = &mut self.transport {
+            return datagrams.send(bytes);
+        }
         self.transport.write_all(bytes)?;
         self.transport.flush()?;
         Ok(())
@@ -615,12 +874,21 @@ impl Connection {
     }
 
     pub(crate) fn recv(&mut self, timeout: Duration) -> Result<Received, RecvError> {
-        self.reader.next(&mut self.transport, Some(timeout))
+        self.next(Some(timeout))
     }
 
     /// Waits with no deadline: only for a person at the other end.
     pub(crate) fn recv_untimed(&mut self) -> Result<Received, RecvError> {
-        self.reader.next(&mut self.transport, None)
+        self.next(None)
+    }
+
+    fn next(&mut self, timeout: Option<Duration>) -> Result<Received, RecvError> {
+        match &mut self.transport {
+            Transport::Udp(datagrams) => {
+                datagrams.next(&self.framing, self.reader.max_frame, timeout)
+            }
+            transport => self.reader.next(transport, timeout),
+        }
     }
 
     /// Ends our side (the peer reads end of stream) but keeps reading.
@@ -628,14 +896,21 @@ impl Connection {
         if let Transport::Tls(tls) = &mut self.transport {
             tls.close_notify();
         }
-        let _ = self.stream().shutdown(Shutdown::Write);
+        if let Some(stream) = self.transport.tcp() {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
     }
 
     pub(crate) fn close(&mut self) {
         if let Transport::Tls(tls) = &mut self.transport {
             tls.close_notify();
         }
-        let _ = self.stream().shutdown(Shutdown::Both);
+        if let Transport::Udp(datagrams) = &self.transport {
+            datagrams.closed.store(true, Ordering::Relaxed);
+        }
+        if let Some(stream) = self.transport.tcp() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 

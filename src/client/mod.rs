@@ -40,7 +40,10 @@ pub(crate) struct ClientOptions {
     pub(crate) connect: String,
     pub(crate) timeout: Duration,
     pub(crate) connect_retry: Option<Duration>,
-    /// From `--framing`; `None` leaves it to the script, then `line`.
+    /// `--udp`: every connection is a connected UDP socket.
+    pub(crate) udp: bool,
+    /// From `--framing`; `None` leaves it to the script, then `line`
+    /// (over UDP: the whole datagram).
     pub(crate) framing: Option<Framing>,
     pub(crate) max_frame: usize,
     pub(crate) params: Params,
@@ -100,7 +103,9 @@ impl ClientScript {
         let script = engine::compile(&engine, &options.script)?;
         let framing = match &options.framing {
             Some(framing) => framing.clone(),
-            None => script.declared_framing()?.unwrap_or(Framing::Line),
+            None => script
+                .declared_framing()?
+                .unwrap_or(crate::cli::default_framing(options.udp)),
         };
         let current = Slot::default();
         let slot = current.clone();
@@ -140,6 +145,7 @@ impl ClientScript {
             addr: self.options.connect.clone(),
             timeout: self.options.timeout,
             connect_retry: self.options.connect_retry,
+            udp: self.options.udp,
             framing: self.framing.clone(),
             max_frame: self.options.max_frame,
             tls: self.options.tls.clone(),
@@ -256,6 +262,7 @@ struct Conversation {
     addr: String,
     timeout: Duration,
     connect_retry: Option<Duration>,
+    udp: bool,
     framing: Framing,
     max_frame: usize,
     tls: Option<tls::blocking::Client>,
@@ -366,18 +373,12 @@ impl Conversation {
     /// A new connection, numbered; the default one is unlabelled. The
     /// connect and its retries wait no longer than the time left.
     fn open(&self, addr: &str, tls: &ConnectTls) -> Result<PeerState, Error> {
-        // A zero wait is refused by `connect_timeout`.
         let (timeout, _) = self.clamp(self.timeout);
-        let connection = Connection::connect(
-            addr,
-            self.framing.clone(),
-            self.max_frame,
-            timeout.max(Duration::from_millis(1)),
-            self.connect_retry.map(|retry| self.clamp(retry).0),
-            tls.now
-                .as_ref()
-                .or(if tls.own { None } else { self.tls.as_ref() }),
-        )?;
+        let connection = if self.udp {
+            Connection::connect_udp(addr, self.framing.clone(), self.max_frame)?
+        } else {
+            self.connect_tcp(addr, tls, timeout)?
+        };
         let number = {
             let mut log = lock(&self.log);
             log.opened += 1;
@@ -396,6 +397,25 @@ impl Conversation {
             number,
             starttls: tls.later.clone(),
         })
+    }
+
+    fn connect_tcp(
+        &self,
+        addr: &str,
+        tls: &ConnectTls,
+        timeout: Duration,
+    ) -> Result<Connection, Error> {
+        // A zero wait is refused by `connect_timeout`.
+        Connection::connect(
+            addr,
+            self.framing.clone(),
+            self.max_frame,
+            timeout.max(Duration::from_millis(1)),
+            self.connect_retry.map(|retry| self.clamp(retry).0),
+            tls.now
+                .as_ref()
+                .or(if tls.own { None } else { self.tls.as_ref() }),
+        )
     }
 
     /// The TLS of `connect(addr, options)`, now and for a later
@@ -696,6 +716,7 @@ impl Peer {
                 self.conversation.record(&state, Direction::Sent, &bytes);
                 Ok(())
             }
+            Err(RecvError::Frame(e)) => Err(Failure::script(format!("cannot send: {e}")).into()),
             Err(e) => Err(Failure::new(FailureKind::Network, format!("cannot send: {e}")).into()),
         }
     }
@@ -853,6 +874,13 @@ impl Peer {
         ctx: &NativeCallContext,
         timeout: Option<Duration>,
     ) -> NativeResult<()> {
+        if self.conversation.udp {
+            return Err(Failure::script(
+                "expect_close() means nothing over UDP: a peer never closes, it falls silent; \
+                 check for silence with `assert_eq(try_recv(ms), ())`",
+            )
+            .into());
+        }
         let timeout = timeout.unwrap_or(self.conversation.timeout);
         let outcome = match self.receive(timeout, "the connection to close")? {
             Received::Closed => Ok(()),
@@ -885,6 +913,12 @@ impl Peer {
     /// `tls_info()`: what the handshake settled, `()` on plain TCP.
     /// `starttls()`: the rest of this connection speaks TLS.
     fn starttls(&mut self) -> NativeResult<()> {
+        if self.conversation.udp {
+            return Err(Failure::script(
+                "starttls() upgrades a TCP connection, and --udp has none",
+            )
+            .into());
+        }
         let network = |message: String| Failure::new(FailureKind::Network, message);
         let (wait, cut) = self.conversation.clamp(self.conversation.timeout);
         let mut state = lock(&self.state);
@@ -1047,6 +1081,12 @@ fn register(engine: &mut Engine, current: &Slot) {
             .clone()
             .ok_or_else(|| Failure::script("no conversation is running"))?;
         let addr = addr.unwrap_or(&conversation.addr).to_string();
+        if conversation.udp && options.is_some() {
+            return Err(Failure::script(
+                "connect(addr, options): the options set up TLS, and --udp speaks no TLS",
+            )
+            .into());
+        }
         let tls = match options {
             Some(options) => conversation.tls_for(&options)?,
             None => ConnectTls::default(),

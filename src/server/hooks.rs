@@ -73,6 +73,8 @@ const HANDOFF_RETRY: Duration = Duration::from_millis(50);
 pub(crate) struct MessageLimit {
     pub(crate) max: usize,
     pub(crate) framing: &'static str,
+    /// The limit is one UDP datagram's, not the framing's.
+    pub(crate) datagram: bool,
 }
 
 impl MessageLimit {
@@ -85,12 +87,34 @@ impl MessageLimit {
         Some(MessageLimit {
             max: usize::try_from(max).unwrap_or(usize::MAX),
             framing: name,
+            datagram: false,
         })
+    }
+
+    /// The tighter of `limit` and one datagram of `datagram` bytes.
+    fn within(limit: Option<MessageLimit>, datagram: Option<usize>) -> Option<MessageLimit> {
+        match (limit, datagram) {
+            (Some(limit), Some(max)) if limit.max <= max => Some(limit),
+            (_, Some(max)) => Some(MessageLimit {
+                max,
+                framing: "",
+                datagram: true,
+            }),
+            (limit, None) => limit,
+        }
     }
 }
 
 #[cold]
 fn too_long(size: usize, limit: MessageLimit) -> String {
+    if limit.datagram {
+        return format!(
+            "a message of {size} bytes does not fit one datagram (at most {} bytes: \
+             --max-frame, and {} for UDP)",
+            limit.max,
+            crate::framing::MAX_DATAGRAM
+        );
+    }
     format!(
         "a message of {size} bytes does not fit the framing {} (at most {} bytes)",
         limit.framing, limit.max
@@ -106,6 +130,8 @@ struct HookCall {
     reply: Reply,
     limit: Option<MessageLimit>,
     max_frame: usize,
+    /// UDP: the largest datagram a send may make.
+    datagram: Option<usize>,
     /// When the call began: one clock read per call, so that operations
     /// that each take long (a match over megabytes) count from the start.
     started: Option<Instant>,
@@ -133,6 +159,7 @@ impl HookCall {
         },
         limit: None,
         max_frame: 0,
+        datagram: None,
         started: None,
         next_handoff: None,
         memory_start: 0,
@@ -152,7 +179,7 @@ impl HookCall {
     fn reframe(&mut self, framing: &str) -> Result<(), String> {
         let framing = framing.parse::<Framing>()?;
         framing.check_max_frame(self.max_frame)?;
-        self.limit = MessageLimit::of(&framing);
+        self.limit = MessageLimit::within(MessageLimit::of(&framing), self.datagram);
         self.reply.actions.push(Action::Reframe(framing));
         Ok(())
     }
@@ -484,6 +511,7 @@ impl ServerScript {
         ConnectionHooks {
             limit: MessageLimit::of(framing),
             max_frame,
+            datagram: None,
             kept: 0,
             unmeasured: 0,
             script: self.clone(),
@@ -808,6 +836,8 @@ pub(crate) struct ConnectionHooks {
     limit: Option<MessageLimit>,
     /// `--max-frame`, which a framing set by the script must respect.
     max_frame: usize,
+    /// UDP: the largest datagram a send may make.
+    datagram: Option<usize>,
     /// Bytes this connection's variables held when last measured, and
     /// what its calls have grown (or shrunk) by since.
     kept: usize,
@@ -827,6 +857,12 @@ impl ConnectionHooks {
     /// What `tls_info()` returns in this connection's hooks.
     pub(crate) fn set_tls_info(&mut self, info: rhai::Map) {
         self.tls = Some(Box::new(info));
+    }
+
+    /// UDP: every send is one datagram of at most `max` bytes.
+    pub(crate) fn in_datagrams(&mut self, max: usize) {
+        self.datagram = Some(max);
+        self.limit = MessageLimit::within(self.limit, self.datagram);
     }
 
     /// Hands back a carried-out reply so the next call can reuse its list.
@@ -884,6 +920,7 @@ impl ConnectionHooks {
             call.proxy = self.script.proxy;
             call.limit = self.limit;
             call.max_frame = self.max_frame;
+            call.datagram = self.datagram;
             call.started = Some(Instant::now());
             call.next_handoff = None;
             call.memory_start = start;

@@ -145,9 +145,14 @@ pub(super) struct Counts {
 
 impl Counts {
     pub(super) fn summary(&self, broadcasts_dropped: u64) -> String {
+        self.summary_of("connections", broadcasts_dropped)
+    }
+
+    /// The summary, counting `what` (UDP counts sessions).
+    pub(super) fn summary_of(&self, what: &str, broadcasts_dropped: u64) -> String {
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let mut line = format!(
-            "shut down: {} connections, {} messages in, {} out, {} errors",
+            "shut down: {} {what}, {} messages in, {} out, {} errors",
             load(&self.connections),
             load(&self.messages_in),
             load(&self.messages_out),

@@ -486,6 +486,7 @@ fn a_client_script_is_checked_too() {
         connect: addr,
         timeout: std::time::Duration::from_secs(5),
         connect_retry: None,
+        udp: false,
         framing: None,
         max_frame: 1 << 20,
         params: Params::default(),

@@ -34,3 +34,4 @@ mod support;
 mod tls_client;
 mod tls_commands;
 mod tls_server;
+mod udp;

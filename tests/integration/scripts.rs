@@ -120,6 +120,7 @@ fn every_shipped_script_compiles_and_is_run_by_this_file() {
         include_str!("protocols.rs"),
         include_str!("protocols_http_smtp.rs"),
         include_str!("proxy_script.rs"),
+        include_str!("udp.rs"),
     ]
     .concat();
     let mut names = Vec::new();

@@ -1,0 +1,539 @@
+//! `tcpscript server --udp`: a session per source address, with the same
+//! hooks as a TCP connection: `on_connect` at a peer's first datagram,
+//! `on_message` for each message, `on_disconnect` when the session ends
+//! (idle past `--idle-timeout`, `close()`, evicted at `--max-sessions`, or
+//! the server stopping).
+//!
+//! One task drives every session: one receive loop, a map from address to
+//! session, and a queue of activity for the idle limit and eviction. Hooks
+//! never block (see `hooks`), so a task per session would buy nothing but
+//! a stack and a channel each; a session here is its hooks and a few
+//! words, which keeps 10,000 live sessions within a few MiB.
+//!
+//! What differs from TCP: nothing closes under a session, so the replies
+//! of `on_disconnect` always go out; nothing orders or delivers for us, so
+//! a reply after a `sleep()` may pass the replies of later messages, and a
+//! broadcast to a peer whose socket buffer is full is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ServerOptions;
+use super::hooks::{Action, ConnectionHooks, HookFailure, Reply, ServerScript};
+use super::room::Room;
+use super::shutdown::Counts;
+use crate::console;
+use crate::framing::{self, DatagramLimit, Framing};
+use crate::transcript::{Direction, Transcript, Verbosity};
+
+/// `--idle-timeout` of a UDP server unless given: a peer never says it
+/// has gone, so a session must end by itself.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--max-sessions` unless given.
+pub(crate) const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Bytes asked for per receive: more than any UDP payload (65,507 bytes
+/// over IPv4, 65,527 over IPv6), so the kernel never cuts a datagram and
+/// one larger than --max-frame is seen whole and refused, never cut.
+const RECV_SIZE: usize = 65_536;
+
+/// What only a UDP server has.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UdpOptions {
+    /// Live sessions at most; a new peer past it evicts the idlest.
+    pub(crate) max_sessions: usize,
+}
+
+/// One peer's session.
+struct Session {
+    hooks: ConnectionHooks,
+    /// The script's `set_framing()`, when it changed the server's.
+    framing: Option<Box<Framing>>,
+    /// Its latest entry in the queue of activity.
+    stamp: u64,
+    transcript: Transcript,
+    /// Its place in `peers()`, when the script lists peers: held until
+    /// the session ends.
+    _roster: Option<Roster>,
+}
+
+/// Why a session ended.
+enum End {
+    ScriptClosed,
+    Idle,
+    Evicted(Duration),
+    Shutdown,
+    HookFailed,
+}
+
+/// The actions of a reply that follow a `sleep()`: carried out by the
+/// loop once the pause is over, so that one session's pause delays no one
+/// else.
+struct Delayed {
+    peer: SocketAddr,
+    reply: Reply,
+}
+
+struct Server {
+    socket: Arc<UdpSocket>,
+    script: Arc<ServerScript>,
+    options: ServerOptions,
+    udp: UdpOptions,
+    idle: Duration,
+    limit: DatagramLimit,
+    sessions: HashMap<SocketAddr, Session>,
+    /// Who was active when, oldest first: a peer, the stamp it had then,
+    /// and the time. An entry whose stamp is no longer its session's is
+    /// stale, and skipped; the queue is compacted when they pile up.
+    activity: VecDeque<(SocketAddr, u64, Instant)>,
+    next_stamp: u64,
+    /// A reply framed, reused for every send.
+    out: Vec<u8>,
+    /// A framed datagram's bytes, and where its messages lie in them.
+    scratch: BytesMut,
+    records: Vec<Range<usize>>,
+    delayed: mpsc::UnboundedSender<Delayed>,
+    ended: u64,
+    messages_in: u64,
+    messages_out: u64,
+    errors: u64,
+    broadcasts_dropped: u64,
+}
+
+/// Serves datagrams on `socket` until `stop` completes; then every
+/// session ends through `on_disconnect`. Returns the summary line.
+pub(super) async fn serve(
+    socket: UdpSocket,
+    script: ServerScript,
+    options: ServerOptions,
+    udp: UdpOptions,
+    stop: impl Future<Output = ()>,
+) -> String {
+    let socket = Arc::new(socket);
+    let (delayed, mut pauses_over) = mpsc::unbounded_channel();
+    let mut server = Server {
+        socket: socket.clone(),
+        script: Arc::new(script),
+        idle: options.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        limit: DatagramLimit::new(options.max_frame),
+        options,
+        udp,
+        sessions: HashMap::new(),
+        activity: VecDeque::new(),
+        next_stamp: 0,
+        out: Vec::new(),
+        scratch: BytesMut::new(),
+        records: Vec::new(),
+        delayed,
+        ended: 0,
+        messages_in: 0,
+        messages_out: 0,
+        errors: 0,
+        broadcasts_dropped: 0,
+    };
+    let mut buf = vec![0u8; RECV_SIZE];
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry, stop);
+    let mut armed = false;
+    loop {
+        // Datagrams last: a flood that always has one waiting must not keep
+        // the server from stopping, sessions from expiring or a pause from
+        // ending.
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            () = &mut expiry, if armed => server.expire().await,
+            Some(delayed) = pauses_over.recv() => server.carry_out(delayed).await,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, peer)) => server.datagram(peer, &buf[..n]).await,
+                // A Linux socket with no peer of its own hears of no ICMP
+                // error; what is left is rare and passes.
+                Err(e) => console::err(&format!("udp receive failed: {e}")),
+            },
+        }
+        // The oldest activity decides the next expiry: it changes only as
+        // the queue's front is taken, so the timer is seldom reset.
+        match server.activity.front() {
+            Some(&(_, _, at)) => {
+                let due = at + server.idle;
+                if !armed || expiry.deadline() != due {
+                    expiry.as_mut().reset(due);
+                }
+                armed = true;
+            }
+            None => armed = false,
+        }
+    }
+    server.shut_down().await;
+    let counts = Counts::default();
+    counts.connections.store(server.ended, Ordering::Relaxed);
+    counts
+        .messages_in
+        .store(server.messages_in, Ordering::Relaxed);
+    counts
+        .messages_out
+        .store(server.messages_out, Ordering::Relaxed);
+    counts.errors.store(server.errors, Ordering::Relaxed);
+    counts.summary_of("sessions", server.broadcasts_dropped)
+}
+
+impl Server {
+    /// One datagram: its session found or started, each of its messages
+    /// handed to `on_message`, and the replies sent.
+    async fn datagram(&mut self, peer: SocketAddr, datagram: &[u8]) {
+        if !self.sessions.contains_key(&peer) && !self.open(peer).await {
+            return;
+        }
+        self.touch(peer);
+        let framing = self.framing_of(peer);
+        let mut records = std::mem::take(&mut self.records);
+        records.clear();
+        let split = framing::datagram_records(
+            &framing,
+            self.options.max_frame,
+            datagram,
+            &mut self.scratch,
+            &mut records,
+        );
+        if let Err(e) = split {
+            self.errors += 1;
+            if self.options.verbosity >= Verbosity::Normal {
+                console::err(&format!("{peer} {e}"));
+            }
+        }
+        for range in records.drain(..) {
+            let Some(session) = self.sessions.get_mut(&peer) else {
+                break;
+            };
+            let message = &datagram[range];
+            self.messages_in += 1;
+            session.transcript.record(Direction::Received, message);
+            match session.hooks.on_message(message) {
+                Ok(reply) => {
+                    if self.perform(peer, &framing, reply).await {
+                        self.end(peer, End::ScriptClosed).await;
+                    }
+                }
+                Err(failure) => self.failed(peer, failure).await,
+            }
+        }
+        self.records = records;
+    }
+
+    /// Starts a session at a peer's first datagram, evicting the idlest
+    /// when there are `--max-sessions` already. False when `on_connect`
+    /// ended it at once (it failed, or closed).
+    async fn open(&mut self, peer: SocketAddr) -> bool {
+        if self.sessions.len() >= self.udp.max_sessions {
+            self.evict().await;
+        }
+        let options = &self.options;
+        let mut hooks = self
+            .script
+            .connection(peer, &options.framing, options.max_frame);
+        hooks.in_datagrams(self.limit.max);
+        let session = Session {
+            hooks,
+            framing: None,
+            stamp: 0,
+            transcript: Transcript::new(options.verbosity, format!("{peer} ")),
+            _roster: self.script.room().map(|room| Roster::join(room, peer)),
+        };
+        if options.verbosity == Verbosity::Verbose {
+            console::err(&format!("{peer} session started"));
+        }
+        let session = self.sessions.entry(peer).or_insert(session);
+        match session.hooks.on_connect() {
+            Ok(reply) => {
+                let framing = self.options.framing.clone();
+                if self.perform(peer, &framing, reply).await {
+                    self.end(peer, End::ScriptClosed).await;
+                    return false;
+                }
+                true
+            }
+            Err(failure) => {
+                self.failed(peer, failure).await;
+                false
+            }
+        }
+    }
+
+    /// The session's framing: the server's, or what its script set.
+    fn framing_of(&self, peer: SocketAddr) -> Framing {
+        match self.sessions.get(&peer).and_then(|s| s.framing.as_deref()) {
+            Some(framing) => framing.clone(),
+            None => self.options.framing.clone(),
+        }
+    }
+
+    /// Marks the session active now.
+    fn touch(&mut self, peer: SocketAddr) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        self.next_stamp += 1;
+        session.stamp = self.next_stamp;
+        self.activity
+            .push_back((peer, self.next_stamp, Instant::now()));
+        // Each busy session leaves stale entries behind; dropping them
+        // once they outnumber the sessions keeps the queue's cost per
+        // datagram constant.
+        if self.activity.len() > 2 * self.sessions.len() + 1024 {
+            let sessions = &self.sessions;
+            self.activity
+                .retain(|(peer, stamp, _)| sessions.get(peer).is_some_and(|s| s.stamp == *stamp));
+        }
+    }
+
+    /// The session idle the longest, and since when: the queue's front
+    /// once stale entries are dropped.
+    fn idlest(&mut self) -> Option<(SocketAddr, Instant)> {
+        while let Some(&(peer, stamp, at)) = self.activity.front() {
+            if self.sessions.get(&peer).is_some_and(|s| s.stamp == stamp) {
+                return Some((peer, at));
+            }
+            self.activity.pop_front();
+        }
+        None
+    }
+
+    /// Ends every session idle past the limit.
+    async fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some((peer, at)) = self.idlest() {
+            if at + self.idle > now {
+                break;
+            }
+            self.activity.pop_front();
+            self.end(peer, End::Idle).await;
+        }
+    }
+
+    /// Makes room for a new peer: the session idle the longest ends.
+    async fn evict(&mut self) {
+        if let Some((peer, at)) = self.idlest() {
+            self.activity.pop_front();
+            self.end(peer, End::Evicted(at.elapsed())).await;
+        }
+    }
+
+    /// Ends a session: `on_disconnect`, whose replies still reach the
+    /// peer (nothing closed under it), and its counts.
+    async fn end(&mut self, peer: SocketAddr, end: End) {
+        let Some(mut session) = self.sessions.remove(&peer) else {
+            return;
+        };
+        let verbosity = self.options.verbosity;
+        let reason = match end {
+            End::ScriptClosed => "closed by script".to_string(),
+            End::Shutdown => "ended: server shutting down".to_string(),
+            End::HookFailed => "ended after a script error".to_string(),
+            End::Idle => format!(
+                "ended: idle for {} (--idle-timeout)",
+                humantime::format_duration(self.idle)
+            ),
+            End::Evicted(idle) => format!(
+                "evicted: {} sessions are live (--max-sessions), and it was idle the longest ({})",
+                self.udp.max_sessions,
+                humantime::format_duration(round_to_millis(idle))
+            ),
+        };
+        // Idle ends and evictions are the server's own decisions: said
+        // unless --quiet. The others are said with -v, as for TCP.
+        let said = match end {
+            End::Idle | End::Evicted(_) => verbosity >= Verbosity::Normal,
+            _ => verbosity == Verbosity::Verbose,
+        };
+        if said {
+            console::err(&format!("{peer} {reason}"));
+        }
+        let framing = session
+            .framing
+            .take()
+            .map_or_else(|| self.options.framing.clone(), |f| *f);
+        let farewell = match session.hooks.on_disconnect() {
+            Ok(reply) => reply,
+            Err(failure) => {
+                failure.error.eprint();
+                self.errors += 1;
+                failure.before
+            }
+        };
+        drop(session);
+        // A `close()` here has nothing left to close.
+        let _ = Box::pin(self.perform(peer, &framing, farewell)).await;
+        self.ended += 1;
+    }
+
+    /// A hook failed: its error is reported, what it sent before failing
+    /// goes out, and the session ends.
+    async fn failed(&mut self, peer: SocketAddr, mut failure: HookFailure) {
+        self.errors += 1;
+        if let (Some(diagnostic), Some(session)) =
+            (failure.error.diagnostic_mut(), self.sessions.get(&peer))
+        {
+            diagnostic.transcript = session.transcript.recent();
+        }
+        failure.error.eprint();
+        let framing = self.framing_of(peer);
+        let _ = self.perform(peer, &framing, failure.before).await;
+        Box::pin(self.end(peer, End::HookFailed)).await;
+    }
+
+    /// Carries out what followed a `sleep()`.
+    async fn carry_out(&mut self, delayed: Delayed) {
+        let framing = self.framing_of(delayed.peer);
+        if self.perform(delayed.peer, &framing, delayed.reply).await {
+            self.end(delayed.peer, End::ScriptClosed).await;
+        }
+    }
+
+    /// Carries out a hook's reply, each send one datagram; true when the
+    /// script asked to close. What follows a `sleep()` is carried out once
+    /// the pause is over, the close with it.
+    async fn perform(&mut self, peer: SocketAddr, framing: &Framing, mut reply: Reply) -> bool {
+        let mut framing = std::borrow::Cow::Borrowed(framing);
+        let mut actions = std::mem::take(&mut reply.actions);
+        let mut pending = actions.drain(..);
+        while let Some(action) = pending.next() {
+            match action {
+                Action::Send(message) => self.send(peer, Some(&framing), message.as_bytes()).await,
+                Action::SendRaw(bytes) => self.send(peer, None, bytes.as_bytes()).await,
+                Action::Reframe(new) => {
+                    if let Some(session) = self.sessions.get_mut(&peer) {
+                        session.framing = Some(Box::new(new.clone()));
+                    }
+                    framing = std::borrow::Cow::Owned(new);
+                }
+                Action::Sleep(pause) => {
+                    let rest = Reply {
+                        actions: pending.collect(),
+                        close: reply.close,
+                        ..Reply::default()
+                    };
+                    let due = self.delayed.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(pause).await;
+                        let _ = due.send(Delayed { peer, reply: rest });
+                    });
+                    return false;
+                }
+                Action::Broadcast(message) => self.broadcast(peer, &message),
+                // `to_client` and `to_server` refuse to run in a server's hooks.
+                Action::ToClient(_) | Action::ToServer(_) => {}
+            }
+        }
+        drop(pending);
+        let close = reply.close;
+        reply.actions = actions;
+        if let Some(session) = self.sessions.get_mut(&peer) {
+            session.hooks.recycle(reply);
+        }
+        close
+    }
+
+    /// One message to `peer` as one datagram, framed unless `framing` is
+    /// `None` (`send_raw`). A datagram too large is refused, and said.
+    async fn send(&mut self, peer: SocketAddr, framing: Option<&Framing>, message: &[u8]) {
+        self.out.clear();
+        let framed = match framing {
+            Some(framing) => framing::encode(framing, message, &mut self.out),
+            None => {
+                self.out.extend_from_slice(message);
+                Ok(())
+            }
+        };
+        if let Err(e) = framed.and_then(|()| self.limit.check(self.out.len())) {
+            self.errors += 1;
+            console::err(&format!("{peer} cannot send: {e}"));
+            return;
+        }
+        match self.socket.send_to(&self.out, peer).await {
+            Ok(_) => {
+                self.messages_out += 1;
+                if let Some(session) = self.sessions.get_mut(&peer) {
+                    session.transcript.record(Direction::Sent, message);
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                if self.options.verbosity >= Verbosity::Normal {
+                    console::err(&format!("{peer} cannot send: {e}"));
+                }
+            }
+        }
+    }
+
+    /// `broadcast()`: to every other live session, in its own framing.
+    /// A peer whose datagrams the socket cannot take now misses it, as a
+    /// TCP member that reads too slowly does.
+    fn broadcast(&mut self, from: SocketAddr, message: &[u8]) {
+        for (&peer, session) in &mut self.sessions {
+            if peer == from {
+                continue;
+            }
+            self.out.clear();
+            let framing = session.framing.as_deref().unwrap_or(&self.options.framing);
+            let framed = framing::encode(framing, message, &mut self.out)
+                .and_then(|()| self.limit.check(self.out.len()));
+            if framed.is_err() {
+                self.broadcasts_dropped += 1;
+                continue;
+            }
+            match self.socket.try_send_to(&self.out, peer) {
+                Ok(_) => {
+                    self.messages_out += 1;
+                    session.transcript.record(Direction::Sent, message);
+                }
+                Err(_) => self.broadcasts_dropped += 1,
+            }
+        }
+    }
+
+    /// The server stops: every session ends through `on_disconnect`.
+    async fn shut_down(&mut self) {
+        let peers: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        for peer in peers {
+            self.end(peer, End::Shutdown).await;
+        }
+    }
+}
+
+/// An eviction says how long the session was idle; sub-millisecond digits
+/// are noise.
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A session's place in the room, for `peers()`; it leaves when dropped.
+/// Broadcasts do not go through the room's inboxes: the loop sends them.
+struct Roster {
+    room: Arc<Room>,
+    id: u64,
+}
+
+impl Roster {
+    fn join(room: &Arc<Room>, peer: SocketAddr) -> Self {
+        let (id, _inbox) = room.join(peer.to_string());
+        Roster {
+            room: room.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Roster {
+    fn drop(&mut self) {
+        self.room.leave(self.id);
+    }
+}
