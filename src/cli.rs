@@ -305,6 +305,8 @@ pub struct ClientArgs {
     #[arg(long, value_name = "FILE", requires = "script")]
     pub(crate) html: Option<PathBuf>,
     #[command(flatten)]
+    pub(crate) thresholds: ThresholdArgs,
+    #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,
     #[command(flatten)]
     pub(crate) record: RecordArgs,
@@ -396,6 +398,19 @@ impl ServerLimitArgs {
             ..Limits::default()
         }
     }
+}
+
+/// Pass marks for load mode and `merge`, and the report that lists them.
+#[derive(Debug, Args)]
+pub struct ThresholdArgs {
+    /// Load mode: a pass mark, e.g. p99<50ms, max<=1s, failed<0.1%, rate>1000;
+    /// repeatable. Latency p50, p90, p99 or max in us, ms or s; failed as a
+    /// percentage or a fraction; rate in conversations/s. One broken: exit 1
+    #[arg(long = "threshold", value_name = "EXPR", value_parser = load::threshold::parse_arg)]
+    pub(crate) thresholds: Vec<load::threshold::Threshold>,
+    /// Load mode: write a JUnit XML report, one test case per --threshold
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
 }
 
 /// Manual mode only: write the session down as a script that replays it.
@@ -735,6 +750,13 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
 fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
+    if args.script.is_none()
+        && (!args.thresholds.thresholds.is_empty() || args.thresholds.junit.is_some())
+    {
+        return Err(Error::Usage(
+            "--threshold and --junit are for load mode, which needs a SCRIPT".into(),
+        ));
+    }
     let Some(script) = args.script else {
         return manual::client(&ManualClientOptions {
             connect: args.connect,
@@ -772,7 +794,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         (None, Some(iterations)) => Some(Until::Iterations(iterations)),
         (None, None) => None,
     };
-    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() || args.html.is_some() {
+    let load_flags = args.concurrency.is_some()
+        || until.is_some()
+        || args.rate.is_some()
+        || args.html.is_some()
+        || !args.thresholds.thresholds.is_empty()
+        || args.thresholds.junit.is_some();
+    if load_flags {
         let Some(until) = until else {
             return Err(Error::Usage(
                 "load mode needs --duration or --iterations to know when to stop".into(),
@@ -786,8 +814,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             concurrency: args.concurrency.unwrap_or(1),
             until,
             rate: args.rate,
-            json: args.json,
-            html: args.html,
+            report: load::ReportOptions {
+                json: args.json,
+                quiet: verbosity == Verbosity::Quiet,
+                html: args.html,
+                junit: args.thresholds.junit,
+                thresholds: args.thresholds.thresholds,
+            },
         });
     }
     let events = args

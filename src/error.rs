@@ -11,7 +11,8 @@ use crate::diagnostic::Diagnostic;
 pub mod exit {
     /// Everything ran and every expectation held.
     pub const OK: u8 = 0;
-    /// An expectation or assertion failed (wrong reply, timeout, unexpected close).
+    /// An expectation or assertion failed (wrong reply, timeout, unexpected
+    /// close), or a load-mode `--threshold` broke.
     pub const FAILED: u8 = 1;
     /// Usage error: bad flag, unreadable file, missing parameter.
     pub const USAGE: u8 = 2;
@@ -79,6 +80,14 @@ pub enum Error {
         total: usize,
         code: u8,
     },
+    /// Load mode or `merge`: some `--threshold`s broke. Each is named in
+    /// the summary; `code` is 1, or the failures' code (see `load`).
+    #[error("{} of {total} thresholds broken: {}", broken.len(), broken.join(", "))]
+    ThresholdsBroken {
+        broken: Vec<String>,
+        total: usize,
+        code: u8,
+    },
 }
 
 /// Why a path cannot be read as a script.
@@ -112,7 +121,7 @@ impl Error {
             | Error::Handshake { .. }
             | Error::Network(_) => exit::NETWORK,
             Error::System { .. } => exit::SYSTEM,
-            Error::TestsFailed { code, .. } => *code,
+            Error::TestsFailed { code, .. } | Error::ThresholdsBroken { code, .. } => *code,
         }
     }
 

@@ -2,7 +2,7 @@
 //! --iterations M)`. N virtual users each run the conversation in a loop,
 //! every run on a fresh connection, and the figures come out as a summary
 //! (or JSON): conversations/s, messages/s, latency percentiles, failures
-//! grouped by message.
+//! grouped by message. `--threshold`s judge the figures (see `threshold`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -15,11 +15,14 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+pub(crate) mod threshold;
+
 use crate::client::{ClientOptions, ClientScript};
 use crate::error::{Error, exit};
 use crate::report::diagnostic_of;
 use crate::report::timeline::{Second, Timeline};
 use crate::transcript::{SHOWN_ON_FAILURE, Verbosity};
+use threshold::{Measured, Threshold, Verdict};
 
 #[derive(Debug, Clone)]
 pub(crate) struct LoadOptions {
@@ -29,9 +32,21 @@ pub(crate) struct LoadOptions {
     pub(crate) until: Until,
     /// New conversations per second across all users; `None`: as fast as they go.
     pub(crate) rate: Option<f64>,
+    pub(crate) report: ReportOptions,
+}
+
+/// What to make of a run's figures: the same for a run and for `merge`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReportOptions {
+    /// The summary as one JSON object on stdout instead of text on stderr.
     pub(crate) json: bool,
+    /// `-q`: no summary when every conversation passed and every threshold held.
+    pub(crate) quiet: bool,
     /// `--html FILE`: a page of charts, from figures kept per second.
     pub(crate) html: Option<PathBuf>,
+    /// `--junit FILE`: one test case per threshold.
+    pub(crate) junit: Option<PathBuf>,
+    pub(crate) thresholds: Vec<Threshold>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +56,7 @@ pub(crate) enum Until {
 }
 
 /// What one user measured; merged at the end.
-struct Tally {
+pub(crate) struct Tally {
     /// Conversation durations in microseconds.
     latency: Histogram<u64>,
     /// TLS handshake durations in microseconds, apart from the above.
@@ -150,6 +165,7 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     let progress = progress_bar(options);
     let total = Arc::new(Mutex::new(Tally::new()));
     let timeline = options
+        .report
         .html
         .is_some()
         .then(|| Mutex::new(Timeline::default()));
@@ -243,27 +259,82 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     let tally = Arc::try_unwrap(total)
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .unwrap_or_else(|_| Tally::new());
-    report(&tally, elapsed, options);
-    if let (Some(path), Some(timeline)) = (&options.html, timeline) {
-        let timeline = timeline.lock().unwrap_or_else(|e| e.into_inner());
+    let timeline = timeline
+        .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner())))
+        .unwrap_or_default();
+    finish(
+        &Run {
+            script: options.client.script.display().to_string(),
+            users: options.concurrency,
+            elapsed,
+            tally,
+            timeline,
+        },
+        &options.report,
+    )
+}
+
+/// A finished run, or shards merged: what the reports are made from.
+pub(crate) struct Run {
+    pub(crate) script: String,
+    pub(crate) users: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) tally: Tally,
+    /// Figures per second; empty for merged shards.
+    pub(crate) timeline: Timeline,
+}
+
+/// Prints the summary, writes the reports asked for and says how the run
+/// ended: the exit code's rules are `exit_code`'s and `judged_code`'s.
+pub(crate) fn finish(run: &Run, options: &ReportOptions) -> Result<(), Error> {
+    let tally = &run.tally;
+    let per_second = (tally.passed + tally.failed) as f64 / run.elapsed.as_secs_f64().max(1e-9);
+    let measured = Measured {
+        latency: &tally.latency,
+        passed: tally.passed,
+        failed: tally.failed,
+        per_second,
+    };
+    let verdicts: Vec<Verdict> = options
+        .thresholds
+        .iter()
+        .map(|threshold| threshold.judge(&measured))
+        .collect();
+    report(run, &verdicts, options);
+    if let Some(path) = &options.junit {
+        crate::report::junit::write_thresholds(path, &verdicts, run.elapsed)?;
+    }
+    if let Some(path) = &options.html {
         crate::report::html::load::write(
             path,
             &crate::report::html::load::Figures {
-                script: &options.client.script.display().to_string(),
-                users: options.concurrency,
-                elapsed,
+                script: &run.script,
+                users: run.users,
+                elapsed: run.elapsed,
                 passed: tally.passed,
                 failed: tally.failed,
                 messages: tally.sent + tally.received,
                 latency: &tally.latency,
-                failures: &sorted_failures(&tally),
-                timeline: &timeline,
+                failures: &sorted_failures(tally),
+                timeline: &run.timeline,
+                thresholds: &verdicts,
             },
         )?;
     }
-    let code = exit_code(&tally);
+    let code = judged_code(tally, &options.thresholds, &verdicts);
+    let broken: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| v.text.clone())
+        .collect();
     if code == exit::OK {
         Ok(())
+    } else if !broken.is_empty() {
+        Err(Error::ThresholdsBroken {
+            broken,
+            total: verdicts.len(),
+            code,
+        })
     } else {
         Err(Error::TestsFailed {
             failed: tally.failed as usize,
@@ -273,8 +344,34 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     }
 }
 
+/// The exit code once thresholds are judged. Without a `failed`
+/// threshold, failed conversations give `exit_code`'s code, as they do
+/// with no thresholds at all. A `failed` threshold says how many failures
+/// are acceptable, so failures within it do not fail the run; when it
+/// breaks, the failures' code applies (1 for expectations, 3 or 4 when a
+/// script or network error was the most frequent). Any other broken
+/// threshold makes an otherwise successful run exit 1; a run that already
+/// exits 3 or 4 keeps that code, which says more.
+fn judged_code(tally: &Tally, thresholds: &[Threshold], verdicts: &[Verdict]) -> u8 {
+    let failure_rate_judged = thresholds.iter().any(Threshold::is_failure_rate);
+    let failure_rate_broken = thresholds
+        .iter()
+        .zip(verdicts)
+        .any(|(t, v)| t.is_failure_rate() && !v.passed);
+    let code = if failure_rate_judged && !failure_rate_broken {
+        exit::OK
+    } else {
+        exit_code(tally)
+    };
+    if code == exit::OK && verdicts.iter().any(|v| !v.passed) {
+        exit::FAILED
+    } else {
+        code
+    }
+}
+
 fn progress_bar(options: &LoadOptions) -> Option<ProgressBar> {
-    if options.json || !std::io::stderr().is_terminal() {
+    if options.report.json || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = match options.until {
@@ -304,8 +401,9 @@ fn exit_code(tally: &Tally) -> u8 {
         .map_or(exit::FAILED, |(_, (_, code))| *code)
 }
 
-fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
+fn report(run: &Run, verdicts: &[Verdict], options: &ReportOptions) {
+    let tally = &run.tally;
+    let seconds = run.elapsed.as_secs_f64().max(1e-9);
     let conversations = tally.passed + tally.failed;
     let per_second = conversations as f64 / seconds;
     let messages = tally.sent + tally.received;
@@ -315,7 +413,7 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     if options.json {
         let mut summary = json!({
             "event": "load",
-            "concurrency": options.concurrency,
+            "concurrency": run.users,
             "duration": seconds,
             "conversations": conversations,
             "passed": tally.passed,
@@ -328,6 +426,10 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
                 .iter()
                 .map(|(message, count)| json!({ "message": message, "count": count }))
                 .collect::<Vec<_>>(),
+            "thresholds": verdicts
+                .iter()
+                .map(|v| json!({ "expr": v.text, "passed": v.passed, "actual": v.actual }))
+                .collect::<Vec<_>>(),
         });
         if tls {
             let mut handshake = Spread::of(&tally.handshake).json();
@@ -337,13 +439,13 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
         println!("{summary}");
         return;
     }
-    if options.client.verbosity == Verbosity::Quiet && tally.failed == 0 {
+    if options.quiet && tally.failed == 0 && verdicts.iter().all(|v| v.passed) {
         return;
     }
     crate::console::err(&format!(
         "{conversations} conversations in {seconds:.2}s with {} users: {per_second:.1} conversations/s, \
          {:.1} messages/s",
-        options.concurrency,
+        run.users,
         messages as f64 / seconds
     ));
     crate::console::err(&format!(
@@ -362,6 +464,9 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
             "  {count} × {}",
             crate::message::escape_controls(message)
         ));
+    }
+    for verdict in verdicts {
+        crate::console::err(&verdict.to_string());
     }
 }
 
@@ -456,5 +561,43 @@ mod tests {
         for _ in 0..MAPS {
             assert_eq!(exit_code(&tally(&failures)), exit::SCRIPT);
         }
+    }
+
+    fn judged(failures: &[(&str, u64, u8)], thresholds: &[(&str, bool)]) -> u8 {
+        let tally = tally(failures);
+        let parsed: Vec<Threshold> = thresholds
+            .iter()
+            .map(|(text, _)| Threshold::parse(text).unwrap())
+            .collect();
+        let verdicts: Vec<Verdict> = thresholds
+            .iter()
+            .map(|(text, passed)| Verdict {
+                text: text.to_string(),
+                passed: *passed,
+                actual: 0.0,
+                shown: String::new(),
+                figure: "",
+            })
+            .collect();
+        judged_code(&tally, &parsed, &verdicts)
+    }
+
+    #[test]
+    fn a_broken_threshold_fails_a_clean_run() {
+        assert_eq!(judged(&[], &[("p99<1ms", true)]), exit::OK);
+        assert_eq!(judged(&[], &[("p99<1ms", false)]), exit::FAILED);
+    }
+
+    #[test]
+    fn failures_within_a_failed_threshold_pass() {
+        let failures = [("cannot connect", 1, exit::NETWORK)];
+        assert_eq!(judged(&failures, &[("failed<1%", true)]), exit::OK);
+        assert_eq!(judged(&failures, &[("failed<1%", false)]), exit::NETWORK);
+        // With no failure threshold, failures keep their code.
+        assert_eq!(judged(&failures, &[("p99<1ms", true)]), exit::NETWORK);
+        assert_eq!(
+            judged(&failures, &[("failed<1%", true), ("p99<1ms", false)]),
+            exit::FAILED
+        );
     }
 }
