@@ -41,6 +41,12 @@ pub enum Error {
         path: String,
         problem: ScriptFileProblem,
     },
+    /// `merge`: a file that is not a usable `--hist-out` file.
+    #[error("cannot merge `{path}`: {problem}")]
+    ShardFile {
+        path: String,
+        problem: crate::load::merge::ShardFileError,
+    },
     #[error("cannot write `{path}`: {source}")]
     WriteFile { path: String, source: io::Error },
     /// The operating system refused a resource; `action` says which, as
@@ -111,6 +117,7 @@ impl Error {
             Error::Usage(_)
             | Error::ReadFile { .. }
             | Error::ScriptFile { .. }
+            | Error::ShardFile { .. }
             | Error::WriteFile { .. }
             | Error::TlsSetup(_)
             | Error::ScriptUsage(_) => exit::USAGE,

@@ -9,13 +9,16 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-pub(crate) mod threshold;
+mod hdr_v2; // HdrHistogram's V2 encoding, for --hist-out
+pub(crate) mod merge; // --hist-out FILE and `tcpscript merge`
+pub(crate) mod shard; // --shard K/N and --start-at
+pub(crate) mod threshold; // --threshold EXPR
 
 use crate::client::{ClientOptions, ClientScript};
 use crate::error::{Error, exit};
@@ -32,6 +35,13 @@ pub(crate) struct LoadOptions {
     pub(crate) until: Until,
     /// New conversations per second across all users; `None`: as fast as they go.
     pub(crate) rate: Option<f64>,
+    /// `--shard K/N`: which slice of the whole test this is (the users,
+    /// iterations and rate above are its share already).
+    pub(crate) shard: Option<shard::Shard>,
+    /// `--start-at`: when the users start, once the scripts are compiled.
+    pub(crate) start_at: Option<SystemTime>,
+    /// `--hist-out FILE`: the figures for `tcpscript merge`.
+    pub(crate) hist_out: Option<PathBuf>,
     pub(crate) report: ReportOptions,
 }
 
@@ -49,7 +59,7 @@ pub(crate) struct ReportOptions {
     pub(crate) thresholds: Vec<Threshold>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Until {
     Elapsed(Duration),
     Iterations(u64),
@@ -152,6 +162,9 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         scripts.push(ClientScript::load(&client)?);
     }
     crate::net::raise_open_file_limit();
+    if let Some(start) = options.start_at {
+        wait_for_start(start, options);
+    }
     let pace = Arc::new(Pace {
         started: Instant::now(),
         until: options.until,
@@ -262,16 +275,33 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     let timeline = timeline
         .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner())))
         .unwrap_or_default();
-    finish(
-        &Run {
-            script: options.client.script.display().to_string(),
-            users: options.concurrency,
-            elapsed,
-            tally,
-            timeline,
-        },
-        &options.report,
-    )
+    let run = Run {
+        script: options.client.script.display().to_string(),
+        users: options.concurrency,
+        elapsed,
+        tally,
+        timeline,
+    };
+    if let Some(path) = &options.hist_out {
+        merge::write(path, &run, options.shard)?;
+    }
+    finish(&run, &options.report)
+}
+
+/// Sleeps until `start`, saying so unless `-q`: shards on several
+/// machines compile their scripts, then begin together. A time already
+/// past starts at once (the CLI refused one more than a day ahead).
+fn wait_for_start(start: SystemTime, options: &LoadOptions) {
+    let wait = start.duration_since(SystemTime::now()).unwrap_or_default();
+    if !options.report.quiet {
+        let when = humantime::format_rfc3339_millis(start);
+        crate::console::err(&if wait.is_zero() {
+            format!("--start-at {when} has passed: starting now")
+        } else {
+            format!("waiting {:.1}s until --start-at {when}", wait.as_secs_f64())
+        });
+    }
+    std::thread::sleep(wait);
 }
 
 /// A finished run, or shards merged: what the reports are made from.

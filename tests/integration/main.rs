@@ -13,6 +13,7 @@ mod html_report;
 mod interop;
 mod isolation;
 mod load;
+mod load_shards;
 mod load_thresholds;
 mod manual;
 mod memory;
