@@ -240,3 +240,73 @@ fn start_at_waits_then_runs() {
         .code(2)
         .stderr(contains("more than the limit of 24h"));
 }
+
+#[test]
+fn four_shards_merged_count_what_the_whole_run_counts() {
+    let server = Running::server(&["--echo", "-q"]);
+    let s = script(ECHO_ONCE);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let output = tcpscript()
+            .args(["client", s.path(), "--connect", &server.addr()])
+            .args(["--concurrency", "6", "--iterations", "103", "--json"])
+            .args(extra)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        json(&output)
+    };
+    let whole = run(&[]);
+    let files: Vec<_> = (1..=4)
+        .map(|k| {
+            let path = dir.path().join(format!("{k}.json"));
+            run(&[
+                "--shard",
+                &format!("{k}/4"),
+                "--hist-out",
+                path.to_str().unwrap(),
+            ]);
+            path
+        })
+        .collect();
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let html = dir.path().join("merged.html");
+    let output = merge(
+        &paths,
+        &[
+            "--json",
+            "--threshold",
+            "p99<10s",
+            "--html",
+            html.to_str().unwrap(),
+        ],
+    )
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let merged = json(&output);
+    for figure in [
+        "conversations",
+        "passed",
+        "failed",
+        "messages",
+        "concurrency",
+    ] {
+        assert_eq!(merged[figure], whole[figure], "{figure}");
+    }
+    let mut union = latency(paths[0]);
+    for path in &paths[1..] {
+        union.add(latency(path)).unwrap();
+    }
+    assert_eq!(union.len(), 103);
+    let p90 = merged["latency_ms"]["p90"].as_f64().unwrap();
+    assert_eq!(p90, union.value_at_quantile(0.9) as f64 / 1000.0);
+    // The page has the figures and the thresholds, and no charts over time.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("103 conversations"), "{page}");
+    assert!(page.contains("<table class=\"thresholds\">"));
+    assert!(page.contains("id=\"distribution\"") && !page.contains("id=\"throughput\""));
+}
