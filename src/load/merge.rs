@@ -213,10 +213,48 @@ pub(crate) fn run(options: &MergeOptions) -> Result<(), Error> {
         whole.tally.merge(file.run.tally);
     }
     whole.script = scripts.join(", ");
+    if !options.report.quiet
+        && let Some(note) = missing_shards(seen.keys().map(String::as_str))
+    {
+        crate::console::err(&note);
+    }
     if let Some(path) = &options.hist_out {
         write(path, &whole, None)?;
     }
     finish(&whole, &options.report)
+}
+
+/// A note when the shards' files are not one whole test: some of the N
+/// missing (a pod that never wrote its file), or shards of different Ns.
+/// Not an error: a partial merge is still exact for what it holds.
+fn missing_shards<'a>(labels: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut counts = BTreeMap::<u64, Vec<u64>>::new();
+    for label in labels {
+        if let Some((k, n)) = label.split_once('/')
+            && let (Ok(k), Ok(n)) = (k.parse::<u64>(), n.parse::<u64>())
+        {
+            counts.entry(n).or_default().push(k);
+        }
+    }
+    if counts.len() > 1 {
+        let ns: Vec<String> = counts.keys().map(|n| format!("/{n}")).collect();
+        return Some(format!(
+            "note: the files are shards of different splits ({}): the merged figures are their sum",
+            ns.join(", ")
+        ));
+    }
+    let (n, ks) = counts.into_iter().next()?;
+    let missing: Vec<String> = (1..=n)
+        .filter(|k| !ks.contains(k))
+        .map(|k| format!("{k}/{n}"))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "note: merging {} of {n} shards; missing: {}",
+            ks.len(),
+            missing.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -299,5 +337,17 @@ mod tests {
             changed("\"latency_us\":\"HI", "\"latency_us\":\"AA"),
             "`latency_us`: it is not an uncompressed HdrHistogram V2 encoding"
         );
+    }
+
+    #[test]
+    fn missing_shards_are_noted() {
+        let note = |labels: &[&str]| missing_shards(labels.iter().copied());
+        assert_eq!(note(&["1/3", "2/3", "3/3"]), None);
+        assert_eq!(note(&[]), None);
+        assert_eq!(
+            note(&["3/3", "1/3"]).as_deref(),
+            Some("note: merging 2 of 3 shards; missing: 2/3")
+        );
+        assert!(note(&["1/2", "1/3"]).unwrap().contains("(/2, /3)"));
     }
 }

@@ -310,3 +310,16 @@ fn four_shards_merged_count_what_the_whole_run_counts() {
     assert!(page.contains("<table class=\"thresholds\">"));
     assert!(page.contains("id=\"distribution\"") && !page.contains("id=\"throughput\""));
 }
+
+#[test]
+fn a_missing_shard_is_noted() {
+    let server = Running::server(&["--echo", "-q"]);
+    let s = script(ECHO_ONCE);
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("1.json");
+    shard(&server, s.path(), "1/2", &a);
+    merge(&[&a], &[])
+        .success()
+        .stderr(contains("note: merging 1 of 2 shards; missing: 2/2"))
+        .stderr(contains("21 conversations in "));
+}
