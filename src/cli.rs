@@ -297,6 +297,11 @@ pub struct ClientArgs {
     /// Load mode: run for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "iterations", requires = "script")]
     pub(crate) duration: Option<Duration>,
+    /// Load mode: users over time instead of --concurrency and --duration, e.g.
+    /// 0:10s,200:30s,200:1m,0:10s: from 0, each TARGET:DURATION moves linearly
+    /// to TARGET users over DURATION (200:0s jumps); the run lasts their sum
+    #[arg(long, value_name = "STAGES", value_parser = load::stages::parse_arg, conflicts_with_all = ["concurrency", "duration", "iterations"], requires = "script")]
+    pub(crate) stages: Option<load::stages::Stages>,
     /// Load mode: run this many conversations in all
     #[arg(long, value_name = "M", requires = "script", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) iterations: Option<u64>,
@@ -854,10 +859,11 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         starttls,
         tls_flags: Arc::new(args.tls.options()),
     };
-    let until = match (args.duration, args.iterations) {
-        (Some(duration), _) => Some(Until::Elapsed(duration)),
-        (None, Some(iterations)) => Some(Until::Iterations(iterations)),
-        (None, None) => None,
+    let until = match (&args.stages, args.duration, args.iterations) {
+        (Some(stages), _, _) => Some(Until::Elapsed(stages.total())),
+        (None, Some(duration), _) => Some(Until::Elapsed(duration)),
+        (None, None, Some(iterations)) => Some(Until::Iterations(iterations)),
+        (None, None, None) => None,
     };
     let load_flags = args.concurrency.is_some()
         || until.is_some()
@@ -869,10 +875,13 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
     if load_flags {
         let Some(until) = until else {
             return Err(Error::Usage(
-                "load mode needs --duration or --iterations to know when to stop".into(),
+                "load mode needs --duration, --iterations or --stages to know when to stop".into(),
             ));
         };
-        let users = args.concurrency.unwrap_or(1);
+        let users = match &args.stages {
+            Some(stages) => stages.users(),
+            None => args.concurrency.unwrap_or(1),
+        };
         let (shard, slice) = match &args.shards.shard {
             Some(spec) => {
                 let variable = std::env::var(load::shard::INDEX_VARIABLE).ok();
@@ -907,6 +916,10 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             shard,
             start_at: args.shards.start_at,
             hist_out: args.shards.hist_out,
+            stages: match (&args.stages, &shard) {
+                (Some(stages), Some(shard)) => Some(stages.shard(shard)),
+                (stages, _) => stages.clone(),
+            },
             report: load::ReportOptions {
                 json: args.json,
                 quiet: verbosity == Verbosity::Quiet,
@@ -1059,7 +1072,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 /// Load mode runs one thread and one compiled script per virtual user.
-const MAX_CONCURRENCY: u64 = 10_000;
+const MAX_CONCURRENCY: u64 = load::MAX_USERS;
 
 /// `-j`: test cases run at once, each on a thread of its own.
 const MAX_JOBS: u64 = 1_000;

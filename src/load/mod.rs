@@ -18,6 +18,7 @@ use serde_json::json;
 mod hdr_v2; // HdrHistogram's V2 encoding, for --hist-out
 pub(crate) mod merge; // --hist-out FILE and `tcpscript merge`
 pub(crate) mod shard; // --shard K/N and --start-at
+pub(crate) mod stages; // --stages: users over time
 pub(crate) mod threshold; // --threshold EXPR
 
 use crate::client::{ClientOptions, ClientScript};
@@ -42,6 +43,9 @@ pub(crate) struct LoadOptions {
     pub(crate) start_at: Option<SystemTime>,
     /// `--hist-out FILE`: the figures for `tcpscript merge`.
     pub(crate) hist_out: Option<PathBuf>,
+    /// `--stages`: how many of the `concurrency` users run when (this
+    /// shard's share already); `None`: all of them all the time.
+    pub(crate) stages: Option<stages::Stages>,
     pub(crate) report: ReportOptions,
 }
 
@@ -58,6 +62,9 @@ pub(crate) struct ReportOptions {
     pub(crate) junit: Option<PathBuf>,
     pub(crate) thresholds: Vec<Threshold>,
 }
+
+/// The most virtual users: one thread and one compiled script each.
+pub(crate) const MAX_USERS: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Until {
@@ -120,9 +127,30 @@ struct Pace {
     running: AtomicU64,
     stop: AtomicBool,
     rate: Option<f64>,
+    stages: Option<stages::Stages>,
 }
 
 impl Pace {
+    /// Under `--stages`, waits until user `user` has its turn; `false`
+    /// when it will not have one again before the end.
+    fn turn(&self, user: usize) -> bool {
+        let Some(stages) = &self.stages else {
+            return true;
+        };
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = self.started.elapsed();
+            match stages.next_turn(user, now) {
+                None => return false,
+                Some(at) if at <= now => return true,
+                // At most a second at a time, to notice `stop`.
+                Some(at) => std::thread::sleep((at - now).min(Duration::from_secs(1))),
+            }
+        }
+    }
+
     /// Claims the next conversation, waiting for its slot under `--rate`;
     /// `false` when the run is over.
     fn claim(&self) -> bool {
@@ -174,6 +202,7 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         running: AtomicU64::new(scripts.len() as u64),
         stop: AtomicBool::new(false),
         rate: options.rate,
+        stages: options.stages.clone(),
     });
     let progress = progress_bar(options);
     let total = Arc::new(Mutex::new(Tally::new()));
@@ -188,7 +217,7 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     // memory: see `stack`). If the system refuses one, the run stops.
     let mut refused = None;
     std::thread::scope(|scope| {
-        for mut script in scripts {
+        for (user, mut script) in scripts.into_iter().enumerate() {
             if refused.is_some() {
                 pace.running.fetch_sub(1, Ordering::Relaxed);
                 continue;
@@ -199,7 +228,7 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
             let user = crate::stack::spawn_scoped(scope, "tcpscript-user", move || {
                 let mut tally = Tally::new();
                 let mut second = Second::default();
-                while pace.claim() {
+                while pace.turn(user) && pace.claim() {
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
                     let micros = conversed.elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
                     let _ = tally.latency.record(micros);

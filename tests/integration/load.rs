@@ -106,7 +106,7 @@ fn load_mode_needs_a_stopping_rule() {
         .args(["client", s.path(), "--concurrency", "2"])
         .assert()
         .code(2)
-        .stderr(contains("needs --duration or --iterations"));
+        .stderr(contains("needs --duration, --iterations or --stages"));
     tcpscript()
         .args(["client", s.path(), "--iterations", "2", "--rate", "0"])
         .assert()

@@ -14,6 +14,7 @@ mod interop;
 mod isolation;
 mod load;
 mod load_shards;
+mod load_stages;
 mod load_thresholds;
 mod manual;
 mod memory;
