@@ -152,17 +152,18 @@ impl Pace {
     }
 
     /// Claims the next conversation, waiting for its slot under `--rate`;
-    /// `false` when the run is over.
-    fn claim(&self) -> bool {
+    /// `None` when the run is over.
+    fn claim(&self) -> Option<Claimed> {
         if self.stop.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let number = self.begun.fetch_add(1, Ordering::Relaxed);
         match self.until {
-            Until::Iterations(total) if number >= total => return false,
-            Until::Elapsed(limit) if self.started.elapsed() >= limit => return false,
+            Until::Iterations(total) if number >= total => return None,
+            Until::Elapsed(limit) if self.started.elapsed() >= limit => return None,
             _ => {}
         }
+        let mut due = None;
         if let Some(rate) = self.rate {
             let slot = self.started + Duration::from_secs_f64(number as f64 / rate);
             let now = Instant::now();
@@ -172,10 +173,32 @@ impl Pace {
             if let Until::Elapsed(limit) = self.until
                 && self.started.elapsed() >= limit
             {
-                return false;
+                return None;
             }
+            due = Some(slot);
         }
-        true
+        Some(Claimed { due })
+    }
+}
+
+/// A conversation a user may start.
+struct Claimed {
+    /// Under `--rate`, when it was due to start. A server that stalls
+    /// keeps every user busy, and the conversations due meanwhile start
+    /// late: timed from when they started, the stall would count once,
+    /// in the one conversation it held up ("coordinated omission"). Timed
+    /// from when they were due, the latency is what a steady stream of
+    /// clients would have seen.
+    due: Option<Instant>,
+}
+
+impl Claimed {
+    /// The conversation's latency, in microseconds: from when it was due.
+    fn latency(&self, began: Instant, took: Duration) -> u64 {
+        let late = self
+            .due
+            .map_or(Duration::ZERO, |due| began.saturating_duration_since(due));
+        (took + late).as_micros().clamp(1, u64::MAX as u128) as u64
     }
 }
 
@@ -228,9 +251,12 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
             let user = crate::stack::spawn_scoped(scope, "tcpscript-user", move || {
                 let mut tally = Tally::new();
                 let mut second = Second::default();
-                while pace.turn(user) && pace.claim() {
+                while pace.turn(user)
+                    && let Some(claimed) = pace.claim()
+                {
+                    let began = Instant::now();
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
-                    let micros = conversed.elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
+                    let micros = claimed.latency(began, conversed.elapsed);
                     let _ = tally.latency.record(micros);
                     if let Some(timeline) = timeline {
                         let failed = conversed.result.is_err();
