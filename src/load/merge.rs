@@ -206,7 +206,7 @@ pub(crate) fn run(options: &MergeOptions) -> Result<(), Error> {
         if !scripts.contains(&file.run.script) {
             scripts.push(file.run.script.clone());
         }
-        whole.users += file.run.users;
+        whole.users = whole.users.saturating_add(file.run.users);
         whole.elapsed = whole.elapsed.max(file.run.elapsed);
         // Both histograms were read into a fresh tally's range: adding
         // them cannot fail.

@@ -105,12 +105,15 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         let _ = self.latency.add(&other.latency);
         let _ = self.handshake.add(&other.handshake);
-        self.passed += other.passed;
-        self.failed += other.failed;
-        self.sent += other.sent;
-        self.received += other.received;
+        // Saturating: `merge` adds up counts read from files, which
+        // may be anything.
+        self.passed = self.passed.saturating_add(other.passed);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.sent = self.sent.saturating_add(other.sent);
+        self.received = self.received.saturating_add(other.received);
         for (message, (count, code)) in other.failures {
-            self.failures.entry(message).or_insert((0, code)).0 += count;
+            let entry = self.failures.entry(message).or_insert((0, code));
+            entry.0 = entry.0.saturating_add(count);
         }
     }
 }

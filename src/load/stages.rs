@@ -30,6 +30,8 @@ pub(crate) enum StagesError {
     Target(String),
     #[error("the stages last 0s in all: give at least one a duration")]
     Empty,
+    #[error("the stages last more than the limit of 1 year (1y) in all")]
+    TooLong,
     #[error("no stage has any user: give at least one a target above 0")]
     NoUsers,
 }
@@ -56,6 +58,12 @@ impl Stages {
                 }
             })?;
             stages.push(Stage { target, duration });
+        }
+        let total = stages
+            .iter()
+            .try_fold(Duration::ZERO, |sum, s| sum.checked_add(s.duration));
+        if total.is_none_or(|total| total > crate::cli::MAX_DURATION) {
+            return Err(StagesError::TooLong);
         }
         let stages = Stages(stages);
         if stages.total().is_zero() {
@@ -153,6 +161,7 @@ mod tests {
             Err(StagesError::Syntax("x:1s".into()))
         );
         assert_eq!(Stages::parse("5:0s"), Err(StagesError::Empty));
+        assert_eq!(Stages::parse("5:1y,5:1s"), Err(StagesError::TooLong));
         assert_eq!(Stages::parse("0:5s"), Err(StagesError::NoUsers));
         assert_eq!(
             Stages::parse("10001:1s"),
