@@ -305,7 +305,8 @@ pub struct ClientArgs {
     /// Load mode: run this many conversations in all
     #[arg(long, value_name = "M", requires = "script", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) iterations: Option<u64>,
-    /// Load mode: start at most this many conversations per second
+    /// Load mode: start at most this many conversations per second; latency
+    /// then counts from when each was due
     #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
     /// Load mode: write a self-contained HTML report with charts
@@ -412,12 +413,12 @@ impl ServerLimitArgs {
 /// Pass marks for load mode and `merge`, and the report that lists them.
 #[derive(Debug, Args)]
 pub struct ThresholdArgs {
-    /// Load mode and merge: a pass mark, e.g. p99<50ms, max<=1s, failed<0.1%, rate>1000;
+    /// Load mode: a pass mark for the run's figures, e.g. p99<50ms, max<=1s, failed<0.1%, rate>1000;
     /// repeatable. Latency p50, p90, p99 or max in us, ms or s; failed as a
     /// percentage or a fraction; rate in conversations/s. One broken: exit 1
     #[arg(long = "threshold", value_name = "EXPR", value_parser = load::threshold::parse_arg)]
     pub(crate) thresholds: Vec<load::threshold::Threshold>,
-    /// Load mode and merge: write a JUnit XML report, one test case per --threshold
+    /// Load mode: write a JUnit XML report, one test case per --threshold
     #[arg(long, value_name = "FILE")]
     pub(crate) junit: Option<PathBuf>,
 }
@@ -448,6 +449,13 @@ impl ShardArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("thresholds", |arg| arg.help(
+        "A pass mark for the merged figures, e.g. p99<50ms, failed<0.1%, rate>1000; \
+         repeatable (see `tcpscript client --help`). One broken: exit 1"
+    )),
+    mut_arg("junit", |arg| arg.help("Write a JUnit XML report, one test case per --threshold"))
+)]
 pub struct MergeArgs {
     /// Files written by load mode's --hist-out, e.g. one per shard
     #[arg(required = true, value_name = "FILE")]
