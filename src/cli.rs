@@ -65,6 +65,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Forward connections to an upstream, with network faults on demand
     Proxy(ProxyArgs),
+    /// Add up load-mode shards' --hist-out files exactly, and judge --threshold on the whole
+    Merge(MergeArgs),
     /// Print a shell completion script, e.g. `tcpscript completions bash > /etc/bash_completion.d/tcpscript`
     Completions(CompletionsArgs),
     /// Print the man page (roff), e.g. `tcpscript man | man -l -`
@@ -304,15 +306,25 @@ pub struct ClientArgs {
     /// Load mode: run for this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "iterations", requires = "script")]
     pub(crate) duration: Option<Duration>,
+    /// Load mode: users over time instead of --concurrency and --duration, e.g.
+    /// 0:10s,200:30s,200:1m,0:10s: from 0, each TARGET:DURATION moves linearly
+    /// to TARGET users over DURATION (200:0s jumps); the run lasts their sum
+    #[arg(long, value_name = "STAGES", value_parser = load::stages::parse_arg, conflicts_with_all = ["concurrency", "duration", "iterations"], requires = "script")]
+    pub(crate) stages: Option<load::stages::Stages>,
     /// Load mode: run this many conversations in all
     #[arg(long, value_name = "M", requires = "script", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) iterations: Option<u64>,
-    /// Load mode: start at most this many conversations per second
+    /// Load mode: start at most this many conversations per second; latency
+    /// then counts from when each was due
     #[arg(long, value_name = "PER_SECOND", requires = "script", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
     /// Load mode: write a self-contained HTML report with charts
     #[arg(long, value_name = "FILE", requires = "script")]
     pub(crate) html: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) thresholds: ThresholdArgs,
+    #[command(flatten)]
+    pub(crate) shards: ShardArgs,
     #[command(flatten)]
     pub(crate) tls: ClientTlsArgs,
     #[command(flatten)]
@@ -424,6 +436,86 @@ impl ServerLimitArgs {
             ..Limits::default()
         }
     }
+}
+
+/// Pass marks for load mode and `merge`, and the report that lists them.
+#[derive(Debug, Args)]
+pub struct ThresholdArgs {
+    /// Load mode: a pass mark for the run's figures, e.g. p99<50ms, max<=1s, failed<0.1%, rate>1000;
+    /// repeatable. Latency p50, p90, p99 or max in us, ms or s; failed as a
+    /// percentage or a fraction; rate in conversations/s. One broken: exit 1
+    #[arg(long = "threshold", value_name = "EXPR", value_parser = load::threshold::parse_arg)]
+    pub(crate) thresholds: Vec<load::threshold::Threshold>,
+    /// Load mode: write a JUnit XML report, one test case per --threshold
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
+}
+
+/// Load mode across machines: each runs a shard, `merge` adds them up.
+#[derive(Debug, Args)]
+pub struct ShardArgs {
+    /// Load mode: run the K-th of N equal slices of --concurrency, --iterations
+    /// and --rate (1/1 is the whole test). auto/N takes K from JOB_COMPLETION_INDEX
+    /// + 1, which a Kubernetes Indexed Job sets
+    #[arg(long, value_name = "K/N", value_parser = load::shard::parse_arg, requires = "script")]
+    pub(crate) shard: Option<load::shard::ShardSpec>,
+    /// Load mode: start the users at TIME (RFC 3339, e.g. 2026-05-01T12:00:00Z,
+    /// or seconds since 1970), once the scripts are compiled, so that shards start
+    /// together; at most 24h ahead
+    #[arg(long, value_name = "TIME", value_parser = load::shard::parse_start_at, requires = "script")]
+    pub(crate) start_at: Option<std::time::SystemTime>,
+    /// Load mode: write the counts and the latency histogram losslessly
+    /// (HdrHistogram V2) to FILE, for `tcpscript merge`
+    #[arg(long, value_name = "FILE", requires = "script")]
+    pub(crate) hist_out: Option<PathBuf>,
+}
+
+impl ShardArgs {
+    fn any(&self) -> bool {
+        self.shard.is_some() || self.start_at.is_some() || self.hist_out.is_some()
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    mut_arg("thresholds", |arg| arg.help(
+        "A pass mark for the merged figures, e.g. p99<50ms, failed<0.1%, rate>1000; \
+         repeatable (see `tcpscript client --help`). One broken: exit 1"
+    )),
+    mut_arg("junit", |arg| arg.help("Write a JUnit XML report, one test case per --threshold"))
+)]
+pub struct MergeArgs {
+    /// Files written by load mode's --hist-out, e.g. one per shard
+    #[arg(required = true, value_name = "FILE")]
+    pub(crate) files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) thresholds: ThresholdArgs,
+    /// Print the summary as one JSON object on stdout
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write a self-contained HTML report (the figures over time stay with each shard)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: Option<PathBuf>,
+    /// Write the merged figures as one file again, to merge with others
+    #[arg(long, value_name = "FILE")]
+    pub(crate) hist_out: Option<PathBuf>,
+    /// Print nothing when every conversation passed and every threshold held
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+}
+
+fn run_merge(args: MergeArgs) -> Result<(), Error> {
+    load::merge::run(&load::merge::MergeOptions {
+        files: args.files,
+        hist_out: args.hist_out,
+        report: load::ReportOptions {
+            json: args.json,
+            quiet: args.quiet,
+            html: args.html,
+            junit: args.thresholds.junit,
+            thresholds: args.thresholds.thresholds,
+        },
+    })
 }
 
 /// Manual mode only: write the session down as a script that replays it.
@@ -653,6 +745,7 @@ impl Command {
             Command::Test(args) => run_test(args),
             Command::Check(args) => check::run(&args.scripts, args.quiet),
             Command::Proxy(args) => run_proxy(args),
+            Command::Merge(args) => run_merge(args),
             Command::Completions(args) => crate::generate::completions::<Cli>(args.shell),
             Command::Man(args) => crate::generate::man::<Cli>(args.command.as_deref()),
         }
@@ -865,6 +958,13 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
 fn run_client(args: ClientArgs) -> Result<(), Error> {
     check_framing(&args.common)?;
     let verbosity = args.common.verbosity();
+    if args.script.is_none()
+        && (!args.thresholds.thresholds.is_empty() || args.thresholds.junit.is_some())
+    {
+        return Err(Error::Usage(
+            "--threshold and --junit are for load mode, which needs a SCRIPT".into(),
+        ));
+    }
     let Some(script) = args.script else {
         if args.udp && args.record.record.is_some() {
             return Err(Error::Usage(
@@ -904,27 +1004,74 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         starttls,
         tls_flags: Arc::new(args.tls.options()),
     };
-    let until = match (args.duration, args.iterations) {
-        (Some(duration), _) => Some(Until::Elapsed(duration)),
-        (None, Some(iterations)) => Some(Until::Iterations(iterations)),
-        (None, None) => None,
+    let until = match (&args.stages, args.duration, args.iterations) {
+        (Some(stages), _, _) => Some(Until::Elapsed(stages.total())),
+        (None, Some(duration), _) => Some(Until::Elapsed(duration)),
+        (None, None, Some(iterations)) => Some(Until::Iterations(iterations)),
+        (None, None, None) => None,
     };
-    if args.concurrency.is_some() || until.is_some() || args.rate.is_some() || args.html.is_some() {
+    let load_flags = args.concurrency.is_some()
+        || until.is_some()
+        || args.rate.is_some()
+        || args.html.is_some()
+        || !args.thresholds.thresholds.is_empty()
+        || args.thresholds.junit.is_some()
+        || args.shards.any();
+    if load_flags {
         let Some(until) = until else {
             return Err(Error::Usage(
-                "load mode needs --duration or --iterations to know when to stop".into(),
+                "load mode needs --duration, --iterations or --stages to know when to stop".into(),
             ));
         };
+        let users = match &args.stages {
+            Some(stages) => stages.users(),
+            None => args.concurrency.unwrap_or(1),
+        };
+        let (shard, slice) = match &args.shards.shard {
+            Some(spec) => {
+                let variable = std::env::var(load::shard::INDEX_VARIABLE).ok();
+                let shard = spec
+                    .resolve(variable.as_deref())
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                let slice = shard
+                    .slice(users, until, args.rate)
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                (Some(shard), slice)
+            }
+            None => (
+                None,
+                load::shard::Slice {
+                    users,
+                    until,
+                    rate: args.rate,
+                },
+            ),
+        };
+        if let Some(start) = args.shards.start_at {
+            load::shard::wait_for(start, std::time::SystemTime::now()).map_err(Error::Usage)?;
+        }
         return load::run(&LoadOptions {
             client: ClientOptions {
                 case_timeout: options.case_timeout.or(Some(LOAD_CASE_TIMEOUT)),
                 ..options
             },
-            concurrency: args.concurrency.unwrap_or(1),
-            until,
-            rate: args.rate,
-            json: args.json,
-            html: args.html,
+            concurrency: slice.users,
+            until: slice.until,
+            rate: slice.rate,
+            shard,
+            start_at: args.shards.start_at,
+            hist_out: args.shards.hist_out,
+            stages: match (&args.stages, &shard) {
+                (Some(stages), Some(shard)) => Some(stages.shard(shard)),
+                (stages, _) => stages.clone(),
+            },
+            report: load::ReportOptions {
+                json: args.json,
+                quiet: verbosity == Verbosity::Quiet,
+                html: args.html,
+                junit: args.thresholds.junit,
+                thresholds: args.thresholds.thresholds,
+            },
         });
     }
     let events = args
@@ -1072,7 +1219,7 @@ fn run_test(args: TestArgs) -> Result<(), Error> {
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 /// Load mode runs one thread and one compiled script per virtual user.
-const MAX_CONCURRENCY: u64 = 10_000;
+const MAX_CONCURRENCY: u64 = load::MAX_USERS;
 
 /// `-j`: test cases run at once, each on a thread of its own.
 const MAX_JOBS: u64 = 1_000;

@@ -11,7 +11,8 @@ use crate::diagnostic::Diagnostic;
 pub mod exit {
     /// Everything ran and every expectation held.
     pub const OK: u8 = 0;
-    /// An expectation or assertion failed (wrong reply, timeout, unexpected close).
+    /// An expectation or assertion failed (wrong reply, timeout, unexpected
+    /// close), or a load-mode `--threshold` broke.
     pub const FAILED: u8 = 1;
     /// Usage error: bad flag, unreadable file, missing parameter.
     pub const USAGE: u8 = 2;
@@ -39,6 +40,12 @@ pub enum Error {
     ScriptFile {
         path: String,
         problem: ScriptFileProblem,
+    },
+    /// `merge`: a file that is not a usable `--hist-out` file.
+    #[error("cannot merge `{path}`: {problem}")]
+    ShardFile {
+        path: String,
+        problem: crate::load::merge::ShardFileError,
     },
     #[error("cannot write `{path}`: {source}")]
     WriteFile { path: String, source: io::Error },
@@ -79,6 +86,14 @@ pub enum Error {
         total: usize,
         code: u8,
     },
+    /// Load mode or `merge`: some `--threshold`s broke. Each is named in
+    /// the summary; `code` is 1, or the failures' code (see `load`).
+    #[error("{} of {total} thresholds broken: {}", broken.len(), broken.join(", "))]
+    ThresholdsBroken {
+        broken: Vec<String>,
+        total: usize,
+        code: u8,
+    },
 }
 
 /// Why a path cannot be read as a script.
@@ -102,6 +117,7 @@ impl Error {
             Error::Usage(_)
             | Error::ReadFile { .. }
             | Error::ScriptFile { .. }
+            | Error::ShardFile { .. }
             | Error::WriteFile { .. }
             | Error::TlsSetup(_)
             | Error::ScriptUsage(_) => exit::USAGE,
@@ -112,7 +128,7 @@ impl Error {
             | Error::Handshake { .. }
             | Error::Network(_) => exit::NETWORK,
             Error::System { .. } => exit::SYSTEM,
-            Error::TestsFailed { code, .. } => *code,
+            Error::TestsFailed { code, .. } | Error::ThresholdsBroken { code, .. } => *code,
         }
     }
 

@@ -27,6 +27,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::{CaseResult, Outcome, diagnostic_of, plain};
 use crate::error::Error;
+use crate::load::threshold::Verdict;
 use crate::message::escape_controls;
 
 pub(crate) fn render(
@@ -82,10 +83,57 @@ fn kind_name(error: &Error) -> &'static str {
 }
 
 pub(crate) fn write(path: &Path, results: &[CaseResult], total: Duration) -> Result<(), Error> {
+    write_xml(path, render(results, total))
+}
+
+/// Load mode's and `merge`'s `--junit FILE`: one test case per
+/// `--threshold`, named by it, in a suite `tcpscript load`; a broken one
+/// is a `<failure>` whose message says what was measured:
+///
+/// ```xml
+/// <testcase name="p99&lt;50ms" classname="tcpscript load">
+///     <failure message="p99 was 73.215ms" type="threshold broken"/>
+/// </testcase>
+/// ```
+pub(crate) fn render_thresholds(
+    verdicts: &[Verdict],
+    total: Duration,
+) -> Result<String, quick_junit::SerializeError> {
+    const NAME: &str = "tcpscript load";
+    let mut suite = TestSuite::new(NAME);
+    suite.set_time(total);
+    for verdict in verdicts {
+        let status = if verdict.passed {
+            TestCaseStatus::success()
+        } else {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            status.set_message(format!("{} was {}", verdict.figure, verdict.shown));
+            status.set_type("threshold broken");
+            status
+        };
+        let mut case = TestCase::new(verdict.text.clone(), status);
+        case.set_classname(NAME);
+        suite.add_test_case(case);
+    }
+    let mut report = Report::new(NAME);
+    report.set_time(total);
+    report.add_test_suite(suite);
+    report.to_string()
+}
+
+pub(crate) fn write_thresholds(
+    path: &Path,
+    verdicts: &[Verdict],
+    total: Duration,
+) -> Result<(), Error> {
+    write_xml(path, render_thresholds(verdicts, total))
+}
+
+fn write_xml(path: &Path, xml: Result<String, quick_junit::SerializeError>) -> Result<(), Error> {
     let failed = |source| Error::WriteFile {
         path: path.display().to_string(),
         source,
     };
-    let xml = render(results, total).map_err(|e| failed(std::io::Error::other(e)))?;
+    let xml = xml.map_err(|e| failed(std::io::Error::other(e)))?;
     std::fs::write(path, xml).map_err(failed)
 }

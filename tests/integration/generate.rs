@@ -118,6 +118,7 @@ fn man_pages_render_without_warnings() {
         "test",
         "check",
         "proxy",
+        "merge",
         "completions",
         "man",
     ] {
@@ -154,6 +155,7 @@ fn the_man_page_lists_the_commands() {
         "test",
         "check",
         "proxy",
+        "merge",
         "completions",
         "man",
     ] {
@@ -172,7 +174,7 @@ fn man_for_an_unknown_command_names_the_commands() {
         .code(2)
         .stdout("")
         .stderr(predicates::str::contains(
-            "no command `serve`; the commands are server, client, test, check, proxy, completions, man",
+            "no command `serve`; the commands are server, client, test, check, proxy, merge, completions, man",
         ));
 }
 

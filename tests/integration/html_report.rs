@@ -577,7 +577,7 @@ fn a_load_report_needs_a_load_run_that_stops() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains(
-            "load mode needs --duration or --iterations",
+            "load mode needs --duration, --iterations or --stages",
         ));
     assert!(!report.exists());
 }

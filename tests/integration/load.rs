@@ -106,9 +106,34 @@ fn load_mode_needs_a_stopping_rule() {
         .args(["client", s.path(), "--concurrency", "2"])
         .assert()
         .code(2)
-        .stderr(contains("needs --duration or --iterations"));
+        .stderr(contains("needs --duration, --iterations or --stages"));
     tcpscript()
         .args(["client", s.path(), "--iterations", "2", "--rate", "0"])
         .assert()
         .code(2);
+}
+
+#[test]
+fn under_rate_latency_counts_from_when_a_conversation_was_due() {
+    // The first message stalls a second; 20 conversations a second fall
+    // due meanwhile, and start late when it ends. Timed from their start,
+    // one conversation would be slow; timed from when they were due,
+    // the stall shows in all of them (no coordinated omission).
+    let stall = script(
+        "fn on_message(msg) {\n    if shared_add(\"messages\", 1) == 1 { sleep(1000); }\n    msg\n}\n",
+    );
+    let server = Running::server(&[stall.path(), "-q"]);
+    let s = script(ECHO_ONCE);
+    let out = tcpscript()
+        .args(["client", s.path(), "--connect", &server.addr()])
+        .args(["--rate", "20", "--duration", "2s", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let figures = summary(&out);
+    let latency = &figures["latency_ms"];
+    assert!(latency["max"].as_f64().unwrap() >= 1000.0, "{figures}");
+    assert!(latency["p90"].as_f64().unwrap() > 300.0, "{figures}");
 }

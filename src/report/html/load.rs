@@ -32,7 +32,10 @@ pub(crate) struct Figures<'a> {
     pub(crate) latency: &'a Histogram<u64>,
     /// Failure messages and how often, most frequent first.
     pub(crate) failures: &'a [(&'a String, u64)],
+    /// Empty for merged shards: only the whole run's figures travel.
     pub(crate) timeline: &'a Timeline,
+    /// `--threshold`s as judged on the run.
+    pub(crate) thresholds: &'a [crate::load::threshold::Verdict],
 }
 
 const WIDTH: f64 = 900.0;
@@ -256,6 +259,71 @@ fn percentile_curve(latency: &Histogram<u64>) -> (f64, Vec<(f64, f64)>) {
     (x_max, points)
 }
 
+/// Conversations, failures and latency per second, from the timeline.
+fn over_time_charts(out: &mut String, figures: &Figures, seconds: f64) {
+    let (x_max, x_ticks) = time_ticks(seconds);
+    let x_label = match figures.timeline.width() {
+        1 => "seconds since the start".to_string(),
+        n => format!("seconds since the start ({n} s a point)"),
+    };
+    chart(
+        out,
+        &Chart {
+            id: "throughput",
+            title: "Conversations and failures per second",
+            x_label: &x_label,
+            y_label: "per second",
+            x_max,
+            x_ticks: x_ticks.clone(),
+            series: vec![
+                Series {
+                    name: "conversations/s",
+                    colour: "#0969da",
+                    points: over_time(figures.timeline, figures.elapsed, |b, s| {
+                        Some(b.done as f64 / s)
+                    }),
+                },
+                Series {
+                    name: "failures/s",
+                    colour: "#cf222e",
+                    points: over_time(figures.timeline, figures.elapsed, |b, s| {
+                        Some(b.failed as f64 / s)
+                    }),
+                },
+            ],
+        },
+    );
+    let quantile = |q: f64| move |b: &crate::report::timeline::Bucket, _| b.millis_at(q);
+    chart(
+        out,
+        &Chart {
+            id: "latency",
+            title: "Latency over time",
+            x_label: &x_label,
+            y_label: "latency (ms)",
+            x_max,
+            x_ticks,
+            series: vec![
+                Series {
+                    name: "p50",
+                    colour: "#1a7f37",
+                    points: over_time(figures.timeline, figures.elapsed, quantile(0.5)),
+                },
+                Series {
+                    name: "p90",
+                    colour: "#9a6700",
+                    points: over_time(figures.timeline, figures.elapsed, quantile(0.9)),
+                },
+                Series {
+                    name: "p99",
+                    colour: "#cf222e",
+                    points: over_time(figures.timeline, figures.elapsed, quantile(0.99)),
+                },
+            ],
+        },
+    );
+}
+
 pub(crate) fn render(figures: &Figures) -> String {
     let seconds = figures.elapsed.as_secs_f64().max(1e-9);
     let conversations = figures.passed + figures.failed;
@@ -293,67 +361,32 @@ pub(crate) fn render(figures: &Figures) -> String {
         figures.latency.max() as f64 / 1000.0,
     );
 
-    let (x_max, x_ticks) = time_ticks(seconds);
-    let x_label = match figures.timeline.width() {
-        1 => "seconds since the start".to_string(),
-        n => format!("seconds since the start ({n} s a point)"),
-    };
-    chart(
-        &mut out,
-        &Chart {
-            id: "throughput",
-            title: "Conversations and failures per second",
-            x_label: &x_label,
-            y_label: "per second",
-            x_max,
-            x_ticks: x_ticks.clone(),
-            series: vec![
-                Series {
-                    name: "conversations/s",
-                    colour: "#0969da",
-                    points: over_time(figures.timeline, figures.elapsed, |b, s| {
-                        Some(b.done as f64 / s)
-                    }),
-                },
-                Series {
-                    name: "failures/s",
-                    colour: "#cf222e",
-                    points: over_time(figures.timeline, figures.elapsed, |b, s| {
-                        Some(b.failed as f64 / s)
-                    }),
-                },
-            ],
-        },
-    );
-    let quantile = |q: f64| move |b: &crate::report::timeline::Bucket, _| b.millis_at(q);
-    chart(
-        &mut out,
-        &Chart {
-            id: "latency",
-            title: "Latency over time",
-            x_label: &x_label,
-            y_label: "latency (ms)",
-            x_max,
-            x_ticks,
-            series: vec![
-                Series {
-                    name: "p50",
-                    colour: "#1a7f37",
-                    points: over_time(figures.timeline, figures.elapsed, quantile(0.5)),
-                },
-                Series {
-                    name: "p90",
-                    colour: "#9a6700",
-                    points: over_time(figures.timeline, figures.elapsed, quantile(0.9)),
-                },
-                Series {
-                    name: "p99",
-                    colour: "#cf222e",
-                    points: over_time(figures.timeline, figures.elapsed, quantile(0.99)),
-                },
-            ],
-        },
-    );
+    if !figures.thresholds.is_empty() {
+        out.push_str(
+            "<h2>Thresholds</h2>\n<table class=\"thresholds\">\n<thead><tr><th>threshold</th><th>result</th><th>measured</th></tr></thead>\n<tbody>\n",
+        );
+        for verdict in figures.thresholds {
+            let (class, outcome) = if verdict.passed {
+                ("passed", "passed")
+            } else {
+                ("failed", "FAILED")
+            };
+            let _ = writeln!(
+                out,
+                "<tr class=\"{class}\"><td>{}</td><td>{outcome}</td><td>{} {}</td></tr>",
+                escape(&verdict.text),
+                verdict.figure,
+                escape(&verdict.shown)
+            );
+        }
+        out.push_str("</tbody>\n</table>\n");
+    }
+
+    // Merged shards bring no figures over time: no charts of nothing.
+    if !figures.timeline.buckets().is_empty() {
+        over_time_charts(&mut out, figures, seconds);
+    }
+
     if !figures.latency.is_empty() {
         let (x_max, points) = percentile_curve(figures.latency);
         let names = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"];
@@ -456,6 +489,7 @@ mod tests {
             latency: &latency,
             failures: &failures,
             timeline: &timeline,
+            thresholds: &[],
         });
         assert!(!page.contains("<script") && !page.contains("<b>"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));

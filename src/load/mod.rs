@@ -2,24 +2,31 @@
 //! --iterations M)`. N virtual users each run the conversation in a loop,
 //! every run on a fresh connection, and the figures come out as a summary
 //! (or JSON): conversations/s, messages/s, latency percentiles, failures
-//! grouped by message.
+//! grouped by message. `--threshold`s judge the figures (see `threshold`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+
+mod hdr_v2; // HdrHistogram's V2 encoding, for --hist-out
+pub(crate) mod merge; // --hist-out FILE and `tcpscript merge`
+pub(crate) mod shard; // --shard K/N and --start-at
+pub(crate) mod stages; // --stages: users over time
+pub(crate) mod threshold; // --threshold EXPR
 
 use crate::client::{ClientOptions, ClientScript};
 use crate::error::{Error, exit};
 use crate::report::diagnostic_of;
 use crate::report::timeline::{Second, Timeline};
 use crate::transcript::{SHOWN_ON_FAILURE, Verbosity};
+use threshold::{Measured, Threshold, Verdict};
 
 #[derive(Debug, Clone)]
 pub(crate) struct LoadOptions {
@@ -29,19 +36,44 @@ pub(crate) struct LoadOptions {
     pub(crate) until: Until,
     /// New conversations per second across all users; `None`: as fast as they go.
     pub(crate) rate: Option<f64>,
-    pub(crate) json: bool,
-    /// `--html FILE`: a page of charts, from figures kept per second.
-    pub(crate) html: Option<PathBuf>,
+    /// `--shard K/N`: which slice of the whole test this is (the users,
+    /// iterations and rate above are its share already).
+    pub(crate) shard: Option<shard::Shard>,
+    /// `--start-at`: when the users start, once the scripts are compiled.
+    pub(crate) start_at: Option<SystemTime>,
+    /// `--hist-out FILE`: the figures for `tcpscript merge`.
+    pub(crate) hist_out: Option<PathBuf>,
+    /// `--stages`: how many of the `concurrency` users run when (this
+    /// shard's share already); `None`: all of them all the time.
+    pub(crate) stages: Option<stages::Stages>,
+    pub(crate) report: ReportOptions,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What to make of a run's figures: the same for a run and for `merge`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReportOptions {
+    /// The summary as one JSON object on stdout instead of text on stderr.
+    pub(crate) json: bool,
+    /// `-q`: no summary when every conversation passed and every threshold held.
+    pub(crate) quiet: bool,
+    /// `--html FILE`: a page of charts, from figures kept per second.
+    pub(crate) html: Option<PathBuf>,
+    /// `--junit FILE`: one test case per threshold.
+    pub(crate) junit: Option<PathBuf>,
+    pub(crate) thresholds: Vec<Threshold>,
+}
+
+/// The most virtual users: one thread and one compiled script each.
+pub(crate) const MAX_USERS: u64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Until {
     Elapsed(Duration),
     Iterations(u64),
 }
 
 /// What one user measured; merged at the end.
-struct Tally {
+pub(crate) struct Tally {
     /// Conversation durations in microseconds.
     latency: Histogram<u64>,
     /// TLS handshake durations in microseconds, apart from the above.
@@ -73,12 +105,15 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         let _ = self.latency.add(&other.latency);
         let _ = self.handshake.add(&other.handshake);
-        self.passed += other.passed;
-        self.failed += other.failed;
-        self.sent += other.sent;
-        self.received += other.received;
+        // Saturating: `merge` adds up counts read from files, which
+        // may be anything.
+        self.passed = self.passed.saturating_add(other.passed);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.sent = self.sent.saturating_add(other.sent);
+        self.received = self.received.saturating_add(other.received);
         for (message, (count, code)) in other.failures {
-            self.failures.entry(message).or_insert((0, code)).0 += count;
+            let entry = self.failures.entry(message).or_insert((0, code));
+            entry.0 = entry.0.saturating_add(count);
         }
     }
 }
@@ -95,21 +130,43 @@ struct Pace {
     running: AtomicU64,
     stop: AtomicBool,
     rate: Option<f64>,
+    stages: Option<stages::Stages>,
 }
 
 impl Pace {
+    /// Under `--stages`, waits until user `user` has its turn; `false`
+    /// when it will not have one again before the end.
+    fn turn(&self, user: usize) -> bool {
+        let Some(stages) = &self.stages else {
+            return true;
+        };
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = self.started.elapsed();
+            match stages.next_turn(user, now) {
+                None => return false,
+                Some(at) if at <= now => return true,
+                // At most a second at a time, to notice `stop`.
+                Some(at) => std::thread::sleep((at - now).min(Duration::from_secs(1))),
+            }
+        }
+    }
+
     /// Claims the next conversation, waiting for its slot under `--rate`;
-    /// `false` when the run is over.
-    fn claim(&self) -> bool {
+    /// `None` when the run is over.
+    fn claim(&self) -> Option<Claimed> {
         if self.stop.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let number = self.begun.fetch_add(1, Ordering::Relaxed);
         match self.until {
-            Until::Iterations(total) if number >= total => return false,
-            Until::Elapsed(limit) if self.started.elapsed() >= limit => return false,
+            Until::Iterations(total) if number >= total => return None,
+            Until::Elapsed(limit) if self.started.elapsed() >= limit => return None,
             _ => {}
         }
+        let mut due = None;
         if let Some(rate) = self.rate {
             let slot = self.started + Duration::from_secs_f64(number as f64 / rate);
             let now = Instant::now();
@@ -119,10 +176,32 @@ impl Pace {
             if let Until::Elapsed(limit) = self.until
                 && self.started.elapsed() >= limit
             {
-                return false;
+                return None;
             }
+            due = Some(slot);
         }
-        true
+        Some(Claimed { due })
+    }
+}
+
+/// A conversation a user may start.
+struct Claimed {
+    /// Under `--rate`, when it was due to start. A server that stalls
+    /// keeps every user busy, and the conversations due meanwhile start
+    /// late: timed from when they started, the stall would count once,
+    /// in the one conversation it held up ("coordinated omission"). Timed
+    /// from when they were due, the latency is what a steady stream of
+    /// clients would have seen.
+    due: Option<Instant>,
+}
+
+impl Claimed {
+    /// The conversation's latency, in microseconds: from when it was due.
+    fn latency(&self, began: Instant, took: Duration) -> u64 {
+        let late = self
+            .due
+            .map_or(Duration::ZERO, |due| began.saturating_duration_since(due));
+        (took + late).as_micros().clamp(1, u64::MAX as u128) as u64
     }
 }
 
@@ -137,6 +216,9 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         scripts.push(ClientScript::load(&client)?);
     }
     crate::net::raise_open_file_limit();
+    if let Some(start) = options.start_at {
+        wait_for_start(start, options);
+    }
     let pace = Arc::new(Pace {
         started: Instant::now(),
         until: options.until,
@@ -146,10 +228,12 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         running: AtomicU64::new(scripts.len() as u64),
         stop: AtomicBool::new(false),
         rate: options.rate,
+        stages: options.stages.clone(),
     });
     let progress = progress_bar(options);
     let total = Arc::new(Mutex::new(Tally::new()));
     let timeline = options
+        .report
         .html
         .is_some()
         .then(|| Mutex::new(Timeline::default()));
@@ -159,7 +243,7 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     // memory: see `stack`). If the system refuses one, the run stops.
     let mut refused = None;
     std::thread::scope(|scope| {
-        for mut script in scripts {
+        for (user, mut script) in scripts.into_iter().enumerate() {
             if refused.is_some() {
                 pace.running.fetch_sub(1, Ordering::Relaxed);
                 continue;
@@ -170,9 +254,12 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
             let user = crate::stack::spawn_scoped(scope, "tcpscript-user", move || {
                 let mut tally = Tally::new();
                 let mut second = Second::default();
-                while pace.claim() {
+                while pace.turn(user)
+                    && let Some(claimed) = pace.claim()
+                {
+                    let began = Instant::now();
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
-                    let micros = conversed.elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
+                    let micros = claimed.latency(began, conversed.elapsed);
                     let _ = tally.latency.record(micros);
                     if let Some(timeline) = timeline {
                         let failed = conversed.result.is_err();
@@ -243,27 +330,99 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     let tally = Arc::try_unwrap(total)
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .unwrap_or_else(|_| Tally::new());
-    report(&tally, elapsed, options);
-    if let (Some(path), Some(timeline)) = (&options.html, timeline) {
-        let timeline = timeline.lock().unwrap_or_else(|e| e.into_inner());
+    let timeline = timeline
+        .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner())))
+        .unwrap_or_default();
+    let run = Run {
+        script: options.client.script.display().to_string(),
+        users: options.concurrency,
+        elapsed,
+        tally,
+        timeline,
+    };
+    if let Some(path) = &options.hist_out {
+        merge::write(path, &run, options.shard)?;
+    }
+    finish(&run, &options.report)
+}
+
+/// Sleeps until `start`, saying so unless `-q`: shards on several
+/// machines compile their scripts, then begin together. A time already
+/// past starts at once (the CLI refused one more than a day ahead).
+fn wait_for_start(start: SystemTime, options: &LoadOptions) {
+    let wait = start.duration_since(SystemTime::now()).unwrap_or_default();
+    if !options.report.quiet {
+        let when = humantime::format_rfc3339_millis(start);
+        crate::console::err(&if wait.is_zero() {
+            format!("--start-at {when} has passed: starting now")
+        } else {
+            format!("waiting {:.1}s until --start-at {when}", wait.as_secs_f64())
+        });
+    }
+    std::thread::sleep(wait);
+}
+
+/// A finished run, or shards merged: what the reports are made from.
+pub(crate) struct Run {
+    pub(crate) script: String,
+    pub(crate) users: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) tally: Tally,
+    /// Figures per second; empty for merged shards.
+    pub(crate) timeline: Timeline,
+}
+
+/// Prints the summary, writes the reports asked for and says how the run
+/// ended: the exit code's rules are `exit_code`'s and `judged_code`'s.
+pub(crate) fn finish(run: &Run, options: &ReportOptions) -> Result<(), Error> {
+    let tally = &run.tally;
+    let per_second = (tally.passed + tally.failed) as f64 / run.elapsed.as_secs_f64().max(1e-9);
+    let measured = Measured {
+        latency: &tally.latency,
+        passed: tally.passed,
+        failed: tally.failed,
+        per_second,
+    };
+    let verdicts: Vec<Verdict> = options
+        .thresholds
+        .iter()
+        .map(|threshold| threshold.judge(&measured))
+        .collect();
+    report(run, &verdicts, options);
+    if let Some(path) = &options.junit {
+        crate::report::junit::write_thresholds(path, &verdicts, run.elapsed)?;
+    }
+    if let Some(path) = &options.html {
         crate::report::html::load::write(
             path,
             &crate::report::html::load::Figures {
-                script: &options.client.script.display().to_string(),
-                users: options.concurrency,
-                elapsed,
+                script: &run.script,
+                users: run.users,
+                elapsed: run.elapsed,
                 passed: tally.passed,
                 failed: tally.failed,
                 messages: tally.sent + tally.received,
                 latency: &tally.latency,
-                failures: &sorted_failures(&tally),
-                timeline: &timeline,
+                failures: &sorted_failures(tally),
+                timeline: &run.timeline,
+                thresholds: &verdicts,
             },
         )?;
     }
-    let code = exit_code(&tally);
+    let code = judged_code(tally, &options.thresholds, &verdicts);
+    let broken: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| v.text.clone())
+        .collect();
     if code == exit::OK {
         Ok(())
+    } else if !broken.is_empty() {
+        Err(Error::ThresholdsBroken {
+            broken,
+            total: verdicts.len(),
+            code,
+        })
     } else {
         Err(Error::TestsFailed {
             failed: tally.failed as usize,
@@ -273,8 +432,34 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
     }
 }
 
+/// The exit code once thresholds are judged. Without a `failed`
+/// threshold, failed conversations give `exit_code`'s code, as they do
+/// with no thresholds at all. A `failed` threshold says how many failures
+/// are acceptable, so failures within it do not fail the run; when it
+/// breaks, the failures' code applies (1 for expectations, 3 or 4 when a
+/// script or network error was the most frequent). Any other broken
+/// threshold makes an otherwise successful run exit 1; a run that already
+/// exits 3 or 4 keeps that code, which says more.
+fn judged_code(tally: &Tally, thresholds: &[Threshold], verdicts: &[Verdict]) -> u8 {
+    let failure_rate_judged = thresholds.iter().any(Threshold::is_failure_rate);
+    let failure_rate_broken = thresholds
+        .iter()
+        .zip(verdicts)
+        .any(|(t, v)| t.is_failure_rate() && !v.passed);
+    let code = if failure_rate_judged && !failure_rate_broken {
+        exit::OK
+    } else {
+        exit_code(tally)
+    };
+    if code == exit::OK && verdicts.iter().any(|v| !v.passed) {
+        exit::FAILED
+    } else {
+        code
+    }
+}
+
 fn progress_bar(options: &LoadOptions) -> Option<ProgressBar> {
-    if options.json || !std::io::stderr().is_terminal() {
+    if options.report.json || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = match options.until {
@@ -304,8 +489,9 @@ fn exit_code(tally: &Tally) -> u8 {
         .map_or(exit::FAILED, |(_, (_, code))| *code)
 }
 
-fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
+fn report(run: &Run, verdicts: &[Verdict], options: &ReportOptions) {
+    let tally = &run.tally;
+    let seconds = run.elapsed.as_secs_f64().max(1e-9);
     let conversations = tally.passed + tally.failed;
     let per_second = conversations as f64 / seconds;
     let messages = tally.sent + tally.received;
@@ -315,7 +501,7 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
     if options.json {
         let mut summary = json!({
             "event": "load",
-            "concurrency": options.concurrency,
+            "concurrency": run.users,
             "duration": seconds,
             "conversations": conversations,
             "passed": tally.passed,
@@ -328,6 +514,10 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
                 .iter()
                 .map(|(message, count)| json!({ "message": message, "count": count }))
                 .collect::<Vec<_>>(),
+            "thresholds": verdicts
+                .iter()
+                .map(|v| json!({ "expr": v.text, "passed": v.passed, "actual": v.actual }))
+                .collect::<Vec<_>>(),
         });
         if tls {
             let mut handshake = Spread::of(&tally.handshake).json();
@@ -337,13 +527,13 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
         println!("{summary}");
         return;
     }
-    if options.client.verbosity == Verbosity::Quiet && tally.failed == 0 {
+    if options.quiet && tally.failed == 0 && verdicts.iter().all(|v| v.passed) {
         return;
     }
     crate::console::err(&format!(
         "{conversations} conversations in {seconds:.2}s with {} users: {per_second:.1} conversations/s, \
          {:.1} messages/s",
-        options.concurrency,
+        run.users,
         messages as f64 / seconds
     ));
     crate::console::err(&format!(
@@ -362,6 +552,9 @@ fn report(tally: &Tally, elapsed: Duration, options: &LoadOptions) {
             "  {count} × {}",
             crate::message::escape_controls(message)
         ));
+    }
+    for verdict in verdicts {
+        crate::console::err(&verdict.to_string());
     }
 }
 
@@ -456,5 +649,43 @@ mod tests {
         for _ in 0..MAPS {
             assert_eq!(exit_code(&tally(&failures)), exit::SCRIPT);
         }
+    }
+
+    fn judged(failures: &[(&str, u64, u8)], thresholds: &[(&str, bool)]) -> u8 {
+        let tally = tally(failures);
+        let parsed: Vec<Threshold> = thresholds
+            .iter()
+            .map(|(text, _)| Threshold::parse(text).unwrap())
+            .collect();
+        let verdicts: Vec<Verdict> = thresholds
+            .iter()
+            .map(|(text, passed)| Verdict {
+                text: text.to_string(),
+                passed: *passed,
+                actual: 0.0,
+                shown: String::new(),
+                figure: "",
+            })
+            .collect();
+        judged_code(&tally, &parsed, &verdicts)
+    }
+
+    #[test]
+    fn a_broken_threshold_fails_a_clean_run() {
+        assert_eq!(judged(&[], &[("p99<1ms", true)]), exit::OK);
+        assert_eq!(judged(&[], &[("p99<1ms", false)]), exit::FAILED);
+    }
+
+    #[test]
+    fn failures_within_a_failed_threshold_pass() {
+        let failures = [("cannot connect", 1, exit::NETWORK)];
+        assert_eq!(judged(&failures, &[("failed<1%", true)]), exit::OK);
+        assert_eq!(judged(&failures, &[("failed<1%", false)]), exit::NETWORK);
+        // With no failure threshold, failures keep their code.
+        assert_eq!(judged(&failures, &[("p99<1ms", true)]), exit::NETWORK);
+        assert_eq!(
+            judged(&failures, &[("failed<1%", true), ("p99<1ms", false)]),
+            exit::FAILED
+        );
     }
 }
