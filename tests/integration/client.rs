@@ -455,3 +455,29 @@ fn a_timeout_with_part_of_a_message_shows_the_bytes_pending() {
         ))
         .stderr(contains("nothing arrived").not());
 }
+
+#[test]
+fn expect_close_takes_a_reset_for_the_close_it_is() {
+    // A peer that closes with bytes of ours unread resets the connection
+    // (the tutorial's server, closing after its last reply, does so when
+    // the client has already sent its next line).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).unwrap();
+        // Dropped with "i\n" unread: an RST, not a FIN.
+    });
+    let s = script("send(\"hi\");\nexpect_close();\n");
+    tcpscript()
+        .args([
+            "client",
+            s.path(),
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .assert()
+        .success();
+    peer.join().unwrap();
+}

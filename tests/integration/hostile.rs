@@ -346,7 +346,7 @@ fn a_slow_but_steady_reader_is_not_cut_off_by_the_idle_timeout() {
     let mut got = 0;
     let mut chunk = vec![0u8; 256 * 1024];
     while got < wanted {
-        let n = reader.read(&mut chunk).unwrap();
+        let n = crate::support::read_some(&mut reader, &mut chunk).unwrap();
         assert!(
             n > 0,
             "cut off after {got} of {wanted} bytes:\n{}",

@@ -241,7 +241,7 @@ fn the_shipped_heal_script_resets_two_connections_then_lets_them_through() {
             continue;
         }
         let mut buf = [0u8; 16];
-        outcomes.push(match c.read(&mut buf) {
+        outcomes.push(match crate::support::read_some(&mut c, &mut buf) {
             Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => "reset".to_string(),
             Err(e) => format!("{e}"),
@@ -310,7 +310,7 @@ fn max_frame_bounds_what_a_proxy_script_takes_in() {
     c.send("a line much longer than sixteen bytes");
     // The connection ends (closed or reset) rather than take it in.
     let mut buf = [0u8; 64];
-    match c.stream().read(&mut buf) {
+    match crate::support::read_some(c.stream(), &mut buf) {
         Ok(0) => {}
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("the line went through: {other:?}"),
@@ -453,7 +453,7 @@ fn blackhole_after_with_a_script_swallows_later_messages_before_the_hook() {
         .set_read_timeout(Some(std::time::Duration::from_millis(500)))
         .unwrap();
     let mut buf = [0u8; 16];
-    let err = c.stream().read(&mut buf).unwrap_err();
+    let err = crate::support::read_some(c.stream(), &mut buf).unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
         "{err:?}"
@@ -476,7 +476,7 @@ fn reset_after_with_a_script_resets_the_client() {
     c.stream()
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let err = c.stream().read(&mut buf).unwrap_err();
+    let err = crate::support::read_some(c.stream(), &mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
 }
 

@@ -74,7 +74,7 @@ impl Captured {
         thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             loop {
-                let n = match source.read(&mut chunk) {
+                let n = match read_some(&mut source, &mut chunk) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
@@ -446,4 +446,17 @@ pub fn openssl_identity(dir: &Path, name: &str, extensions: &str) -> (PathBuf, P
         &cert,
     ]);
     (dir.join(ca), dir.join(cert), dir.join(key))
+}
+
+/// `read`, retried when a signal interrupts it: once a test has waited on
+/// a child with a timeout, a SIGCHLD handler is installed for the whole
+/// test process, and a child's exit then interrupts any read under
+/// SO_RCVTIMEO (which SA_RESTART does not restart).
+pub fn read_some(mut from: impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match from.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
 }
