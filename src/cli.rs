@@ -578,6 +578,16 @@ pub struct ProxyArgs {
     /// and close, and with a SCRIPT or --record each message
     #[arg(long)]
     pub(crate) json: bool,
+    /// Relay UDP: a session per client address with a socket of its own to
+    /// the upstream; one datagram is one message (--loss, --duplicate, --reorder)
+    #[arg(long, conflicts_with_all = ["record", "tls", "upstream_tls"])]
+    pub(crate) udp: bool,
+    /// With --udp: end a session with no datagram either way this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s", requires = "udp")]
+    pub(crate) idle_timeout: Duration,
+    /// With --udp: live sessions at most; datagrams from new clients past it are dropped
+    #[arg(long, value_name = "N", default_value_t = 10_000, requires = "udp", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_sessions: u64,
     #[command(flatten)]
     pub(crate) toxics: ToxicArgs,
     #[command(flatten)]
@@ -662,6 +672,15 @@ pub struct ToxicArgs {
     /// Pass a close on this much later (toxiproxy: slow_close)
     #[arg(long, value_name = "DURATION", value_parser = parse_retry)]
     pub(crate) slow_close: Option<Duration>,
+    /// With --udp: lose each datagram with this chance, 0 to 1
+    #[arg(long, value_name = "P", value_parser = parse_chance, default_value = "0", requires = "udp")]
+    pub(crate) loss: f64,
+    /// With --udp: send each datagram twice with this chance, 0 to 1
+    #[arg(long, value_name = "P", value_parser = parse_chance, default_value = "0", requires = "udp")]
+    pub(crate) duplicate: f64,
+    /// With --udp: hold a datagram back until the next one overtakes it, with this chance
+    #[arg(long, value_name = "P", value_parser = parse_chance, default_value = "0", requires = "udp")]
+    pub(crate) reorder: f64,
     /// Which way the toxics apply: up (client to upstream), down or both [default: both]
     #[arg(long, value_enum, value_name = "WAY")]
     pub(crate) direction: Option<Direction>,
@@ -685,6 +704,9 @@ impl ToxicArgs {
             blackhole_after: self.blackhole_after,
             slow_close: self.slow_close,
             direction: self.direction,
+            loss: self.loss,
+            duplicate: self.duplicate,
+            reorder: self.reorder,
             toxicity: self.toxicity,
         }
     }
@@ -848,6 +870,23 @@ fn manual_udp() -> Error {
 
 fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
     let toxics = args.toxics.toxics();
+    // A datagram has no stream to cut, close or reset.
+    if args.udp {
+        for (given, flag) in [
+            (toxics.bandwidth.is_some(), "--bandwidth"),
+            (toxics.slice.is_some(), "--slice"),
+            (toxics.limit_data.is_some(), "--limit-data"),
+            (toxics.reset_after.is_some(), "--reset-after"),
+            (toxics.slow_close.is_some(), "--slow-close"),
+        ] {
+            if given {
+                return Err(Error::Usage(format!(
+                    "{flag} acts on a stream and means nothing with --udp; \
+                     use --loss, --duplicate, --reorder, --latency, --jitter or --blackhole-after"
+                )));
+            }
+        }
+    }
     let verbosity = Verbosity::from_flags(args.verbose as u8, args.quiet);
     let script = match &args.script {
         // With a script the toxics apply to whole messages; these three
@@ -947,6 +986,9 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
             fingerprint: tls.as_ref().map(|setup| setup.fingerprint.clone()),
             tls: tls.map(|setup| tokio_rustls::TlsAcceptor::from(setup.config)),
             upstream_tls,
+            udp: args.udp,
+            idle_timeout: args.idle_timeout,
+            max_sessions: args.max_sessions as usize,
             seed: args.toxics.seed,
             verbosity,
             json: args.json,
@@ -1326,6 +1368,15 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 /// `--toxicity`: a fraction from 0 (no connection) to 1 (every one).
+fn parse_chance(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "`{text}` is not a chance from 0 to 1 (0.1: one datagram in ten)"
+        )),
+    }
+}
+
 fn parse_toxicity(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),

@@ -14,6 +14,7 @@ mod connection; // one proxied connection: the upstream connect, both directions
 pub(crate) mod scripted; // `proxy SCRIPT`: each direction's messages through the script's hooks
 pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
 pub(crate) mod transport; // plain TCP or TLS on either side, and the handshakes
+mod udp; // --udp: a session per client address, faults per datagram
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,12 @@ pub(crate) struct ProxyOptions {
     pub(crate) upstream_tls: Option<transport::UpstreamTls>,
     /// Printed after `listening on`, as the server does.
     pub(crate) fingerprint: Option<String>,
+    /// `--udp`: datagrams, a session per client address.
+    pub(crate) udp: bool,
+    /// `--udp`: a session with no datagram either way this long ends.
+    pub(crate) idle_timeout: Duration,
+    /// `--udp`: live sessions at most; new clients past it are dropped.
+    pub(crate) max_sessions: usize,
     /// `None`: a random seed, shown with `-v`.
     pub(crate) seed: Option<u64>,
     pub(crate) verbosity: Verbosity,
@@ -76,6 +83,8 @@ struct Counts {
     /// with no hook passes bytes and counts none).
     messages_up: AtomicU64,
     messages_down: AtomicU64,
+    /// `--udp`: datagrams lost on purpose (`--loss`) or for want of room.
+    dropped: AtomicU64,
     /// Connections the toxics applied to.
     faulted: AtomicU64,
     /// Upstream connects that failed, and I/O errors other than a reset.
@@ -84,6 +93,22 @@ struct Counts {
 }
 
 impl Counts {
+    /// `--udp`: sessions and datagrams rather than connections.
+    fn udp_summary(&self) -> String {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        format!(
+            "shut down: {} sessions, {} datagrams up ({} bytes), {} down ({} bytes), {} dropped, {} with faults, {} errors",
+            load(&self.connections),
+            load(&self.messages_up),
+            load(&self.bytes_up),
+            load(&self.messages_down),
+            load(&self.bytes_down),
+            load(&self.dropped),
+            load(&self.faulted),
+            load(&self.errors),
+        )
+    }
+
     fn summary(&self, framed: bool) -> String {
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let mut line = format!(
@@ -123,14 +148,23 @@ pub(crate) fn run(
     let upstream = resolve(&options.upstream)?;
     let runtime = crate::server::runtime()?;
     let result = runtime.block_on(async {
-        let listener = bind(&options.listen).await?;
-        let local = listener.local_addr().map_err(|source| Error::Bind {
+        let (listener, local) = if options.udp {
+            let socket = crate::net::bind_udp(&options.listen).await?;
+            let local = socket.local_addr();
+            (Listener::Udp(socket), local)
+        } else {
+            let listener = bind(&options.listen).await?;
+            let local = listener.local_addr();
+            (Listener::Tcp(listener), local)
+        };
+        let local = local.map_err(|source| Error::Bind {
             addr: options.listen.clone(),
             source,
         })?;
         let stop = shutdown::signal()?;
         // Tests and CI wait for this exact line, as with the server.
-        console::err(&format!("listening on {local}"));
+        let udp = if options.udp { "udp " } else { "" };
+        console::err(&format!("listening on {udp}{local}"));
         if let Some(fingerprint) = &options.fingerprint {
             console::err(&format!("tls fingerprint SHA256 {fingerprint}"));
         }
@@ -154,7 +188,10 @@ pub(crate) fn run(
             script,
             events,
         });
-        let summary = serve(listener, shared.clone(), stop).await;
+        let summary = match listener {
+            Listener::Tcp(listener) => serve(listener, shared.clone(), stop).await,
+            Listener::Udp(socket) => udp::serve(socket, shared.clone(), stop).await,
+        };
         if let Some(events) = &shared.events {
             events.emit("summary", serde_json::json!({ "summary": summary }));
         }
@@ -163,6 +200,11 @@ pub(crate) fn run(
     });
     console::flush(Duration::from_secs(2));
     result
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
 }
 
 /// Accepts until `stop`, then lets open connections go on for the

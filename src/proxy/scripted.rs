@@ -224,6 +224,19 @@ pub(crate) struct ScriptOptions {
 }
 
 impl ProxyScript {
+    /// `proxy --udp`: one session's hooks, where a datagram is a message.
+    pub(super) fn hooks_for(&self, peer: SocketAddr) -> ConnectionHooks {
+        self.script.connection(peer, &Framing::Raw, self.max_frame)
+    }
+
+    /// Whether the script has `on_client_message`, `on_server_message`.
+    pub(super) fn hooks_each_way(&self) -> (bool, bool) {
+        (
+            self.script.has_client_message(),
+            self.script.has_server_message(),
+        )
+    }
+
     pub(crate) fn load(path: &Path, options: ScriptOptions) -> Result<Self, Error> {
         let max_frame = options.max_frame;
         let limits = Limits::default().with_max_frame(max_frame);

@@ -85,6 +85,11 @@ pub(crate) struct Toxics {
     pub(crate) blackhole_after: Option<Duration>,
     pub(crate) slow_close: Option<Duration>,
     pub(crate) direction: Option<Direction>,
+    /// `--udp`: the chance that a datagram is lost, sent twice, or held
+    /// back until the next one overtakes it; each 0 to 1.
+    pub(crate) loss: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) reorder: f64,
     /// The fraction of connections the toxics apply to, 0 to 1.
     pub(crate) toxicity: f64,
 }
@@ -98,6 +103,9 @@ impl Toxics {
             || self.reset_after.is_some()
             || self.blackhole_after.is_some()
             || self.slow_close.is_some()
+            || self.loss > 0.0
+            || self.duplicate > 0.0
+            || self.reorder > 0.0
     }
 
     /// What one connection gets: nothing, unless the draw from its own
@@ -116,6 +124,9 @@ impl Toxics {
                 limit_left: self.limit_data,
                 blackhole_at: self.blackhole_after.map(|d| connected + d),
                 slow_close: self.slow_close,
+                loss: self.loss,
+                duplicate: self.duplicate,
+                reorder: self.reorder,
                 next_free: connected,
                 rng: SplitMix64::new(rng.next()),
             })
@@ -157,13 +168,40 @@ pub(crate) struct Shaper {
     limit_left: Option<u64>,
     blackhole_at: Option<Instant>,
     slow_close: Option<Duration>,
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
     /// `--bandwidth`: when the bytes already sent will have gone out at
     /// the rate.
     next_free: Instant,
     rng: SplitMix64,
 }
 
+/// What the faults do to one datagram.
+pub(crate) enum Fate {
+    Once,
+    Twice,
+    Lost,
+    /// Held back until the next one overtakes it.
+    Held,
+}
+
 impl Shaper {
+    /// `--loss`, `--duplicate`, `--reorder`: one draw each, in that order,
+    /// so that a seed gives the same fates run after run.
+    pub(crate) fn datagram_fate(&mut self) -> Fate {
+        let (lost, twice, held) = (self.rng.unit(), self.rng.unit(), self.rng.unit());
+        if lost < self.loss {
+            Fate::Lost
+        } else if twice < self.duplicate {
+            Fate::Twice
+        } else if held < self.reorder {
+            Fate::Held
+        } else {
+            Fate::Once
+        }
+    }
+
     /// What to do with `len` bytes just read.
     pub(crate) fn judge(&mut self, len: usize) -> Verdict {
         if self.blackholed() {

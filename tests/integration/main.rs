@@ -24,6 +24,7 @@ mod proxy;
 mod proxy_record;
 mod proxy_script;
 mod proxy_tls;
+mod proxy_udp;
 mod record;
 mod runner;
 mod scripts;

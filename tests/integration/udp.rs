@@ -44,7 +44,7 @@ fn free_udp_port() -> u16 {
 
 /// A Python UDP server that answers each datagram `d` with `reply(d)`
 /// (a Python expression over the bytes `d`), once it prints its port.
-fn python_server(reply: &str) -> Running {
+pub(crate) fn python_server(reply: &str) -> Running {
     let program = format!(
         "import socket, sys\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
