@@ -797,7 +797,26 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             verbosity,
         )?,
         (None, true) => ServerScript::echo(&limits, verbosity)?,
-        (None, false) if args.udp => return Err(manual_udp()),
+        (None, false) if args.udp => {
+            if args.tls.options(false).is_some() {
+                return Err(Error::Usage(
+                    "TLS does not run over UDP: drop the --tls flags".into(),
+                ));
+            }
+            if args.record.record.is_some() {
+                return Err(Error::Usage(
+                    "--record writes TCP sessions only for now: drop --udp or --record".into(),
+                ));
+            }
+            return manual::udp_server(&ManualServerOptions {
+                listen: args.listen,
+                framing: args.common.framing.unwrap_or(Framing::Raw),
+                max_frame: args.common.max_frame,
+                verbosity,
+                record: None,
+                tls: None,
+            });
+        }
         (None, false) => {
             return manual::server(&ManualServerOptions {
                 listen: args.listen,
@@ -862,12 +881,6 @@ pub(crate) fn default_framing(udp: bool) -> Framing {
 }
 
 /// The manual server answers one TCP client at a time: not a UDP server.
-fn manual_udp() -> Error {
-    Error::Usage(
-        "server --udp needs a script (or --echo): the manual server speaks TCP only for now".into(),
-    )
-}
-
 fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
     let toxics = args.toxics.toxics();
     // A datagram has no stream to cut, close or reset.

@@ -510,6 +510,73 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
     }
 }
 
+/// `server --udp` by hand: each datagram is printed with its sender's
+/// address and answered, to that sender, with the next line of stdin (the
+/// tutorial's server, over UDP). The end of stdin stops it: at once when
+/// no datagram waits for a reply.
+pub(crate) fn udp_server(options: &ManualServerOptions) -> Result<(), Error> {
+    let socket = net::bind_udp_blocking(&options.listen)?;
+    let local = socket.local_addr().map_err(|source| Error::Bind {
+        addr: options.listen.clone(),
+        source,
+    })?;
+    crate::console::err(&format!("listening on udp {local}"));
+    // No client to hand over: the input thread's word that stdin ended
+    // is not needed, as `exhausted` is looked at between waits.
+    let (idle_tx, _) = mpsc::sync_channel::<Idle>(0);
+    let mut replies = Replies::from_stdin(options.max_frame, idle_tx);
+    // Short waits, so that the end of stdin is seen while no one sends.
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+    let stdout = io::stdout();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf) {
+            Ok(received) => received,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if replies.exhausted() {
+                    crate::console::err("end of input, stopping");
+                    return stop(None, replies.next(), options.verbosity);
+                }
+                continue;
+            }
+            // An ICMP error for an earlier reply: that peer is gone.
+            Err(e) => {
+                crate::console::err(&format!("udp: {e}"));
+                continue;
+            }
+        };
+        let _ = writeln!(
+            stdout.lock(),
+            "[{peer}] {}",
+            message::display_line(&buf[..n])
+        );
+        let reply = match replies.next() {
+            Input::Line(reply) => reply,
+            ended => {
+                if matches!(ended, Input::End) {
+                    crate::console::err("end of input, stopping");
+                }
+                return stop(None, ended, options.verbosity);
+            }
+        };
+        let mut datagram = Vec::with_capacity(reply.len() + 1);
+        if let Err(e) = crate::framing::encode(&options.framing, reply.as_bytes(), &mut datagram) {
+            crate::console::err(&format!("reply not sent: {e}"));
+            continue;
+        }
+        if let Err(e) = socket.send_to(&datagram, peer) {
+            crate::console::err(&format!("reply to {peer} not sent: {e}"));
+        }
+    }
+}
+
 /// Ends the manual server once its input has: the recording is saved,
 /// and a read error is the command's error.
 fn stop(recorder: Option<ServerRecorder>, ended: Input, verbosity: Verbosity) -> Result<(), Error> {

@@ -83,6 +83,21 @@ pub(crate) async fn bind_udp(listen: &str) -> Result<tokio::net::UdpSocket, Erro
     })
 }
 
+/// A blocking UDP socket bound to `listen`, for the manual `server --udp`.
+pub(crate) fn bind_udp_blocking(listen: &str) -> Result<std::net::UdpSocket, Error> {
+    let mut last_error = None;
+    for addr in resolve(listen)? {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::Bind {
+        addr: listen.to_string(),
+        source: last_error.unwrap_or_else(|| io::Error::other("no address")),
+    })
+}
+
 /// A blocking listener, for manual mode's one-client-at-a-time server.
 pub(crate) fn bind_blocking(listen: &str) -> Result<std::net::TcpListener, Error> {
     let mut last_error = None;

@@ -286,6 +286,11 @@ impl Running {
         self.stdout.wait_for(needle, "stdout")
     }
 
+    /// Closes its stdin, when it was started without `input`.
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
     /// Writes to its stdin, when it was started without `input`.
     pub fn write_stdin(&mut self, text: &str) {
         let pipe = self.stdin.as_mut().expect("stdin still open");

@@ -440,10 +440,41 @@ fn udp_with_tls_or_without_a_script_is_a_usage_error() {
         .assert()
         .code(2);
     tcpscript()
-        .args(["server", "--udp"])
+        .args(["server", "--udp", "--record", "x.rhai"])
         .assert()
         .code(2)
-        .stderr(contains("server --udp needs a script (or --echo)"));
+        .stderr(contains("--record writes TCP sessions only"));
+}
+
+#[test]
+fn the_manual_server_prints_each_datagram_and_answers_it_with_a_line_of_stdin() {
+    // The tutorial's server, over UDP: a person types each reply.
+    let mut command = std::process::Command::new(crate::support::BIN);
+    command.args(["server", "--udp", "--listen", "127.0.0.1:0"]);
+    let mut server = Running::listening(command, None);
+    assert!(server.stderr().contains("listening on udp 127.0.0.1:"));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(crate::support::PATIENCE))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for (sent, typed) in [("hello", "hi there"), ("again", "bye")] {
+        socket.send_to(sent.as_bytes(), server.addr()).unwrap();
+        server.wait_stdout(&format!("] {sent}"));
+        server.write_stdin(&format!("{typed}\n"));
+        let n = loop {
+            match socket.recv_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                received => break received.unwrap().0,
+            }
+        };
+        assert_eq!(&buf[..n], typed.as_bytes());
+    }
+    let from = socket.local_addr().unwrap();
+    assert!(server.stdout().contains(&format!("[{from}] hello")));
+    server.close_stdin();
+    assert!(server.wait_exit().success());
+    assert!(server.stderr().contains("end of input, stopping"));
 }
 
 #[test]
