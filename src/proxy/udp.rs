@@ -7,14 +7,15 @@
 //! every datagram sent in a direction (what the client or upstream sent,
 //! what a hook made of it, what a hook injected): `--loss`, `--duplicate`,
 //! `--reorder`, `--latency`/`--jitter`, `--blackhole-after`, all seeded.
-//! Datagrams waiting out a delay are bounded per session in bytes; past
-//! it they are dropped, as a full router queue would.
+//! Datagrams waiting out a delay are bounded per session in bytes, and
+//! those waiting for their session's task in all inboxes together; past
+//! either bound they are dropped, as a full router queue would.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -32,6 +33,9 @@ use crate::transcript::Verbosity;
 const DATAGRAM: usize = 65_507;
 /// Datagrams from one client waiting for its session's task.
 const INBOX: usize = 256;
+/// Bytes of datagrams waiting in all sessions' inboxes together: a flood
+/// of large datagrams from many addresses is dropped past it, not queued.
+const INBOX_BYTES: usize = 16 << 20;
 /// Bytes one session may hold waiting out delays.
 const HELD_LIMIT: usize = 1 << 20;
 /// How long a reordered datagram waits for one to overtake it.
@@ -45,19 +49,26 @@ pub(super) async fn serve(
 ) -> String {
     let socket = Arc::new(socket);
     let (hard_tx, hard_rx) = watch::channel(false);
-    let (ended_tx, mut ended_rx) = mpsc::channel::<SocketAddr>(INBOX);
-    let mut sessions: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    // A session that ends says which it was: by then the client's next
+    // datagram may have started another under the same address.
+    let (ended_tx, mut ended_rx) = mpsc::channel::<(SocketAddr, u64)>(INBOX);
+    let mut sessions: HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; DATAGRAM + 1];
     let mut index = 0u64;
     let mut full_warned = false;
+    let waiting = Arc::new(AtomicUsize::new(0));
     tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
             _ = &mut stop => break,
-            Some(peer) = ended_rx.recv() => {
-                sessions.remove(&peer);
+            Some((peer, ended)) = ended_rx.recv() => {
+                if sessions.get(&peer).is_some_and(|(index, _)| *index == ended) {
+                    sessions.remove(&peer);
+                }
+                // A finished task's entry stays in the set until taken.
+                while tasks.try_join_next().is_some() {}
             }
             received = socket.recv_from(&mut buf) => {
                 let (n, peer) = match received {
@@ -67,15 +78,33 @@ pub(super) async fn serve(
                     Err(_) => continue,
                 };
                 let datagram = buf[..n.min(DATAGRAM)].to_vec();
-                if let Some(inbox) = sessions.get(&peer) {
-                    if inbox.try_send(datagram).is_err() {
-                        // A session behind on its inbox: the datagram is
-                        // lost, as on a congested link.
-                        shared.counts.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                let len = datagram.len();
+                // Sessions behind on their inboxes: the datagram is lost,
+                // as on a congested link.
+                if waiting.fetch_add(len, Ordering::Relaxed) + len > INBOX_BYTES {
+                    waiting.fetch_sub(len, Ordering::Relaxed);
+                    shared.counts.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                let datagram = match sessions.get(&peer) {
+                    None => datagram,
+                    Some((_, inbox)) => match inbox.try_send(datagram) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            waiting.fetch_sub(len, Ordering::Relaxed);
+                            shared.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        // The session ended (idle) and is not removed yet:
+                        // this datagram starts the client's next one.
+                        Err(mpsc::error::TrySendError::Closed(datagram)) => {
+                            sessions.remove(&peer);
+                            datagram
+                        }
+                    },
+                };
                 if sessions.len() >= shared.options.max_sessions {
+                    waiting.fetch_sub(len, Ordering::Relaxed);
                     shared.counts.dropped.fetch_add(1, Ordering::Relaxed);
                     if !full_warned {
                         full_warned = true;
@@ -90,18 +119,19 @@ pub(super) async fn serve(
                 index += 1;
                 let (inbox, rx) = mpsc::channel(INBOX);
                 let _ = inbox.try_send(datagram);
-                sessions.insert(peer, inbox);
+                sessions.insert(peer, (index, inbox));
                 let session = Session {
                     peer,
                     index,
                     client: socket.clone(),
                     shared: shared.clone(),
+                    waiting: waiting.clone(),
                 };
                 let hard = hard_rx.clone();
                 let ended = ended_tx.clone();
                 tasks.spawn(async move {
                     session.run(rx, hard).await;
-                    let _ = ended.send(peer).await;
+                    let _ = ended.send((peer, index)).await;
                 });
             }
         }
@@ -145,6 +175,8 @@ struct Session {
     /// The proxy's listening socket: what the client sees answer it.
     client: Arc<UdpSocket>,
     shared: Arc<Shared>,
+    /// Bytes in every session's inbox: this one takes off what it reads.
+    waiting: Arc<AtomicUsize>,
 }
 
 /// One direction's faults, and a datagram held back to be overtaken.
@@ -178,10 +210,7 @@ impl Outbox {
     /// faults; false when it was dropped for want of room.
     fn send(&mut self, dest: Dest, data: Vec<u8>, extra: Duration, counts: &super::Counts) {
         let now = Instant::now();
-        let lane = match dest {
-            Dest::Upstream => &mut self.up,
-            Dest::Client => &mut self.down,
-        };
+        let lane = self.lane(dest);
         let mut due = now + extra;
         let mut copies = 1;
         if let Some(shaper) = &mut lane.shaper {
@@ -334,6 +363,7 @@ impl Session {
                             ending = "ended by the proxy's shutdown";
                             break;
                         };
+                        self.waiting.fetch_sub(datagram.len(), Ordering::Relaxed);
                         last = Instant::now();
                         up_count += 1;
                         counts.messages_up.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +413,11 @@ impl Session {
                 }
             }
         }
+        // What waits unread leaves the inboxes' budget with the session.
+        inbox.close();
+        while let Ok(datagram) = inbox.try_recv() {
+            self.waiting.fetch_sub(datagram.len(), Ordering::Relaxed);
+        }
         if let Some(hooks) = &mut hooks {
             // Its sends go nowhere: the session is over.
             let _ = hooks.on_disconnect().map(|mut reply| reply.actions.clear());
@@ -402,18 +437,15 @@ impl Session {
 async fn connect(upstream: &[SocketAddr]) -> std::io::Result<UdpSocket> {
     let mut last = None;
     for addr in upstream {
-        let local: SocketAddr = if addr.is_ipv4() {
-            ([127, 0, 0, 1], 0).into()
-        } else {
-            (std::net::Ipv6Addr::LOCALHOST, 0).into()
+        // Any port, on loopback for a loopback upstream: nothing else
+        // needs to reach this socket.
+        let ip: std::net::IpAddr = match (addr.is_ipv4(), addr.ip().is_loopback()) {
+            (true, true) => std::net::Ipv4Addr::LOCALHOST.into(),
+            (true, false) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            (false, true) => std::net::Ipv6Addr::LOCALHOST.into(),
+            (false, false) => std::net::Ipv6Addr::UNSPECIFIED.into(),
         };
-        let bind = if addr.ip().is_loopback() {
-            local
-        } else if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
+        let bind = SocketAddr::new(ip, 0);
         match UdpSocket::bind(bind).await {
             Ok(socket) => match socket.connect(addr).await {
                 Ok(()) => return Ok(socket),
