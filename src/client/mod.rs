@@ -1129,10 +1129,8 @@ fn register(engine: &mut Engine) {
             state: Arc::new(Mutex::new(state)),
         })
     };
-    let o = open.clone();
-    engine.register_fn("connect", move || o(None, None));
-    let o = open.clone();
-    engine.register_fn("connect", move |addr: &str| o(Some(addr), None));
+    engine.register_fn("connect", move || open(None, None));
+    engine.register_fn("connect", move |addr: &str| open(Some(addr), None));
     engine.register_fn("connect", move |addr: &str, options: Map| {
         open(Some(addr), Some(options))
     });
