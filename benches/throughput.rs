@@ -1260,16 +1260,37 @@ struct LoadResults {
     rounds: Vec<(f64, f64)>,
     tcpscript_failed: u64,
     tokio_errors: u64,
+    /// The same at more users, one round each.
+    scales: Vec<LoadScale>,
 }
+
+/// Load mode at many users, beside the tokio loop at as many tasks.
+struct LoadScale {
+    users: usize,
+    ours: f64,
+    reference: f64,
+    tcpscript_failed: u64,
+    tokio_errors: u64,
+    /// tcpscript's peak resident memory, in KiB.
+    peak_rss_kib: u64,
+}
+
+/// User counts measured after the 50-user rounds.
+const LOAD_SCALES: [usize; 2] = [2_000, 10_000];
 
 /// The reference: LOAD_USERS tasks, each connecting, sending one line,
 /// reading the echo and closing, in a loop, for `time`.
-fn tokio_connect_loop(context: &Context, addr: SocketAddr, time: Duration) -> (u64, u64, f64) {
+fn tokio_connect_loop(
+    context: &Context,
+    addr: SocketAddr,
+    time: Duration,
+    users: usize,
+) -> (u64, u64, f64) {
     context.runtime.block_on(async {
         let started = Instant::now();
         let deadline = started + time;
         let mut tasks = Vec::new();
-        for _ in 0..LOAD_USERS {
+        for _ in 0..users {
             tasks.push(tokio::spawn(async move {
                 let (mut done, mut errors) = (0u64, 0u64);
                 while Instant::now() < deadline {
@@ -1312,6 +1333,7 @@ fn load_section(config: &Config, context: &Context) -> Result<LoadResults, Strin
         rounds: Vec::new(),
         tcpscript_failed: 0,
         tokio_errors: 0,
+        scales: Vec::new(),
     };
     for round in 0..rounds {
         let output = Command::new(tcpscript())
@@ -1328,7 +1350,7 @@ fn load_section(config: &Config, context: &Context) -> Result<LoadResults, Strin
             .map_err(|e| format!("load mode printed no JSON summary: {e}"))?;
         let ours = summary["conversations_per_second"].as_f64().unwrap_or(0.0);
         results.tcpscript_failed += summary["failed"].as_u64().unwrap_or(0);
-        let (done, errors, seconds) = tokio_connect_loop(context, server.addr, time);
+        let (done, errors, seconds) = tokio_connect_loop(context, server.addr, time, LOAD_USERS);
         results.tokio_errors += errors;
         let reference = done as f64 / seconds.max(1e-9);
         eprintln!(
@@ -1340,9 +1362,87 @@ fn load_section(config: &Config, context: &Context) -> Result<LoadResults, Strin
         );
         results.rounds.push((ours, reference));
     }
+    // Past a few thousand users, what matters is what each one costs: one
+    // longer round each, memory watched throughout.
+    let time = Duration::from_millis(if config.quick { 2000 } else { 4000 });
+    let usable = context.fd_limit.saturating_sub(256) as usize;
+    for users in LOAD_SCALES {
+        if users > usable {
+            eprintln!(
+                "  {users} users: skipped, the open-file limit is {}",
+                context.fd_limit
+            );
+            continue;
+        }
+        let mut command = Command::new(tcpscript());
+        command
+            .arg("client")
+            .arg(context.path("load.rhai"))
+            .args(["--connect", &server.addr.to_string(), "--json", "-q"])
+            .args(["--concurrency", &users.to_string()])
+            .args(["--duration", &format!("{}ms", time.as_millis())]);
+        let (stdout, peak_rss_kib) = run_watching_memory(command)?;
+        let summary: serde_json::Value = serde_json::from_slice(&stdout)
+            .map_err(|e| format!("load mode at {users} users printed no JSON summary: {e}"))?;
+        let ours = summary["conversations_per_second"].as_f64().unwrap_or(0.0);
+        let tcpscript_failed = summary["failed"].as_u64().unwrap_or(u64::MAX);
+        let (done, tokio_errors, seconds) = tokio_connect_loop(context, server.addr, time, users);
+        let reference = done as f64 / seconds.max(1e-9);
+        eprintln!(
+            "  {users} users  tcpscript {:>9}/s ({} failed, peak RSS {:.0} MiB)  tokio loop {:>9}/s  ratio {:.2}",
+            thousands(ours),
+            tcpscript_failed,
+            peak_rss_kib as f64 / 1024.0,
+            thousands(reference),
+            ours / reference.max(1e-9)
+        );
+        results.scales.push(LoadScale {
+            users,
+            ours,
+            reference,
+            tcpscript_failed,
+            tokio_errors,
+            peak_rss_kib,
+        });
+    }
     drop(server);
     eprintln!();
     Ok(results)
+}
+
+/// Runs `command` to its end; its standard output and its peak resident
+/// memory in KiB (VmHWM, read until it exits).
+fn run_watching_memory(mut command: Command) -> Result<(Vec<u8>, u64), String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", tcpscript().display()))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+        out
+    });
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = fs::read_to_string(&status_file)
+            && let Some(kib) = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            peak = kib;
+        }
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = reader.join().map_err(|_| "reading stdout failed")?;
+    Ok((out, peak))
 }
 
 fn load_table(out: &mut String, load: &LoadResults, verdicts: &mut Vec<Verdict>) {
@@ -1384,6 +1484,59 @@ fn load_table(out: &mut String, load: &LoadResults, verdicts: &mut Vec<Verdict>)
         ),
         pass: ratio >= 0.5 && load.tcpscript_failed == 0,
     });
+    if load.scales.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### at more users (one round each; the 50-user figure is the median above)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| users  | tcpscript conv/s | failures | peak RSS    | per user | tokio loop conv/s | tokio errors | ratio | vs 50 users |"
+    );
+    let _ = writeln!(
+        out,
+        "|-------:|-----------------:|---------:|------------:|---------:|------------------:|-------------:|------:|------------:|"
+    );
+    for scale in &load.scales {
+        let _ = writeln!(
+            out,
+            "| {:>6} | {:>16} | {:>8} | {:>7.0} MiB | {:>5.0} KB | {:>17} | {:>12} | {:>5.2} | {:>10.2}x |",
+            scale.users,
+            thousands(scale.ours),
+            scale.tcpscript_failed,
+            scale.peak_rss_kib as f64 / 1024.0,
+            scale.peak_rss_kib as f64 * 1.024 / scale.users as f64,
+            thousands(scale.reference),
+            scale.tokio_errors,
+            scale.ours / scale.reference.max(1e-9),
+            scale.ours / ours.max(1e-9)
+        );
+        match scale.users {
+            2_000 => verdicts.push(Verdict {
+                row: 12,
+                measured: format!(
+                    "{}/s vs {}/s at 50 = {:.2}x",
+                    thousands(scale.ours),
+                    thousands(ours),
+                    scale.ours / ours.max(1e-9)
+                ),
+                pass: scale.ours >= 0.8 * ours && scale.tcpscript_failed == 0,
+            }),
+            10_000 => verdicts.push(Verdict {
+                row: 13,
+                measured: format!(
+                    "{}/s, {} failed, peak RSS {:.0} MiB",
+                    thousands(scale.ours),
+                    scale.tcpscript_failed,
+                    scale.peak_rss_kib as f64 / 1024.0
+                ),
+                pass: scale.tcpscript_failed == 0 && scale.peak_rss_kib < 1 << 20,
+            }),
+            _ => {}
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1617,7 +1770,7 @@ struct Report {
 }
 
 /// The targets, in the order of the final table: (figure, target).
-const TARGETS: [(&str, &str); 12] = [
+const TARGETS: [(&str, &str); 14] = [
     ("echo round trips/s, 1 conn", ">= 0.95x floor, no errors"),
     ("echo round trips/s, 50 conns", ">= 0.95x floor, no errors"),
     ("echo round trips/s, 500 conns", ">= 0.95x floor, no errors"),
@@ -1647,6 +1800,14 @@ const TARGETS: [(&str, &str); 12] = [
     (
         "TLS load mode, 50 users, connect+handshake+exchange+close",
         ">= 0.8x tokio-rustls loop",
+    ),
+    (
+        "load mode, 2,000 users, one-exchange echo",
+        ">= 0.8x tcpscript's own 50-user figure",
+    ),
+    (
+        "load mode, 10,000 users, one-exchange echo",
+        "all running, no failures, RSS < 1 GiB",
     ),
 ];
 

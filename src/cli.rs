@@ -1134,7 +1134,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         .then(|| Events::to_stdout().for_test(&options.script.display().to_string()));
     let started = std::time::Instant::now();
     let conversed = match ClientScript::load(&options) {
-        Ok(mut script) => script.run(events.clone(), SHOWN_ON_FAILURE),
+        Ok(script) => script.run(events.clone(), SHOWN_ON_FAILURE),
         Err(error) => {
             if let Some(events) = &events {
                 events.emit("result", result_event(Some(&error), started.elapsed()));

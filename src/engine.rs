@@ -584,9 +584,25 @@ fn compile_regex(pattern: &str) -> NativeResult<regex::Regex> {
     })
 }
 
-/// Reports an assertion to `--json`, whose events ride on the engine's tag.
+thread_local! {
+    /// Where a client run on this thread reports its assertions: one
+    /// engine serves many threads (load mode's users), so the events
+    /// cannot ride on the engine.
+    static EVENTS: std::cell::RefCell<Option<TestEvents>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `events` receiving the assertions made on this thread.
+pub(crate) fn with_events<T>(events: Option<TestEvents>, f: impl FnOnce() -> T) -> T {
+    let before = EVENTS.replace(events);
+    let result = f();
+    EVENTS.set(before);
+    result
+}
+
+/// Reports an assertion to `--json`.
 pub(crate) fn note_assertion(ctx: &NativeCallContext, function: &str, ok: bool) {
-    if let Some(events) = ctx.tag().and_then(|tag| tag.read_lock::<TestEvents>()) {
+    EVENTS.with_borrow(|events| {
+        let Some(events) = events else { return };
         events.emit(
             "assertion",
             serde_json::json!({
@@ -595,7 +611,7 @@ pub(crate) fn note_assertion(ctx: &NativeCallContext, function: &str, ok: bool) 
                 "line": ctx.call_position().line(),
             }),
         );
-    }
+    });
 }
 
 fn assert_that(ctx: &NativeCallContext, cond: bool, msg: &str) -> NativeResult<()> {

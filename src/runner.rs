@@ -250,7 +250,7 @@ fn run_case(path: &Path, client: &ClientOptions, events: Option<&Events>) -> Cas
     };
     let test_events = events.map(|e| e.for_test(&name));
     let (result, transcript) = match ClientScript::load(&options) {
-        Ok(mut script) => {
+        Ok(script) => {
             let conversed = script.run(test_events.clone(), KEPT_FOR_REPORTS);
             (conversed.result, conversed.transcript)
         }

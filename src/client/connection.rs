@@ -2,6 +2,7 @@
 //! talk through; or, with `--udp`, a connected UDP socket behind the same
 //! functions. Every read has a deadline; nothing here waits forever.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -23,6 +24,26 @@ use crate::tls::{self, blocking::TlsStream};
 /// Bytes asked for per read. With `raw` framing this is the largest
 /// message one read can deliver (the tutorial reads 1024).
 const READ_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// What reads land in before they join a connection's buffer: one per
+    /// thread, allocated once and kept. A load-mode user is a thread, and
+    /// with a buffer per connection each of ten thousand users would hold
+    /// 64 KiB written over with zeros again at every conversation; a kept
+    /// one is touched only as far as reads reach.
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's read buffer, `len` bytes of it. `f` must not
+/// read through another connection.
+fn with_read_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    READ_BUFFER.with_borrow_mut(|buffer| {
+        if buffer.len() < len {
+            *buffer = vec![0; len];
+        }
+        f(&mut buffer[..len])
+    })
+}
 
 /// Pause between attempts while `--connect-retry` waits for a server.
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -78,7 +99,6 @@ pub(crate) struct FrameReader {
     decoder: Decoder,
     max_frame: usize,
     buf: BytesMut,
-    scratch: Vec<u8>,
     eof: bool,
     /// The socket's read timeout as last set: each receive starts with the
     /// same full timeout, so most receives need no `setsockopt` at all.
@@ -91,8 +111,6 @@ impl FrameReader {
             decoder: Decoder::new(framing, max_frame),
             max_frame,
             buf: BytesMut::new(),
-            // One read is one `raw` message: never more than --max-frame.
-            scratch: vec![0; max_frame.min(READ_SIZE)],
             eof: false,
             read_timeout: None,
         }
@@ -285,9 +303,16 @@ impl FrameReader {
                 stream.set_read_timeout(wait)?;
                 self.read_timeout = Some(wait);
             }
-            match stream.read(&mut self.scratch) {
+            // One read is one `raw` message: never more than --max-frame.
+            let read: io::Result<usize> =
+                with_read_buffer(self.max_frame.min(READ_SIZE), |scratch| {
+                    let n = stream.read(scratch)?;
+                    self.buf.extend_from_slice(&scratch[..n]);
+                    Ok(n)
+                });
+            match read {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Ok(_) => {}
                 Err(e)
                     if matches!(
                         e.kind(),

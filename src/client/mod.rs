@@ -9,6 +9,7 @@
 mod connect_options; // `connect(addr, options)`: one connection's TLS settings
 pub(crate) mod connection; // blocking framed connection, also used by manual mode
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,17 +81,33 @@ pub(crate) struct Conversed {
 }
 
 /// A compiled client script and an engine to run it, as many times as
-/// wanted: each run is a fresh conversation on fresh connections.
+/// wanted: each run is a fresh conversation on fresh connections. Clones
+/// share the engine and the compiled script, so that load mode's users
+/// cost a thread each, not an engine each: the script functions find their
+/// conversation through [`CURRENT`], never through the engine.
+#[derive(Clone)]
 pub(crate) struct ClientScript {
+    program: Arc<Program>,
+}
+
+struct Program {
     engine: Engine,
     script: Script,
     framing: Framing,
     options: ClientOptions,
-    /// The conversation the script functions act on, set for each run.
-    current: Slot,
+    patterns: Patterns,
 }
 
-type Slot = Arc<Mutex<Option<Arc<Conversation>>>>;
+thread_local! {
+    /// The conversation the script functions act on: a run stays on the
+    /// thread that started it, and one engine serves many threads.
+    static CURRENT: RefCell<Option<Arc<Conversation>>> = const { RefCell::new(None) };
+}
+
+/// The conversation running on this thread.
+fn current() -> Option<Arc<Conversation>> {
+    CURRENT.with_borrow(Clone::clone)
+}
 
 impl ClientScript {
     pub(crate) fn load(options: &ClientOptions) -> Result<Self, Error> {
@@ -107,8 +124,6 @@ impl ClientScript {
                 .declared_framing()?
                 .unwrap_or(crate::cli::default_framing(options.udp)),
         };
-        let current = Slot::default();
-        let slot = current.clone();
         // Rhai keeps one progress callback: the native stack, a failure
         // waiting to be raised (print to a closed stdout), the time limit.
         engine.on_progress(move |operations| {
@@ -121,44 +136,47 @@ impl ClientScript {
                     }
                 }
             }
-            past_deadline(&slot, operations)
+            past_deadline(operations)
         });
-        register(&mut engine, &current);
+        register(&mut engine);
         Ok(ClientScript {
-            engine,
-            script,
-            framing,
-            options: options.clone(),
-            current,
+            program: Arc::new(Program {
+                engine,
+                script,
+                framing,
+                options: options.clone(),
+                patterns: Patterns::default(),
+            }),
         })
     }
 
     /// Connects and runs the conversation; `keep` is how many messages of
     /// the transcript to keep for the outcome.
-    pub(crate) fn run(&mut self, events: Option<TestEvents>, keep: usize) -> Conversed {
+    pub(crate) fn run(&self, events: Option<TestEvents>, keep: usize) -> Conversed {
+        let program = &*self.program;
         let started = Instant::now();
         let conversation = Arc::new(Conversation {
-            deadline: self
+            deadline: program
                 .options
                 .case_timeout
                 .and_then(|limit| Deadline::after(started, limit)),
-            addr: self.options.connect.clone(),
-            timeout: self.options.timeout,
-            connect_retry: self.options.connect_retry,
-            udp: self.options.udp,
-            framing: self.framing.clone(),
-            max_frame: self.options.max_frame,
-            tls: self.options.tls.clone(),
-            starttls: self.options.starttls.clone(),
-            tls_flags: self.options.tls_flags.clone(),
+            addr: program.options.connect.clone(),
+            timeout: program.options.timeout,
+            connect_retry: program.options.connect_retry,
+            udp: program.options.udp,
+            framing: program.framing.clone(),
+            max_frame: program.options.max_frame,
+            tls: program.options.tls.clone(),
+            starttls: program.options.starttls.clone(),
+            tls_flags: program.options.tls_flags.clone(),
             log: Mutex::new(Log {
-                transcript: Transcript::keeping(keep, self.options.verbosity, String::new()),
+                transcript: Transcript::keeping(keep, program.options.verbosity, String::new()),
                 sent: 0,
                 received: 0,
                 opened: 0,
                 handshakes: Vec::new(),
             }),
-            patterns: Mutex::new(HashMap::new()),
+            patterns: program.patterns.clone(),
             events: events.clone(),
             default: Arc::new(Mutex::new(PeerState::closed())),
         });
@@ -180,18 +198,17 @@ impl ClientScript {
     }
 
     fn converse(
-        &mut self,
+        &self,
         conversation: &Arc<Conversation>,
         events: Option<TestEvents>,
     ) -> Result<(), Error> {
-        *lock(&self.current) = Some(conversation.clone());
-        let tag = events.map_or(Dynamic::UNIT, Dynamic::from);
-        self.engine.set_default_tag(tag);
-        let outcome = self.engine.run_ast(&self.script.ast);
-        *lock(&self.current) = None;
+        let program = &*self.program;
+        CURRENT.set(Some(conversation.clone()));
+        let outcome = engine::with_events(events, || program.engine.run_ast(&program.script.ast));
+        CURRENT.set(None);
         conversation.close_all();
         outcome.map_err(|err| {
-            let mut error = engine::diagnose(&err, &self.script, None);
+            let mut error = engine::diagnose(&err, &program.script, None);
             if let Some(diagnostic) = error.diagnostic_mut() {
                 // Reports of every case are kept until the run ends.
                 diagnostic.bound();
@@ -243,13 +260,13 @@ impl Deadline {
 /// The time limit of a run, checked from Rhai's progress callback: a
 /// script that loops without waiting is stopped here, and every wait is
 /// cut to the time left by the function that waits.
-fn past_deadline(slot: &Slot, operations: u64) -> Option<Dynamic> {
+fn past_deadline(operations: u64) -> Option<Dynamic> {
     // Reading the clock costs more than an operation: look every 1024
     // operations, as the server's hooks do.
     if !operations.is_multiple_of(1024) {
         return None;
     }
-    let deadline = lock(slot).as_ref()?.deadline?;
+    let deadline = CURRENT.with_borrow(|c| c.as_ref().map(|c| c.deadline))??;
     deadline
         .remaining()
         .is_zero()
@@ -269,8 +286,9 @@ struct Conversation {
     starttls: Arc<tls::blocking::Deferred>,
     tls_flags: Arc<tls::ClientTls>,
     log: Mutex<Log>,
-    /// Compiled `expect` patterns: a pattern in a loop is compiled once.
-    patterns: Mutex<HashMap<String, Regex>>,
+    /// Compiled `expect` patterns: a pattern in a loop, or in every run of
+    /// load mode's users, is compiled once.
+    patterns: Patterns,
     events: Option<TestEvents>,
     /// The connection made before the script starts.
     default: Arc<Mutex<PeerState>>,
@@ -296,15 +314,18 @@ fn millis(ms: INT) -> Duration {
     Duration::from_millis(ms.max(0) as u64)
 }
 
-/// Compiled `expect` patterns kept per run.
+/// Compiled `expect` patterns, by pattern, shared by every run of a script.
+type Patterns = Arc<Mutex<HashMap<String, Regex>>>;
+
+/// Compiled `expect` patterns kept.
 const PATTERNS_KEPT: usize = 256;
 
 /// Bytes of a partly received message shown when a receive times out.
 const PENDING_SHOWN: usize = 64;
 
 /// `sleep(ms)`, no longer than the run's time left.
-fn pause(slot: &Slot, wanted: Duration) -> NativeResult<()> {
-    let (wait, cut) = match lock(slot).as_ref() {
+fn pause(wanted: Duration) -> NativeResult<()> {
+    let (wait, cut) = match current() {
         Some(conversation) => conversation.clamp(wanted),
         None => (wanted, None),
     };
@@ -331,7 +352,7 @@ impl Conversation {
         let regex = Regex::new(pattern)
             .map_err(|e| Failure::script(format!("invalid regular expression: {e}")))?;
         // A script that builds patterns from what it receives must not
-        // grow this for the whole run.
+        // grow this for ever.
         if patterns.len() >= PATTERNS_KEPT {
             patterns.clear();
         }
@@ -1004,15 +1025,14 @@ macro_rules! conversation_fn {
 
 /// The conversation functions. Global ones act on the default connection;
 /// the same names are methods of `Connection` values from `connect()`.
-fn register(engine: &mut Engine, current: &Slot) {
+fn register(engine: &mut Engine) {
     engine
         .register_type_with_name::<Peer>("Connection")
         .register_fn("to_string", Peer::describe);
 
     // The default connection, for the global forms.
-    let slot = current.clone();
-    let default = move || -> NativeResult<Peer> {
-        lock(&slot)
+    let default = || -> NativeResult<Peer> {
+        current()
             .as_ref()
             .map(Conversation::default_peer)
             .ok_or_else(|| Failure::script("no conversation is running").into())
@@ -1084,11 +1104,9 @@ fn register(engine: &mut Engine, current: &Slot) {
         NativeResult::Ok(())
     });
 
-    let slot = current.clone();
-    let open = move |addr: Option<&str>, options: Option<Map>| -> NativeResult<Peer> {
-        let conversation = lock(&slot)
-            .clone()
-            .ok_or_else(|| Failure::script("no conversation is running"))?;
+    let open = |addr: Option<&str>, options: Option<Map>| -> NativeResult<Peer> {
+        let conversation =
+            current().ok_or_else(|| Failure::script("no conversation is running"))?;
         let addr = addr.unwrap_or(&conversation.addr).to_string();
         if conversation.udp && options.is_some() {
             return Err(Failure::script(
@@ -1111,30 +1129,25 @@ fn register(engine: &mut Engine, current: &Slot) {
             state: Arc::new(Mutex::new(state)),
         })
     };
-    let o = open.clone();
-    engine.register_fn("connect", move || o(None, None));
-    let o = open.clone();
-    engine.register_fn("connect", move |addr: &str| o(Some(addr), None));
+    engine.register_fn("connect", move || open(None, None));
+    engine.register_fn("connect", move |addr: &str| open(Some(addr), None));
     engine.register_fn("connect", move |addr: &str, options: Map| {
         open(Some(addr), Some(options))
     });
 
     // Rhai's own `sleep` takes seconds and knows no time limit; a float
     // is milliseconds here too.
-    let slot = current.clone();
-    engine.register_fn("sleep", move |ms: INT| pause(&slot, millis(ms)));
-    let slot = current.clone();
-    engine.register_fn("sleep", move |ms: FLOAT| {
+    engine.register_fn("sleep", |ms: INT| pause(millis(ms)));
+    engine.register_fn("sleep", |ms: FLOAT| {
         let pause_for = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(if ms > 0.0 {
             Duration::MAX
         } else {
             Duration::ZERO
         });
-        pause(&slot, pause_for)
+        pause(pause_for)
     });
-    let slot = current.clone();
-    engine.register_fn("log", move |value: Dynamic| {
-        if let Some(conversation) = lock(&slot).as_ref() {
+    engine.register_fn("log", |value: Dynamic| {
+        if let Some(conversation) = current() {
             lock(&conversation.log)
                 .transcript
                 .log(&crate::stack::display(&value));

@@ -118,6 +118,24 @@ impl Tally {
     }
 }
 
+/// The most stripes the users' figures are kept in.
+const STRIPES: usize = 64;
+
+/// The figures of the users whose number is the stripe's modulo
+/// [`STRIPES`].
+#[derive(Default)]
+struct Stripe {
+    tally: Tally,
+    /// `--html`: the current second's conversations, for the timeline.
+    second: Second,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new()
+    }
+}
+
 /// Shared by the users while they run.
 struct Pace {
     started: Instant,
@@ -210,11 +228,10 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         verbosity: Verbosity::Quiet,
         ..options.client.clone()
     };
-    // Compile errors are reported once, before any user starts.
-    let mut scripts = Vec::with_capacity(options.concurrency);
-    for _ in 0..options.concurrency.max(1) {
-        scripts.push(ClientScript::load(&client)?);
-    }
+    // Compile errors are reported once, before any user starts. The users
+    // share the engine and the compiled script.
+    let script = ClientScript::load(&client)?;
+    let users = options.concurrency.max(1);
     crate::net::raise_open_file_limit();
     if let Some(start) = options.start_at {
         wait_for_start(start, options);
@@ -225,77 +242,79 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         begun: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        running: AtomicU64::new(scripts.len() as u64),
+        running: AtomicU64::new(users as u64),
         stop: AtomicBool::new(false),
         rate: options.rate,
         stages: options.stages.clone(),
     });
     let progress = progress_bar(options);
-    let total = Arc::new(Mutex::new(Tally::new()));
-    let timeline = options
-        .report
-        .html
-        .is_some()
-        .then(|| Mutex::new(Timeline::default()));
+    let html = options.report.html.is_some();
+    let timeline = html.then(|| Mutex::new(Timeline::default()));
     let timeline = timeline.as_ref();
+    // The users' figures, a stripe per few users: a tally of its own per
+    // user would cost each of ten thousand users two histograms (about
+    // 400 KB), and one shared by all would make every user wait for it.
+    let stripes: Vec<Mutex<Stripe>> = (0..users.min(STRIPES))
+        .map(|_| Mutex::new(Stripe::default()))
+        .collect();
+    let stripes = &stripes;
 
     // One thread per user, each with a stack sized for scripts (virtual
     // memory: see `stack`). If the system refuses one, the run stops.
     let mut refused = None;
     std::thread::scope(|scope| {
-        for (user, mut script) in scripts.into_iter().enumerate() {
+        for user in 0..users {
             if refused.is_some() {
                 pace.running.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
             let shared = pace.clone();
             let pace = pace.clone();
-            let total = total.clone();
+            let script = script.clone();
+            let stripe = &stripes[user % stripes.len()];
             let user = crate::stack::spawn_scoped(scope, "tcpscript-user", move || {
-                let mut tally = Tally::new();
-                let mut second = Second::default();
                 while pace.turn(user)
                     && let Some(claimed) = pace.claim()
                 {
                     let began = Instant::now();
                     let conversed = script.run(None, SHOWN_ON_FAILURE);
                     let micros = claimed.latency(began, conversed.elapsed);
+                    let failure = conversed.result.as_ref().err().map(|error| {
+                        let diagnostic = diagnostic_of(error);
+                        let key = match &diagnostic.location {
+                            Some(location) => format!("{location}: {}", diagnostic.message),
+                            None => diagnostic.message,
+                        };
+                        (key, error.exit_code())
+                    });
+                    let ended = pace.started.elapsed();
+                    let mut stripe = stripe.lock().unwrap_or_else(|e| e.into_inner());
+                    let Stripe { tally, second } = &mut *stripe;
                     let _ = tally.latency.record(micros);
                     if let Some(timeline) = timeline {
-                        let failed = conversed.result.is_err();
-                        second.record(pace.started.elapsed(), micros, failed, timeline);
+                        second.record(ended, micros, failure.is_some(), timeline);
                     }
                     for handshake in &conversed.handshakes {
                         let micros = handshake.as_micros().clamp(1, u64::MAX as u128) as u64;
                         let _ = tally.handshake.record(micros);
                     }
-                    match conversed.result {
-                        Ok(summary) => {
+                    match (conversed.result, failure) {
+                        (Ok(summary), _) => {
                             tally.passed += 1;
                             tally.sent += summary.sent;
                             tally.received += summary.received;
                         }
-                        Err(error) => {
+                        (Err(_), failure) => {
                             tally.failed += 1;
                             pace.failed.fetch_add(1, Ordering::Relaxed);
-                            let diagnostic = diagnostic_of(&error);
-                            let key = match &diagnostic.location {
-                                Some(location) => format!("{location}: {}", diagnostic.message),
-                                None => diagnostic.message,
-                            };
-                            tally
-                                .failures
-                                .entry(key)
-                                .or_insert((0, error.exit_code()))
-                                .0 += 1;
+                            if let Some((key, code)) = failure {
+                                tally.failures.entry(key).or_insert((0, code)).0 += 1;
+                            }
                         }
                     }
+                    drop(stripe);
                     pace.done.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some(timeline) = timeline {
-                    second.flush(timeline);
-                }
-                total.lock().unwrap_or_else(|e| e.into_inner()).merge(tally);
                 pace.running.fetch_sub(1, Ordering::Relaxed);
             });
             if let Err(error) = user {
@@ -327,9 +346,17 @@ pub(crate) fn run(options: &LoadOptions) -> Result<(), Error> {
         return Err(error);
     }
     let elapsed = pace.started.elapsed();
-    let tally = Arc::try_unwrap(total)
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .unwrap_or_else(|_| Tally::new());
+    let mut tally = Tally::new();
+    for stripe in stripes {
+        let Stripe {
+            tally: part,
+            mut second,
+        } = std::mem::take(&mut *stripe.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(timeline) = timeline {
+            second.flush(timeline);
+        }
+        tally.merge(part);
+    }
     let timeline = timeline
         .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner())))
         .unwrap_or_default();

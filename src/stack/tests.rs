@@ -499,7 +499,7 @@ fn a_client_script_is_checked_too() {
     };
     // The connection waits in the listener's backlog: nothing is read.
     let rendered = on_thread(SMALL_THREAD, || {
-        let mut script = ClientScript::load(&options).unwrap();
+        let script = ClientScript::load(&options).unwrap();
         script.run(None, 10).result.unwrap_err().render()
     });
     assert!(rendered.contains("script nests too deeply"), "{rendered}");
