@@ -1260,6 +1260,8 @@ struct LoadResults {
     rounds: Vec<(f64, f64)>,
     tcpscript_failed: u64,
     tokio_errors: u64,
+    /// tcpscript's peak resident memory over the rounds, in KiB.
+    peak_rss_kib: u64,
     /// The same at more users, one round each.
     scales: Vec<LoadScale>,
 }
@@ -1333,20 +1335,20 @@ fn load_section(config: &Config, context: &Context) -> Result<LoadResults, Strin
         rounds: Vec::new(),
         tcpscript_failed: 0,
         tokio_errors: 0,
+        peak_rss_kib: 0,
         scales: Vec::new(),
     };
     for round in 0..rounds {
-        let output = Command::new(tcpscript())
+        let mut command = Command::new(tcpscript());
+        command
             .arg("client")
             .arg(context.path("load.rhai"))
             .args(["--connect", &server.addr.to_string(), "--json"])
             .args(["--concurrency", &LOAD_USERS.to_string()])
-            .args(["--duration", &format!("{}ms", time.as_millis())])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("tcpscript client --concurrency: {e}"))?;
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .args(["--duration", &format!("{}ms", time.as_millis())]);
+        let (stdout, peak_rss_kib) = run_watching_memory(command)?;
+        results.peak_rss_kib = results.peak_rss_kib.max(peak_rss_kib);
+        let summary: serde_json::Value = serde_json::from_slice(&stdout)
             .map_err(|e| format!("load mode printed no JSON summary: {e}"))?;
         let ours = summary["conversations_per_second"].as_f64().unwrap_or(0.0);
         results.tcpscript_failed += summary["failed"].as_u64().unwrap_or(0);
@@ -1456,21 +1458,22 @@ fn load_table(out: &mut String, load: &LoadResults, verdicts: &mut Vec<Verdict>)
     );
     let _ = writeln!(
         out,
-        "| client                                  | conversations/s | failures |"
+        "| client                                  | conversations/s | failures | peak RSS |"
     );
     let _ = writeln!(
         out,
-        "|-----------------------------------------|----------------:|---------:|"
+        "|-----------------------------------------|----------------:|---------:|---------:|"
     );
     let _ = writeln!(
         out,
-        "| tcpscript client --concurrency {LOAD_USERS:<8} | {:>15} | {:>8} |",
+        "| tcpscript client --concurrency {LOAD_USERS:<8} | {:>15} | {:>8} | {:>4.0} MiB |",
         thousands(ours),
-        load.tcpscript_failed
+        load.tcpscript_failed,
+        load.peak_rss_kib as f64 / 1024.0
     );
     let _ = writeln!(
         out,
-        "| tokio connect/send/recv/close loop      | {:>15} | {:>8} |",
+        "| tokio connect/send/recv/close loop      | {:>15} | {:>8} |          |",
         thousands(reference),
         load.tokio_errors
     );
