@@ -184,6 +184,54 @@ fn a_udp_client_talks_to_a_socat_echo_server() {
 }
 
 #[test]
+fn ncat_talks_to_the_udp_reply_server_and_gets_replies_in_kind() {
+    let server = Running::server(&["--udp", &shipped("udp_reply.rhai")]);
+    // `ncat -u`: each line of stdin one datagram out, each reply printed
+    // as it came.
+    let mut ncat = Running::start(
+        {
+            let mut command = Command::new("ncat");
+            command.args(["-u", "127.0.0.1", &server.port.to_string()]);
+            command
+        },
+        None,
+    );
+    ncat.write_stdin("upper hi\n");
+    ncat.wait_stdout("HI\n");
+    ncat.write_stdin("count\n");
+    ncat.wait_stdout("messages so far: 2\n");
+}
+
+#[test]
+fn a_udp_client_talks_to_an_ncat_echo_server() {
+    let port = free_udp_port();
+    let mut command = Command::new("ncat");
+    command.args([
+        "-v",
+        "-u",
+        "-l",
+        "-k",
+        "127.0.0.1",
+        &port.to_string(),
+        "--exec",
+        "/bin/cat",
+    ]);
+    let ncat = Running::start(command, None);
+    ncat.wait_stderr("Listening on");
+    let client = script(
+        r#"
+        send("one");
+        assert_eq(recv(), "one");
+        send("two");
+        assert_eq(recv(), "two");
+        "#,
+    );
+    udp_client(client.path(), &format!("127.0.0.1:{port}"))
+        .assert()
+        .success();
+}
+
+#[test]
 fn two_peers_at_once_keep_their_own_session_variables() {
     let server_script = script(
         r#"
