@@ -531,11 +531,13 @@ pub struct RecordArgs {
 
 impl RecordArgs {
     /// `tls`: the session's TLS flags, written into the replay command.
-    fn options(&self, tls: Option<String>) -> Option<RecordOptions> {
+    /// `udp`: a client session over UDP, replayed with `--udp`.
+    fn options(&self, tls: Option<String>, udp: bool) -> Option<RecordOptions> {
         self.record.clone().map(|path| RecordOptions {
             path,
             exact: self.record_exact,
             tls,
+            udp,
         })
     }
 }
@@ -805,7 +807,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
             }
             if args.record.record.is_some() {
                 return Err(Error::Usage(
-                    "--record writes TCP sessions only for now: drop --udp or --record".into(),
+                    "server --udp --record is not supported yet (client --udp --record is): drop --udp or --record".into(),
                 ));
             }
             return manual::udp_server(&ManualServerOptions {
@@ -823,7 +825,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
                 framing: args.common.framing.unwrap_or(Framing::Line),
                 max_frame: args.common.max_frame,
                 verbosity,
-                record: args.record.options(args.tls.replay_flags()),
+                record: args.record.options(args.tls.replay_flags(), false),
                 tls: match (args.tls.tls, args.tls.options(false)) {
                     (true, Some(options)) => Some(crate::tls::server_config(&options)?),
                     (false, Some(_)) => {
@@ -1021,11 +1023,6 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
         ));
     }
     let Some(script) = args.script else {
-        if args.udp && args.record.record.is_some() {
-            return Err(Error::Usage(
-                "--record writes TCP sessions only for now: drop --udp or --record".into(),
-            ));
-        }
         return manual::client(&ManualClientOptions {
             connect: args.connect,
             timeout: args.timeout,
@@ -1034,7 +1031,7 @@ fn run_client(args: ClientArgs) -> Result<(), Error> {
             framing: args.common.framing.unwrap_or(default_framing(args.udp)),
             max_frame: args.common.max_frame,
             verbosity,
-            record: args.record.options(args.tls.replay_flags()),
+            record: args.record.options(args.tls.replay_flags(), args.udp),
             tls: client_tls(&args.tls, Vec::new())?.0,
         });
     };

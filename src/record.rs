@@ -38,6 +38,8 @@ pub(crate) struct RecordOptions {
     pub(crate) exact: bool,
     /// The TLS flags of a session over TLS, for the replay command.
     pub(crate) tls: Option<String>,
+    /// A client session over UDP (`client --udp`).
+    pub(crate) udp: bool,
 }
 
 /// The opening comment every recording has: what, when, where, and how to
@@ -49,17 +51,21 @@ struct Header {
     started: SystemTime,
     /// The session's TLS flags: the replay needs them too.
     tls: Option<String>,
+    /// A session over UDP: the replay needs `--udp`.
+    udp: bool,
     /// The command that recorded it, when not the role's own (`proxy`).
     by: Option<&'static str>,
 }
 
 impl Header {
     fn push(&self, out: &mut String, role: &str, place: &str, replay: &str) {
-        let flags = self
+        let udp = if self.udp { " --udp" } else { "" };
+        let tls = self
             .tls
             .as_deref()
             .map(|f| format!(" {f}"))
             .unwrap_or_default();
+        let flags = format!("{udp}{tls}");
         out.push_str(&format!(
             "// Recorded by `tcpscript {} --record` on {},\n// {place}.\n// Replay: {replay}{flags}\n",
             self.by.unwrap_or(role),
@@ -71,6 +77,12 @@ impl Header {
             out.push_str(
                 "// Recorded over TLS: this is the conversation inside it, which the replay\n\
                  // speaks over TLS again with the flags above.\n",
+            );
+        }
+        if self.udp {
+            out.push_str(
+                "// Recorded over UDP: each message is one datagram, each reply the\n\
+                 // datagram that came back.\n",
             );
         }
         out.push_str("//\n");
@@ -205,7 +217,8 @@ impl ClientRecorder {
                 framing.clone(),
                 options.exact,
             )
-            .over_tls(options.tls.clone()),
+            .over_tls(options.tls.clone())
+            .over_udp(options.udp),
         })
     }
 

@@ -133,6 +133,7 @@ impl Recorders {
             path: record.dir.join(format!("{index}-{name}.rhai")),
             exact: record.exact,
             tls: None,
+            udp: false,
         };
         let client =
             crate::record::ClientRecorder::start(&options("client"), &record.upstream, up)?

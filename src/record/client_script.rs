@@ -53,6 +53,7 @@ impl ClientRecording {
                 file,
                 started,
                 tls: None,
+                udp: false,
                 by: None,
             },
             connect: connect.to_string(),
@@ -71,6 +72,11 @@ impl ClientRecording {
     /// A session over TLS, with the flags that set it up.
     pub(crate) fn over_tls(mut self, flags: Option<String>) -> Self {
         self.header.tls = flags;
+        self
+    }
+
+    pub(crate) fn over_udp(mut self, udp: bool) -> Self {
+        self.header.udp = udp;
         self
     }
 

@@ -71,6 +71,7 @@ impl ServerRecording {
                 file,
                 started,
                 tls: None,
+                udp: false,
                 by: None,
             },
             listen: listen.to_string(),

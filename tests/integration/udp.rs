@@ -491,7 +491,7 @@ fn udp_with_tls_or_without_a_script_is_a_usage_error() {
         .args(["server", "--udp", "--record", "x.rhai"])
         .assert()
         .code(2)
-        .stderr(contains("--record writes TCP sessions only"));
+        .stderr(contains("server --udp --record is not supported yet"));
 }
 
 #[test]
@@ -552,4 +552,36 @@ fn load_mode_runs_conversations_over_udp() {
         .assert()
         .success()
         .stderr(contains("40 passed, 0 failed"));
+}
+
+#[test]
+fn a_manual_udp_session_is_recorded_and_replays_over_udp() {
+    let server = python_server("b'got ' + d.upper()");
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("session.rhai");
+    tcpscript()
+        .args(["client", "--udp", "--record"])
+        .arg(&recording)
+        .args(["--connect", &server.addr()])
+        .write_stdin("hello\nping\n")
+        .assert()
+        .success()
+        .stdout("got HELLO\ngot PING\n");
+    let script = std::fs::read_to_string(&recording).unwrap();
+    assert!(script.contains(" --udp\n"), "{script}");
+    assert!(
+        script.contains("send(\"hello\");\nassert_eq(recv(), \"got HELLO\");"),
+        "{script}"
+    );
+    let path = recording.to_str().unwrap();
+    udp_client(path, &server.addr())
+        .assert()
+        .success()
+        .stderr(contains("(2 sent, 2 received"));
+    // The replay asserts what came back: another answer fails it.
+    let other = python_server("b'other ' + d");
+    udp_client(path, &other.addr())
+        .assert()
+        .code(1)
+        .stderr(contains("got HELLO"));
 }
