@@ -11,6 +11,7 @@
 //! whole messages as they arrive, and those that cut bytes are refused.
 
 mod connection; // one proxied connection: the upstream connect, both directions, how it ends
+mod lanes; // unscripted connections on a thread per core, each with its own runtime
 pub(crate) mod scripted; // `proxy SCRIPT`: each direction's messages through the script's hooks
 pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
 pub(crate) mod transport; // plain TCP or TLS on either side, and the handshakes
@@ -220,6 +221,10 @@ async fn serve(
     tokio::pin!(stop);
     let mut last_accept_error = None;
     let mut accepted_count = 0u64;
+    let mut lanes = match shared.script {
+        None => lanes::Lanes::start(&shared),
+        Some(_) => None,
+    };
 
     loop {
         tokio::select! {
@@ -227,13 +232,28 @@ async fn serve(
                 Ok((stream, peer)) => {
                     accepted_count += 1;
                     let index = accepted_count;
-                    let shared = shared.clone();
                     let hard = hard_rx.clone();
                     let done = done_tx.clone();
-                    tokio::spawn(async move {
-                        connection::proxy(stream, peer, index, &shared, hard).await;
-                        drop(done);
-                    });
+                    match &mut lanes {
+                        Some(lanes) => match stream.into_std() {
+                            Ok(stream) => {
+                                let job = lanes::Job { stream, peer, index, hard, done };
+                                lanes.hand(job).await;
+                            }
+                            Err(e) => {
+                                console::err(&format!("#{index} {peer}: cannot take the connection: {e}"));
+                                shared.counts.errors.fetch_add(1, Ordering::Relaxed);
+                                shared.counts.connections.fetch_add(1, Ordering::Relaxed);
+                            }
+                        },
+                        None => {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                connection::proxy(stream, peer, index, &shared, hard).await;
+                                drop(done);
+                            });
+                        }
+                    }
                 }
                 Err(e) => crate::net::accept_failed(&e, &mut last_accept_error).await,
             },
@@ -242,6 +262,7 @@ async fn serve(
     }
 
     drop(listener);
+    drop(lanes);
     drop(done_tx);
     if tokio::time::timeout(shutdown::GRACE, done_rx.recv())
         .await

@@ -1,0 +1,116 @@
+//! Unscripted connections on a thread per core, each with a runtime of its
+//! own. A connection's task is woken by the reactor on its own thread, as
+//! in socat's poll loop: on a shared runtime, one worker waits in
+//! `epoll_wait` and wakes another to run what arrived, a futex call and a
+//! thread switch per round trip, which one busy connection pays on every
+//! message. Scripted connections stay on the shared runtime: a hook runs
+//! on the thread it is called from, and one slow hook must not hold up
+//! the other connections of its lane.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::{Shared, connection};
+use crate::console;
+
+/// Accepted connections waiting for their lane; past this the accept loop
+/// waits, and the kernel's backlog holds the rest.
+const QUEUE: usize = 1024;
+
+/// One accepted connection, handed to a lane.
+pub(super) struct Job {
+    pub(super) stream: std::net::TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) index: u64,
+    pub(super) hard: watch::Receiver<bool>,
+    /// Dropped when the connection is done (see `serve`).
+    pub(super) done: mpsc::Sender<()>,
+}
+
+/// The lanes' queues. Dropping them ends each lane once its connections
+/// have ended; nothing waits for that beyond `serve`'s own grace period,
+/// so a connection that never ends cannot hold the proxy's exit up.
+pub(super) struct Lanes {
+    queues: Vec<mpsc::Sender<Job>>,
+    next: usize,
+}
+
+impl Lanes {
+    /// A lane per core; `None` if the system refuses a thread or a
+    /// runtime, and the shared runtime carries every connection instead.
+    pub(super) fn start(shared: &Arc<Shared>) -> Option<Lanes> {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut lanes = Lanes {
+            queues: Vec::with_capacity(count),
+            next: 0,
+        };
+        for _ in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .ok()?;
+            let (queue, jobs) = mpsc::channel(QUEUE);
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tcpscript-lane".into())
+                .spawn(move || runtime.block_on(lane(jobs, shared)))
+                .ok()?;
+            lanes.queues.push(queue);
+        }
+        Some(lanes)
+    }
+
+    /// Gives `job` to the next lane in turn.
+    pub(super) async fn hand(&mut self, job: Job) {
+        let lane = self.next % self.queues.len();
+        self.next = self.next.wrapping_add(1);
+        // A lane ends only once its queue is closed, when `self` goes.
+        let _ = self.queues[lane].send(job).await;
+    }
+}
+
+/// A lane: runs the connections it is given until its queue closes and
+/// they have all ended.
+async fn lane(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => {
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        carry(job, &shared).await;
+                    });
+                }
+                None => break,
+            },
+            // Reaped as they end, so that a long run holds no finished ones.
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn carry(job: Job, shared: &Shared) {
+    let Job {
+        stream,
+        peer,
+        index,
+        hard,
+        done,
+    } = job;
+    match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => connection::proxy(stream, peer, index, shared, hard).await,
+        Err(e) => {
+            console::err(&format!("#{index} {peer}: cannot take the connection: {e}"));
+            shared.counts.errors.fetch_add(1, Ordering::Relaxed);
+            shared.counts.connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    drop(done);
+}
