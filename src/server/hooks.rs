@@ -125,7 +125,10 @@ fn too_long(size: usize, limit: MessageLimit) -> String {
 /// yielding, so a thread runs at most one at a time. It stays in place
 /// between calls, only its fields renewed: a call moves no big struct.
 struct HookCall {
-    /// Whose hook is running; `None` between calls.
+    /// Whether a hook is running: natives such as `send` work only then.
+    running: bool,
+    /// Whose hook is running, or last ran: kept between calls, so that a
+    /// connection's next call on this thread takes no reference anew.
     peer: Option<Arc<str>>,
     reply: Reply,
     limit: Option<MessageLimit>,
@@ -150,6 +153,7 @@ struct HookCall {
 
 impl HookCall {
     const IDLE: HookCall = HookCall {
+        running: false,
         peer: None,
         reply: Reply {
             actions: Vec::new(),
@@ -324,7 +328,7 @@ fn call_on_this_thread(
 fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
     CURRENT.with(|current| {
         let mut call = current.borrow_mut();
-        if call.peer.is_none() {
+        if !call.running {
             return Err(Failure::script(format!(
                 "{what} can only be used inside a hook (on_connect, on_message, on_disconnect)"
             ))
@@ -595,7 +599,7 @@ fn server_engine(
         let (over, hand_off) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
             // The top level, run once at start, has no hook limits.
-            if call.peer.is_none() {
+            if !call.running {
                 return (false, false);
             }
             let now = Instant::now();
@@ -687,7 +691,10 @@ fn server_engine(
     engine.register_fn("log", move |value: Dynamic| {
         if verbosity >= Verbosity::Normal {
             let who = CURRENT
-                .with(|c| c.borrow().peer.clone())
+                .with(|c| {
+                    let call = c.borrow();
+                    call.peer.clone().filter(|_| call.running)
+                })
                 .unwrap_or_else(|| "script".into());
             console::err(&format!(
                 "[{who}] {}",
@@ -912,7 +919,14 @@ impl ConnectionHooks {
         let start = memory::thread_net();
         CURRENT.with(|current| {
             let mut call = current.borrow_mut();
-            call.peer = Some(self.peer.clone());
+            call.running = true;
+            if !call
+                .peer
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &self.peer))
+            {
+                call.peer = Some(self.peer.clone());
+            }
             std::mem::swap(&mut call.reply.actions, &mut self.spare);
             call.reply.close = false;
             call.reply.starttls = false;
@@ -932,7 +946,7 @@ impl ConnectionHooks {
         memory::set_ceiling(isize::MAX);
         let (mut reply, limit) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
-            call.peer = None;
+            call.running = false;
             self.tls = call.tls.take();
             (std::mem::take(&mut call.reply), call.limit)
         });
