@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rhai::{Caches, Dynamic, Engine, EvalAltResult, EvalContext, GlobalRuntimeState, INT};
-use rhai::{ImmutableString, Scope};
+use rhai::{ImmutableString, Scope, ScriptFuncDef, Shared};
 
 use crate::console;
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
@@ -241,6 +241,44 @@ thread_local! {
     static RUNTIME: RefCell<Option<HookRuntime>> = const { RefCell::new(None) };
 }
 
+/// The hooks a script may define.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Connect,
+    Message,
+    Disconnect,
+    ClientMessage,
+    ServerMessage,
+}
+
+impl Hook {
+    const ALL: [Hook; 5] = [
+        Hook::Connect,
+        Hook::Message,
+        Hook::Disconnect,
+        Hook::ClientMessage,
+        Hook::ServerMessage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "on_connect",
+            Hook::Message => "on_message",
+            Hook::Disconnect => "on_disconnect",
+            Hook::ClientMessage => "on_client_message",
+            Hook::ServerMessage => "on_server_message",
+        }
+    }
+
+    /// How many arguments it takes: the message, if it has one.
+    fn arity(self) -> usize {
+        match self {
+            Hook::Connect | Hook::Disconnect => 0,
+            Hook::Message | Hook::ClientMessage | Hook::ServerMessage => 1,
+        }
+    }
+}
+
 /// Resolved functions kept before the cache starts afresh: a script that
 /// calls functions by names its peers send could otherwise grow it forever.
 const MAX_CACHED_RESOLUTIONS: usize = 4096;
@@ -272,19 +310,28 @@ impl HookRuntime {
     fn call(
         &mut self,
         scope: &mut Scope<'static>,
-        hook: &str,
+        hook: Hook,
         args: &mut [&mut Dynamic],
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         // Limits count per hook call.
         self.global.num_operations = Default::default();
-        let result = EvalContext::new(
+        let name = hook.name();
+        let mut context = EvalContext::new(
             &self.script.engine,
             &mut self.global,
             &mut self.caches,
             scope,
             None,
-        )
-        .call_fn_raw(hook, false, false, args);
+        );
+        // Straight to the function found at load: `call_fn_raw` would check,
+        // hash and look up its name at every call. A hook the script lacks
+        // still fails as `call_fn_raw` fails.
+        let result = match &self.script.hook_fns[hook as usize] {
+            Some(fn_def) => {
+                context.call_script_fn_def(fn_def, self.script.fn_source.as_ref(), args)
+            }
+            None => context.call_fn_raw(name, false, false, args),
+        };
         if self.caches.fn_resolution_caches_len() > 0
             && self.caches.fn_resolution_cache_mut().dict.len() > MAX_CACHED_RESOLUTIONS
         {
@@ -293,7 +340,7 @@ impl HookRuntime {
         // What `call_fn` does with these, too.
         result.or_else(|err| match *err {
             EvalAltResult::Exit(value, _) => Ok(value),
-            EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == hook => Err(inner),
+            EvalAltResult::ErrorInFunctionCall(called, _, inner, _) if called == name => Err(inner),
             _ => Err(err),
         })
     }
@@ -303,7 +350,7 @@ impl HookRuntime {
 fn call_on_this_thread(
     script: &Arc<ServerScript>,
     scope: &mut Scope<'static>,
-    hook: &str,
+    hook: Hook,
     args: &mut [&mut Dynamic],
 ) -> Result<Dynamic, Box<EvalAltResult>> {
     RUNTIME.with(|slot| {
@@ -364,6 +411,10 @@ pub(crate) struct ServerScript {
     /// A proxy script's hooks, one per direction.
     has_client_message: bool,
     has_server_message: bool,
+    /// The function of each hook (by [`Hook`]) the script defines, and the
+    /// source Rhai names them by: found once, called directly.
+    hook_fns: [Option<Shared<ScriptFuncDef>>; Hook::ALL.len()],
+    fn_source: Option<ImmutableString>,
     /// Loaded for `tcpscript proxy`: the proxy's natives work.
     proxy: bool,
     /// Who is connected, when the script broadcasts or lists peers.
@@ -428,6 +479,11 @@ impl ServerScript {
             has_disconnect: script.has_fn("on_disconnect", 0),
             has_client_message: script.has_fn("on_client_message", 1),
             has_server_message: script.has_fn("on_server_message", 1),
+            hook_fns: Hook::ALL.map(|hook| {
+                let lib = script.ast.shared_lib();
+                lib.get_script_fn(hook.name(), hook.arity()).cloned()
+            }),
+            fn_source: script.ast.shared_lib().id().map(Into::into),
             proxy: false,
             engine,
             script,
@@ -884,7 +940,7 @@ impl ConnectionHooks {
         if !self.script.has_connect {
             return Ok(Reply::default());
         }
-        self.call("on_connect", &mut [])
+        self.call(Hook::Connect, &mut [])
     }
 
     pub(crate) fn on_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
@@ -892,29 +948,29 @@ impl ConnectionHooks {
             return Ok(Reply::default());
         }
         let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_message", &mut [&mut message])
+        self.call(Hook::Message, &mut [&mut message])
     }
 
     pub(crate) fn on_disconnect(&mut self) -> Result<Reply, HookFailure> {
         if !self.script.has_disconnect {
             return Ok(Reply::default());
         }
-        self.call("on_disconnect", &mut [])
+        self.call(Hook::Disconnect, &mut [])
     }
 
     /// A proxy's message from the client, on its way to the upstream.
     pub(crate) fn on_client_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
         let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_client_message", &mut [&mut message])
+        self.call(Hook::ClientMessage, &mut [&mut message])
     }
 
     /// A proxy's message from the upstream, on its way to the client.
     pub(crate) fn on_server_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
         let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_server_message", &mut [&mut message])
+        self.call(Hook::ServerMessage, &mut [&mut message])
     }
 
-    fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
+    fn call(&mut self, hook: Hook, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
         let kept = self.estimate();
         let start = memory::thread_net();
         CURRENT.with(|current| {
@@ -953,6 +1009,7 @@ impl ConnectionHooks {
         // `set_framing` holds for the calls that follow.
         self.limit = limit;
         self.account_memory(memory::thread_net().wrapping_sub(start));
+        let hook = hook.name();
         let context = || format!("in hook `{hook}` for {}", self.peer);
         let error = match result {
             Ok(value) => match reply.push_value(limit, value) {
