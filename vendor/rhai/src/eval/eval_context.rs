@@ -437,6 +437,13 @@ impl<'a, 's, 'ps, 'g, 'c, 't> EvalContext<'a, 's, 'ps, 'g, 'c, 't> {
         let orig_level = global.level;
         global.level += 2;
 
+        // `exec_fn_call` resolves the name through the current function resolution cache,
+        // making one if there is none: made here, it outlives the call, so that what the body
+        // calls is resolved once, not again at every call.
+        if self.caches.fn_resolution_caches_len() == 0 {
+            self.caches.push_fn_resolution_cache();
+        }
+
         // `exec_fn_call` returns at once for an empty body, counting no operation.
         #[cfg(not(feature = "no_ast"))]
         if let crate::func::ScriptFuncPayload::Statements(ref block) = fn_def.body {
