@@ -90,7 +90,7 @@ struct Server {
     udp: UdpOptions,
     idle: Duration,
     limit: DatagramLimit,
-    sessions: HashMap<SocketAddr, Session>,
+    sessions: HashMap<SocketAddr, Session, ahash::RandomState>,
     /// Who was active when, oldest first: a peer, the stamp it had then,
     /// and the time. An entry whose stamp is no longer its session's is
     /// stale, and skipped; the queue is compacted when they pile up.
@@ -127,7 +127,7 @@ pub(super) async fn serve(
         limit: DatagramLimit::new(options.max_frame),
         options,
         udp,
-        sessions: HashMap::new(),
+        sessions: HashMap::default(),
         activity: VecDeque::new(),
         next_stamp: 0,
         out: Vec::new(),
