@@ -458,7 +458,15 @@ impl Server {
             console::err(&format!("{peer} cannot send: {e}"));
             return;
         }
-        match self.socket.send_to(&self.out, peer).await {
+        // Straight to the socket, as it nearly always has room: no future
+        // is built unless it has none.
+        let sent = match self.socket.try_send_to(&self.out, peer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket.send_to(&self.out, peer).await
+            }
+            sent => sent,
+        };
+        match sent {
             Ok(_) => {
                 self.messages_out += 1;
                 if let Some(session) = self.sessions.get_mut(&peer) {
