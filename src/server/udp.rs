@@ -190,11 +190,19 @@ impl Server {
     /// One datagram: its session found or started, each of its messages
     /// handed to `on_message`, and the replies sent.
     async fn datagram(&mut self, peer: SocketAddr, datagram: &[u8]) {
-        if !self.sessions.contains_key(&peer) && !self.open(peer).await {
-            return;
-        }
-        self.touch(peer);
-        let framing = self.framing_of(peer);
+        // One lookup of the session for the whole datagram when it exists.
+        let framing = match self.touch(peer) {
+            Some(framing) => framing,
+            None => {
+                if !self.open(peer).await {
+                    return;
+                }
+                let Some(framing) = self.touch(peer) else {
+                    return;
+                };
+                framing
+            }
+        };
         let mut records = std::mem::take(&mut self.records);
         records.clear();
         let split = framing::datagram_records(
@@ -276,13 +284,16 @@ impl Server {
         }
     }
 
-    /// Marks the session active now.
-    fn touch(&mut self, peer: SocketAddr) {
-        let Some(session) = self.sessions.get_mut(&peer) else {
-            return;
-        };
+    /// Marks the session active now; its framing, or `None` when there is
+    /// no session.
+    fn touch(&mut self, peer: SocketAddr) -> Option<Framing> {
+        let session = self.sessions.get_mut(&peer)?;
         self.next_stamp += 1;
         session.stamp = self.next_stamp;
+        let framing = match session.framing.as_deref() {
+            Some(framing) => framing.clone(),
+            None => self.options.framing.clone(),
+        };
         self.activity
             .push_back((peer, self.next_stamp, Instant::now()));
         // Each busy session leaves stale entries behind; dropping them
@@ -293,6 +304,7 @@ impl Server {
             self.activity
                 .retain(|(peer, stamp, _)| sessions.get(peer).is_some_and(|s| s.stamp == *stamp));
         }
+        Some(framing)
     }
 
     /// The session idle the longest, and since when: the queue's front
