@@ -573,6 +573,11 @@ fn find(
     delimiter: &[u8],
     slack: usize,
 ) -> Result<Option<usize>, FrameError> {
+    // Nothing new since the last search (an emptied buffer, most often:
+    // a connection looks once more after each message it takes).
+    if buf.len() <= *scanned {
+        return Ok(None);
+    }
     let start = scanned.saturating_sub(delimiter.len() - 1);
     let found = if delimiter.len() == 1 {
         memchr::memchr(delimiter[0], &buf[start..])

@@ -28,14 +28,22 @@ const KEEP_TEXT_CAPACITY: usize = 512;
 /// script kept no reference to the previous one, so a connection's stream
 /// of messages reuses one allocation instead of making two per message.
 pub(crate) fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> Dynamic {
-    let Ok(text) = std::str::from_utf8(bytes) else {
+    let Some(text) = as_utf8(bytes) else {
         return Dynamic::from_blob(bytes.to_vec());
     };
     if text.len() > KEEP_TEXT_CAPACITY {
         return Dynamic::from(ImmutableString::from(text));
     }
     match spare.get_mut() {
-        // Rhai's strings keep their heap buffer when shortened.
+        // Rhai's strings keep their heap buffer when shortened, but
+        // `push_str` reallocates a heap string on every call, even to the
+        // size it has: a message no longer than the last is copied over it.
+        Some(reused) if reused.len() >= text.len() && reused.is_char_boundary(text.len()) => {
+            reused.truncate(text.len());
+            // SAFETY: every byte of the string is replaced by the bytes of
+            // `text`, a whole `str` of the same length, so it stays UTF-8.
+            unsafe { reused.as_bytes_mut() }.copy_from_slice(text.as_bytes());
+        }
         Some(reused) => {
             reused.truncate(0);
             reused.push_str(text);
@@ -43,6 +51,16 @@ pub(crate) fn to_dynamic_reusing(bytes: &[u8], spare: &mut ImmutableString) -> D
         None => *spare = ImmutableString::from(text),
     }
     Dynamic::from(spare.clone())
+}
+
+/// `bytes` as text if they are UTF-8. Most messages are ASCII, which a
+/// word-at-a-time check proves in a fraction of what full validation costs.
+fn as_utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok()
 }
 
 /// A message a script sends, kept as the script's own string or bytes:
@@ -257,6 +275,25 @@ mod tests {
         let third = to_dynamic_reusing(b"third", &mut spare);
         assert_eq!(third.to_string(), "third");
         assert!(to_dynamic_reusing(b"\xff", &mut spare).is_blob());
+    }
+
+    #[test]
+    fn a_reused_string_takes_each_message_whole_whatever_its_length() {
+        let mut spare = ImmutableString::new();
+        let messages: [&[u8]; 7] = [
+            "naïve café, long enough to live on the heap".as_bytes(),
+            b"naive cafe, long enough to live on the heap",
+            // Shorter, cut where the string before had a character's middle.
+            "na".as_bytes(),
+            "ïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïï".as_bytes(),
+            "aïïïïïïïïïïïïïïïïïïïïïïïïïïïïïï".as_bytes(),
+            b"",
+            b"short",
+        ];
+        for message in messages {
+            let value = to_dynamic_reusing(message, &mut spare);
+            assert_eq!(value.into_immutable_string().unwrap().as_bytes(), message);
+        }
     }
 
     #[test]

@@ -170,6 +170,7 @@ impl HeadRing {
     }
 
     /// Records a message; true when an older one was overwritten.
+    #[inline]
     fn record(&mut self, direction: Direction, message: &[u8]) -> bool {
         let slot = &mut self.slots[self.next];
         let used = message.len().min(HEAD);
@@ -250,9 +251,25 @@ impl Transcript {
     }
 
     /// Records a message (servers: only its first bytes are kept).
+    /// Inline, as a server records every message it sends or receives:
+    /// once its ring exists, recording is a copy into it.
+    #[inline]
     pub(crate) fn record(&mut self, direction: Direction, bytes: &[u8]) {
+        if let Some(ring) = &mut self.ring {
+            if ring.record(direction, bytes) {
+                self.dropped += 1;
+            }
+            return;
+        }
+        self.record_first(direction, bytes);
+    }
+
+    /// [`Transcript::record`] without a ring: a server's first message
+    /// makes it; `-v` and clients keep their messages the other way.
+    #[inline(never)]
+    fn record_first(&mut self, direction: Direction, bytes: &[u8]) {
         if !self.client && self.verbosity != Verbosity::Verbose {
-            let ring = self.ring.get_or_insert_with(|| Box::new(HeadRing::new()));
+            let ring = self.ring.insert(Box::new(HeadRing::new()));
             if ring.record(direction, bytes) {
                 self.dropped += 1;
             }

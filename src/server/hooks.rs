@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rhai::{Caches, Dynamic, Engine, EvalAltResult, EvalContext, GlobalRuntimeState, INT};
-use rhai::{ImmutableString, Scope};
+use rhai::{ImmutableString, Scope, ScriptFuncDef, Shared};
 
 use crate::console;
 use crate::engine::{self, Failure, Limits, NativeResult, Params, Script};
@@ -125,7 +125,10 @@ fn too_long(size: usize, limit: MessageLimit) -> String {
 /// yielding, so a thread runs at most one at a time. It stays in place
 /// between calls, only its fields renewed: a call moves no big struct.
 struct HookCall {
-    /// Whose hook is running; `None` between calls.
+    /// Whether a hook is running: natives such as `send` work only then.
+    running: bool,
+    /// Whose hook is running, or last ran: kept between calls, so that a
+    /// connection's next call on this thread takes no reference anew.
     peer: Option<Arc<str>>,
     reply: Reply,
     limit: Option<MessageLimit>,
@@ -150,6 +153,7 @@ struct HookCall {
 
 impl HookCall {
     const IDLE: HookCall = HookCall {
+        running: false,
         peer: None,
         reply: Reply {
             actions: Vec::new(),
@@ -237,6 +241,44 @@ thread_local! {
     static RUNTIME: RefCell<Option<HookRuntime>> = const { RefCell::new(None) };
 }
 
+/// The hooks a script may define.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Connect,
+    Message,
+    Disconnect,
+    ClientMessage,
+    ServerMessage,
+}
+
+impl Hook {
+    const ALL: [Hook; 5] = [
+        Hook::Connect,
+        Hook::Message,
+        Hook::Disconnect,
+        Hook::ClientMessage,
+        Hook::ServerMessage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "on_connect",
+            Hook::Message => "on_message",
+            Hook::Disconnect => "on_disconnect",
+            Hook::ClientMessage => "on_client_message",
+            Hook::ServerMessage => "on_server_message",
+        }
+    }
+
+    /// How many arguments it takes: the message, if it has one.
+    fn arity(self) -> usize {
+        match self {
+            Hook::Connect | Hook::Disconnect => 0,
+            Hook::Message | Hook::ClientMessage | Hook::ServerMessage => 1,
+        }
+    }
+}
+
 /// Resolved functions kept before the cache starts afresh: a script that
 /// calls functions by names its peers send could otherwise grow it forever.
 const MAX_CACHED_RESOLUTIONS: usize = 4096;
@@ -268,19 +310,28 @@ impl HookRuntime {
     fn call(
         &mut self,
         scope: &mut Scope<'static>,
-        hook: &str,
+        hook: Hook,
         args: &mut [&mut Dynamic],
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         // Limits count per hook call.
         self.global.num_operations = Default::default();
-        let result = EvalContext::new(
+        let name = hook.name();
+        let mut context = EvalContext::new(
             &self.script.engine,
             &mut self.global,
             &mut self.caches,
             scope,
             None,
-        )
-        .call_fn_raw(hook, false, false, args);
+        );
+        // Straight to the function found at load: `call_fn_raw` would check,
+        // hash and look up its name at every call. A hook the script lacks
+        // still fails as `call_fn_raw` fails.
+        let result = match &self.script.hook_fns[hook as usize] {
+            Some(fn_def) => {
+                context.call_script_fn_def(fn_def, self.script.fn_source.as_ref(), args)
+            }
+            None => context.call_fn_raw(name, false, false, args),
+        };
         if self.caches.fn_resolution_caches_len() > 0
             && self.caches.fn_resolution_cache_mut().dict.len() > MAX_CACHED_RESOLUTIONS
         {
@@ -289,7 +340,7 @@ impl HookRuntime {
         // What `call_fn` does with these, too.
         result.or_else(|err| match *err {
             EvalAltResult::Exit(value, _) => Ok(value),
-            EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == hook => Err(inner),
+            EvalAltResult::ErrorInFunctionCall(called, _, inner, _) if called == name => Err(inner),
             _ => Err(err),
         })
     }
@@ -299,7 +350,7 @@ impl HookRuntime {
 fn call_on_this_thread(
     script: &Arc<ServerScript>,
     scope: &mut Scope<'static>,
-    hook: &str,
+    hook: Hook,
     args: &mut [&mut Dynamic],
 ) -> Result<Dynamic, Box<EvalAltResult>> {
     RUNTIME.with(|slot| {
@@ -324,7 +375,7 @@ fn call_on_this_thread(
 fn with_current<T>(what: &str, f: impl FnOnce(&mut HookCall) -> T) -> NativeResult<T> {
     CURRENT.with(|current| {
         let mut call = current.borrow_mut();
-        if call.peer.is_none() {
+        if !call.running {
             return Err(Failure::script(format!(
                 "{what} can only be used inside a hook (on_connect, on_message, on_disconnect)"
             ))
@@ -360,6 +411,10 @@ pub(crate) struct ServerScript {
     /// A proxy script's hooks, one per direction.
     has_client_message: bool,
     has_server_message: bool,
+    /// The function of each hook (by [`Hook`]) the script defines, and the
+    /// source Rhai names them by: found once, called directly.
+    hook_fns: [Option<Shared<ScriptFuncDef>>; Hook::ALL.len()],
+    fn_source: Option<ImmutableString>,
     /// Loaded for `tcpscript proxy`: the proxy's natives work.
     proxy: bool,
     /// Who is connected, when the script broadcasts or lists peers.
@@ -424,6 +479,11 @@ impl ServerScript {
             has_disconnect: script.has_fn("on_disconnect", 0),
             has_client_message: script.has_fn("on_client_message", 1),
             has_server_message: script.has_fn("on_server_message", 1),
+            hook_fns: Hook::ALL.map(|hook| {
+                let lib = script.ast.shared_lib();
+                lib.get_script_fn(hook.name(), hook.arity()).cloned()
+            }),
+            fn_source: script.ast.shared_lib().id().map(Into::into),
             proxy: false,
             engine,
             script,
@@ -595,7 +655,7 @@ fn server_engine(
         let (over, hand_off) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
             // The top level, run once at start, has no hook limits.
-            if call.peer.is_none() {
+            if !call.running {
                 return (false, false);
             }
             let now = Instant::now();
@@ -687,7 +747,10 @@ fn server_engine(
     engine.register_fn("log", move |value: Dynamic| {
         if verbosity >= Verbosity::Normal {
             let who = CURRENT
-                .with(|c| c.borrow().peer.clone())
+                .with(|c| {
+                    let call = c.borrow();
+                    call.peer.clone().filter(|_| call.running)
+                })
                 .unwrap_or_else(|| "script".into());
             console::err(&format!(
                 "[{who}] {}",
@@ -877,7 +940,7 @@ impl ConnectionHooks {
         if !self.script.has_connect {
             return Ok(Reply::default());
         }
-        self.call("on_connect", &mut [])
+        self.call(Hook::Connect, &mut [])
     }
 
     pub(crate) fn on_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
@@ -885,34 +948,41 @@ impl ConnectionHooks {
             return Ok(Reply::default());
         }
         let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_message", &mut [&mut message])
+        self.call(Hook::Message, &mut [&mut message])
     }
 
     pub(crate) fn on_disconnect(&mut self) -> Result<Reply, HookFailure> {
         if !self.script.has_disconnect {
             return Ok(Reply::default());
         }
-        self.call("on_disconnect", &mut [])
+        self.call(Hook::Disconnect, &mut [])
     }
 
     /// A proxy's message from the client, on its way to the upstream.
     pub(crate) fn on_client_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
         let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_client_message", &mut [&mut message])
+        self.call(Hook::ClientMessage, &mut [&mut message])
     }
 
     /// A proxy's message from the upstream, on its way to the client.
     pub(crate) fn on_server_message(&mut self, message: &[u8]) -> Result<Reply, HookFailure> {
         let mut message = message::to_dynamic_reusing(message, &mut self.spare_text);
-        self.call("on_server_message", &mut [&mut message])
+        self.call(Hook::ServerMessage, &mut [&mut message])
     }
 
-    fn call(&mut self, hook: &str, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
+    fn call(&mut self, hook: Hook, args: &mut [&mut Dynamic]) -> Result<Reply, HookFailure> {
         let kept = self.estimate();
         let start = memory::thread_net();
         CURRENT.with(|current| {
             let mut call = current.borrow_mut();
-            call.peer = Some(self.peer.clone());
+            call.running = true;
+            if !call
+                .peer
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &self.peer))
+            {
+                call.peer = Some(self.peer.clone());
+            }
             std::mem::swap(&mut call.reply.actions, &mut self.spare);
             call.reply.close = false;
             call.reply.starttls = false;
@@ -932,13 +1002,14 @@ impl ConnectionHooks {
         memory::set_ceiling(isize::MAX);
         let (mut reply, limit) = CURRENT.with(|current| {
             let mut call = current.borrow_mut();
-            call.peer = None;
+            call.running = false;
             self.tls = call.tls.take();
             (std::mem::take(&mut call.reply), call.limit)
         });
         // `set_framing` holds for the calls that follow.
         self.limit = limit;
         self.account_memory(memory::thread_net().wrapping_sub(start));
+        let hook = hook.name();
         let context = || format!("in hook `{hook}` for {}", self.peer);
         let error = match result {
             Ok(value) => match reply.push_value(limit, value) {

@@ -245,6 +245,18 @@ async fn serve_udp_on_worker(
     udp: udp::UdpOptions,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> String {
+    // The loop looks at whether to stop before every datagram. A oneshot
+    // costs little to look at; the signals' future, looked at directly,
+    // registered anew with both signals' channels every time, which took a
+    // sixth of an echoed datagram's instructions.
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stopping.send(());
+    });
+    let stop = async move {
+        let _ = stopped.await;
+    };
     tokio::spawn(udp::serve(socket, script, options, udp, stop))
         .await
         .unwrap_or_else(|e| format!("shut down: the server failed: {e}"))

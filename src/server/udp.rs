@@ -90,7 +90,7 @@ struct Server {
     udp: UdpOptions,
     idle: Duration,
     limit: DatagramLimit,
-    sessions: HashMap<SocketAddr, Session>,
+    sessions: HashMap<SocketAddr, Session, ahash::RandomState>,
     /// Who was active when, oldest first: a peer, the stamp it had then,
     /// and the time. An entry whose stamp is no longer its session's is
     /// stale, and skipped; the queue is compacted when they pile up.
@@ -127,7 +127,7 @@ pub(super) async fn serve(
         limit: DatagramLimit::new(options.max_frame),
         options,
         udp,
-        sessions: HashMap::new(),
+        sessions: HashMap::default(),
         activity: VecDeque::new(),
         next_stamp: 0,
         out: Vec::new(),
@@ -190,11 +190,19 @@ impl Server {
     /// One datagram: its session found or started, each of its messages
     /// handed to `on_message`, and the replies sent.
     async fn datagram(&mut self, peer: SocketAddr, datagram: &[u8]) {
-        if !self.sessions.contains_key(&peer) && !self.open(peer).await {
-            return;
-        }
-        self.touch(peer);
-        let framing = self.framing_of(peer);
+        // One lookup of the session for the whole datagram when it exists.
+        let framing = match self.touch(peer) {
+            Some(framing) => framing,
+            None => {
+                if !self.open(peer).await {
+                    return;
+                }
+                let Some(framing) = self.touch(peer) else {
+                    return;
+                };
+                framing
+            }
+        };
         let mut records = std::mem::take(&mut self.records);
         records.clear();
         let split = framing::datagram_records(
@@ -276,13 +284,16 @@ impl Server {
         }
     }
 
-    /// Marks the session active now.
-    fn touch(&mut self, peer: SocketAddr) {
-        let Some(session) = self.sessions.get_mut(&peer) else {
-            return;
-        };
+    /// Marks the session active now; its framing, or `None` when there is
+    /// no session.
+    fn touch(&mut self, peer: SocketAddr) -> Option<Framing> {
+        let session = self.sessions.get_mut(&peer)?;
         self.next_stamp += 1;
         session.stamp = self.next_stamp;
+        let framing = match session.framing.as_deref() {
+            Some(framing) => framing.clone(),
+            None => self.options.framing.clone(),
+        };
         self.activity
             .push_back((peer, self.next_stamp, Instant::now()));
         // Each busy session leaves stale entries behind; dropping them
@@ -293,6 +304,7 @@ impl Server {
             self.activity
                 .retain(|(peer, stamp, _)| sessions.get(peer).is_some_and(|s| s.stamp == *stamp));
         }
+        Some(framing)
     }
 
     /// The session idle the longest, and since when: the queue's front
@@ -458,7 +470,15 @@ impl Server {
             console::err(&format!("{peer} cannot send: {e}"));
             return;
         }
-        match self.socket.send_to(&self.out, peer).await {
+        // Straight to the socket, as it nearly always has room: no future
+        // is built unless it has none.
+        let sent = match self.socket.try_send_to(&self.out, peer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket.send_to(&self.out, peer).await
+            }
+            sent => sent,
+        };
+        match sent {
             Ok(_) => {
                 self.messages_out += 1;
                 if let Some(session) = self.sessions.get_mut(&peer) {

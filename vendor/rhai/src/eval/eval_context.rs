@@ -409,6 +409,67 @@ impl<'a, 's, 'ps, 'g, 'c, 't> EvalContext<'a, 's, 'ps, 'g, 'c, 't> {
             Position::NONE,
         )
     }
+    /// tcpscript: _(internals)_ Call the script-defined function `fn_def`, found beforehand
+    /// (with [`Module::get_script_fn`][crate::Module::get_script_fn] on the library of the
+    /// [`AST`][crate::AST] in `global.lib`), exactly as [`call_fn_raw`][EvalContext::call_fn_raw]
+    /// calls it once it has found it: the same call level, `source` (the [`id`][crate::Module::id]
+    /// of the module the function is in) as the source, the arguments consumed, the function's
+    /// variables removed from the scope afterwards. A host that calls the same function for
+    /// every message it handles saves checking, hashing and resolving its name every time.
+    /// Exported under the `internals` feature only.
+    ///
+    /// # WARNING - Low Level API
+    ///
+    /// The arguments are consumed as by [`call_fn_raw`][EvalContext::call_fn_raw], none of
+    /// them by reference; `args.len()` must be the number of the function's parameters.
+    #[cfg(feature = "internals")]
+    #[cfg(not(feature = "no_function"))]
+    pub fn call_script_fn_def(
+        &mut self,
+        fn_def: &crate::ScriptFuncDef,
+        source: Option<&ImmutableString>,
+        args: &mut [&mut Dynamic],
+    ) -> RhaiResult {
+        let engine = self.engine;
+        let global = &mut *self.global;
+
+        // `_call_fn_raw` and `exec_fn_call` go one level up each.
+        let orig_level = global.level;
+        global.level += 2;
+
+        // `exec_fn_call` resolves the name through the current function resolution cache,
+        // making one if there is none: made here, it outlives the call, so that what the body
+        // calls is resolved once, not again at every call.
+        if self.caches.fn_resolution_caches_len() == 0 {
+            self.caches.push_fn_resolution_cache();
+        }
+
+        // `exec_fn_call` returns at once for an empty body, counting no operation.
+        #[cfg(not(feature = "no_ast"))]
+        if let crate::func::ScriptFuncPayload::Statements(ref block) = fn_def.body {
+            if block.is_empty() {
+                global.level = orig_level;
+                return Ok(Dynamic::UNIT);
+            }
+        }
+
+        let orig_source = mem::replace(&mut global.source, source.cloned());
+        let result = engine.call_script_fn(
+            global.into(),
+            self.caches,
+            self.scope,
+            None,
+            None,
+            fn_def,
+            args,
+            true,
+            Position::NONE,
+        );
+        let global = &mut *self.global;
+        global.source = orig_source;
+        global.level = orig_level;
+        result
+    }
     /// Call a registered native Rust function inside the [evaluation context][`EvalContext`].
     ///
     /// This is often useful because Rust functions typically only want to cross-call other

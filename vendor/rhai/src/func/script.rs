@@ -4,6 +4,7 @@
 use super::func_call::FnCallArgs;
 use super::FnAccess;
 use crate::eval::{Caches, GlobalRef, GlobalRuntimeState};
+use crate::types::dynamic::AccessMode;
 use crate::{Dynamic, Engine, FnArgsVec, ImmutableString, Position, RhaiResult, Scope, ERR};
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
@@ -388,7 +389,12 @@ impl Engine {
             #[cfg(not(feature = "no_ast"))]
             ScriptFuncPayload::Statements(ref body) => {
                 // Put arguments into scope as variables
-                scope.extend(fn_def.params.iter().cloned().zip(arg_values));
+                // tcpscript: each parameter's name goes in as the string it is. `Scope::extend`
+                // took it through an `Identifier`, which copied the shared string into a new
+                // allocation, then into another: two allocations per parameter per call.
+                for (name, value) in fn_def.params.iter().zip(arg_values) {
+                    scope.push_entry(name.clone(), AccessMode::ReadWrite, value);
+                }
                 _arg_slots = fn_def.params.len();
 
                 #[cfg(feature = "debugging")]
