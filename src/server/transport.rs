@@ -46,8 +46,7 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         Self: Sized;
 }
 
-/// Bytes asked for per read of a plain socket; also the largest `raw`
-/// message.
+/// Bytes asked for per read; also the largest `raw` message.
 pub(super) const READ_SIZE: usize = 64 * 1024;
 
 thread_local! {
@@ -122,6 +121,16 @@ impl Transport for TlsStream<TcpStream> {
         buf: &mut BytesMut,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
+        // After each message the next read finds nothing, and rustls's way
+        // to that answer (its read buffer made ready, a read, an error made
+        // and dropped) costs several times this look at the socket. It
+        // answers the same: rustls wanting to read means it holds no
+        // plaintext, and its records are all processed after every read,
+        // so only the socket can bring more. The waker is registered alike.
+        let (socket, session) = self.get_ref();
+        if session.wants_read() && socket.poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
         let mut stream = Pin::new(self);
         let data = ready!(stream.as_mut().poll_fill_buf(cx))?;
         let taken = data.len().min(limit);
