@@ -4,7 +4,6 @@
 //! server's hard stop. Written once for plain TCP and TLS alike: see
 //! [`Transport`] for the little that differs.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,10 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::transport::Transport;
+use super::transport::{READ_SIZE, SCRATCH, Transport};
 
 use super::ServerOptions;
 use super::room::Inbox;
@@ -24,19 +23,11 @@ use crate::framing::{self, Decoder, Frame, FrameError, Framing};
 use crate::net;
 use crate::transcript::{Direction, Transcript};
 
-/// Bytes asked for per read; also the largest `raw` message.
-const READ_SIZE: usize = 64 * 1024;
 /// How long a closing connection keeps draining what the peer still sends,
 /// so that closing with unread input does not reset our last replies.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// A write buffer grown past this by one big reply is given back.
 const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
-
-thread_local! {
-    /// One read buffer per worker thread rather than per connection: an
-    /// idle connection then costs only the bytes it has not finished.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
-}
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnError {
@@ -182,30 +173,18 @@ impl<S: Transport> ServerConnection<S> {
         result
     }
 
-    /// One read into the worker's scratch buffer, appended to `buf`.
-    /// `poll_read` rather than `readable()` + `try_read`: after a short
-    /// read it clears the socket's readiness, where `try_read` would leave
-    /// it set and cost an extra, empty `recv` per message.
+    /// One read, appended to `buf`.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let mut read = ReadBuf::new(&mut scratch[..self.read_size]);
-            match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => {
-                    let filled = read.filled();
-                    self.buf.extend_from_slice(filled);
-                    Poll::Ready(Ok(filled.len()))
-                }
-                // TLS: a peer that closes without close_notify (Python's
-                // `ssl`, many HTTP clients) has simply closed; a message it
-                // cut short is still caught by the framing at the end.
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    Poll::Ready(Ok(0))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
+        match self
+            .stream
+            .poll_read_into(cx, &mut self.buf, self.read_size)
+        {
+            // TLS: a peer that closes without close_notify (Python's
+            // `ssl`, many HTTP clients) has simply closed; a message it
+            // cut short is still caught by the framing at the end.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
+            other => other,
+        }
     }
 
     /// Frames a message into the write buffer. Hooks have checked that

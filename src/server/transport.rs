@@ -2,11 +2,13 @@
 //! TCP. The connection code is written once, generic over [`Transport`];
 //! this trait holds only what differs between the two.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -15,6 +17,15 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The socket underneath: its readiness, and what only the kernel
     /// knows (the count of bytes the peer has not acknowledged).
     fn socket(&self) -> &TcpStream;
+
+    /// One read of at most `limit` bytes, appended to `buf`; `Ok(0)` at
+    /// the end of the stream.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> Poll<io::Result<usize>>;
 
     /// Writes what the socket takes now, without waiting and without a
     /// task context; `WouldBlock` when it takes nothing. Once this has
@@ -35,9 +46,38 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         Self: Sized;
 }
 
+/// Bytes asked for per read; also the largest `raw` message.
+pub(super) const READ_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// One read buffer per worker thread rather than per connection: an
+    /// idle connection then costs only the bytes it has not finished.
+    pub(super) static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+}
+
 impl Transport for TcpStream {
     fn socket(&self) -> &TcpStream {
         self
+    }
+
+    /// `poll_read` rather than `readable()` + `try_read`: after a short
+    /// read it clears the socket's readiness, where `try_read` would leave
+    /// it set and cost an extra, empty `recv` per message.
+    #[inline]
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut read = ReadBuf::new(&mut scratch[..limit.min(READ_SIZE)]);
+            ready!(Pin::new(self).poll_read(cx, &mut read))?;
+            let filled = read.filled();
+            buf.extend_from_slice(filled);
+            Poll::Ready(Ok(filled.len()))
+        })
     }
 
     /// `try_write`: no future and no waker on the hot path; a wait, when
@@ -69,6 +109,34 @@ impl Transport for TcpStream {
 impl Transport for TlsStream<TcpStream> {
     fn socket(&self) -> &TcpStream {
         self.get_ref().0
+    }
+
+    /// Straight from rustls's plaintext, one record's worth at a time:
+    /// no scratch buffer to copy through, and none of `poll_read`'s
+    /// attempts to fill the rest of a big buffer, each a trip down to the
+    /// socket that finds nothing more after a message.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        // After each message the next read finds nothing, and rustls's way
+        // to that answer (its read buffer made ready, a read, an error made
+        // and dropped) costs several times this look at the socket. It
+        // answers the same: rustls wanting to read means it holds no
+        // plaintext, and its records are all processed after every read,
+        // so only the socket can bring more. The waker is registered alike.
+        let (socket, session) = self.get_ref();
+        if session.wants_read() && socket.poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let mut stream = Pin::new(self);
+        let data = ready!(stream.as_mut().poll_fill_buf(cx))?;
+        let taken = data.len().min(limit);
+        buf.extend_from_slice(&data[..taken]);
+        stream.consume(taken);
+        Poll::Ready(Ok(taken))
     }
 
     fn write_now(&mut self, bytes: &[u8]) -> io::Result<usize> {
