@@ -16,6 +16,22 @@ fn main() {
         None => version.to_string(),
     };
     println!("cargo:rustc-env=TCPSCRIPT_VERSION={full}");
+    vendored_rhai();
+}
+
+/// `cfg(vendored_rhai)` when the build uses this repository's patched Rhai
+/// (`vendor/rhai`, through `[patch.crates-io]`), which adds what the hook
+/// calls use (`EvalContext::call_script_fn_def`). A packaged crate leaves
+/// `vendor/` out and Cargo drops the patch with it, so it builds against
+/// Rhai as published and calls hooks by name.
+fn vendored_rhai() {
+    println!("cargo::rustc-check-cfg=cfg(vendored_rhai)");
+    let Ok(manifest_dir) = std::env::var("CARGO_MANIFEST_DIR") else {
+        return;
+    };
+    if Path::new(&manifest_dir).join("vendor/rhai/Cargo.toml").is_file() {
+        println!("cargo:rustc-cfg=vendored_rhai");
+    }
 }
 
 /// `1a2b3c4 2026-11-25`, the short hash and commit date of HEAD, if this

@@ -326,12 +326,17 @@ impl HookRuntime {
         // Straight to the function found at load: `call_fn_raw` would check,
         // hash and look up its name at every call. A hook the script lacks
         // still fails as `call_fn_raw` fails.
+        // Rhai as published (a crates.io build, see build.rs) has no direct
+        // call: there every hook is called by name.
+        #[cfg(vendored_rhai)]
         let result = match &self.script.hook_fns[hook as usize] {
             Some(fn_def) => {
                 context.call_script_fn_def(fn_def, self.script.fn_source.as_ref(), args)
             }
             None => context.call_fn_raw(name, false, false, args),
         };
+        #[cfg(not(vendored_rhai))]
+        let result = context.call_fn_raw(name, false, false, args);
         if self.caches.fn_resolution_caches_len() > 0
             && self.caches.fn_resolution_cache_mut().dict.len() > MAX_CACHED_RESOLUTIONS
         {
