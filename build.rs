@@ -29,7 +29,10 @@ fn vendored_rhai() {
     let Ok(manifest_dir) = std::env::var("CARGO_MANIFEST_DIR") else {
         return;
     };
-    if Path::new(&manifest_dir).join("vendor/rhai/Cargo.toml").is_file() {
+    if Path::new(&manifest_dir)
+        .join("vendor/rhai/Cargo.toml")
+        .is_file()
+    {
         println!("cargo:rustc-cfg=vendored_rhai");
     }
 }

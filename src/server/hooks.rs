@@ -417,8 +417,11 @@ pub(crate) struct ServerScript {
     has_client_message: bool,
     has_server_message: bool,
     /// The function of each hook (by [`Hook`]) the script defines, and the
-    /// source Rhai names them by: found once, called directly.
+    /// source Rhai names them by: found once, called directly (by name
+    /// against Rhai as published, see build.rs).
+    #[cfg_attr(not(vendored_rhai), allow(dead_code))]
     hook_fns: [Option<Shared<ScriptFuncDef>>; Hook::ALL.len()],
+    #[cfg_attr(not(vendored_rhai), allow(dead_code))]
     fn_source: Option<ImmutableString>,
     /// Loaded for `tcpscript proxy`: the proxy's natives work.
     proxy: bool,
