@@ -1,0 +1,338 @@
+//! Datagrams in batches, for a socket that serves many peers: one
+//! `recvmmsg` takes every datagram waiting (up to [`BATCH`]) and one
+//! `sendmmsg` sends every reply queued, where a `recvfrom` and a `sendto`
+//! per datagram spent more on entering the kernel than on the datagram.
+//! On other systems a batch is taken and sent one datagram at a time.
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use tokio::net::UdpSocket;
+
+/// Datagrams taken by one receive, and sent by one send, at most.
+pub(crate) const BATCH: usize = 32;
+/// Bytes of each receive slot: more than any UDP payload (65,507 bytes
+/// over IPv4, 65,527 over IPv6), so the kernel never cuts a datagram and
+/// one larger than `--max-frame` is seen whole and refused, never cut.
+pub(crate) const SLOT: usize = 65_536;
+/// Bytes queued to send before the queue is sent without waiting for the
+/// batch to fill: a bound on what replies hold.
+const QUEUED_BYTES: usize = 256 * 1024;
+
+/// Datagrams received by one call: their bytes, lengths and senders.
+pub(crate) struct Received {
+    /// [`BATCH`] slots of [`SLOT`] bytes; the allocator hands out fresh
+    /// zeroed pages, so only the pages datagrams were written to are held.
+    slots: Vec<u8>,
+    lengths: [usize; BATCH],
+    peers: Vec<SocketAddr>,
+    count: usize,
+}
+
+impl Received {
+    pub(crate) fn new() -> Self {
+        Received {
+            slots: vec![0; BATCH * SLOT],
+            lengths: [0; BATCH],
+            peers: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
+            count: 0,
+        }
+    }
+
+    /// Takes what is waiting on `socket`, without waiting: how many
+    /// datagrams, at least one, or `WouldBlock` (and the socket's
+    /// readiness cleared) when there are none.
+    pub(crate) fn take(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let count = sys::receive(socket, &mut self.slots, &mut self.lengths, &mut self.peers)?;
+        self.count = count;
+        Ok(count)
+    }
+
+    /// The `index`th datagram taken: its sender and bytes.
+    pub(crate) fn get(&self, index: usize) -> (SocketAddr, &[u8]) {
+        debug_assert!(index < self.count);
+        let start = index * SLOT;
+        (
+            self.peers[index],
+            &self.slots[start..start + self.lengths[index]],
+        )
+    }
+}
+
+/// One datagram queued to send.
+struct Queued {
+    peer: SocketAddr,
+    bytes: Range<usize>,
+    /// A broadcast: dropped when the socket has no room, where a reply
+    /// waits for room (see `server::udp`).
+    droppable: bool,
+}
+
+/// Datagrams queued to send, in order, sent by [`Outgoing::send`].
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    bytes: Vec<u8>,
+    queued: Vec<Queued>,
+    /// Where the datagram being written begins in `bytes`.
+    start: usize,
+}
+
+/// What one [`Outgoing::send`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Flushed {
+    pub(crate) sent: u64,
+    pub(crate) dropped: u64,
+}
+
+impl Outgoing {
+    /// Where the next datagram's bytes are written; [`Outgoing::queue`]
+    /// queues them, [`Outgoing::abandon`] forgets them.
+    pub(crate) fn next(&mut self) -> &mut Vec<u8> {
+        self.start = self.bytes.len();
+        &mut self.bytes
+    }
+
+    /// The size of the datagram being written.
+    pub(crate) fn next_len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    pub(crate) fn abandon(&mut self) {
+        self.bytes.truncate(self.start);
+    }
+
+    /// Queues the datagram written since [`Outgoing::next`] for `peer`.
+    pub(crate) fn queue(&mut self, peer: SocketAddr, droppable: bool) {
+        self.queued.push(Queued {
+            peer,
+            bytes: self.start..self.bytes.len(),
+            droppable,
+        });
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// Whether to send now rather than queue more.
+    pub(crate) fn is_full(&self) -> bool {
+        self.queued.len() >= BATCH || self.bytes.len() >= QUEUED_BYTES
+    }
+
+    /// Sends everything queued, in order. A datagram the socket refuses
+    /// is handed to `failed` and the rest go on; when the socket has no
+    /// room, a broadcast is dropped and a reply waits for room.
+    pub(crate) async fn send(
+        &mut self,
+        socket: &UdpSocket,
+        mut failed: impl FnMut(SocketAddr, io::Error),
+    ) -> Flushed {
+        let mut flushed = Flushed::default();
+        let mut next = 0;
+        while next < self.queued.len() {
+            let batch = &self.queued[next..self.queued.len().min(next + BATCH)];
+            let sent = sys::send(socket, &self.bytes, batch);
+            match sent {
+                Ok(count) => {
+                    flushed.sent += count as u64;
+                    next += count;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if batch[0].droppable {
+                        flushed.dropped += 1;
+                        next += 1;
+                    } else if let Err(e) = socket.writable().await {
+                        failed(batch[0].peer, e);
+                        next += 1;
+                    }
+                }
+                Err(e) => {
+                    failed(batch[0].peer, e);
+                    next += 1;
+                }
+            }
+        }
+        self.queued.clear();
+        self.bytes.clear();
+        self.start = 0;
+        flushed
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sys {
+    use std::io;
+    use std::mem::{size_of, zeroed};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::AsRawFd;
+
+    use tokio::io::Interest;
+    use tokio::net::UdpSocket;
+
+    use super::{BATCH, Queued, SLOT};
+
+    const NAME_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
+    pub(super) fn receive(
+        socket: &UdpSocket,
+        slots: &mut [u8],
+        lengths: &mut [usize; BATCH],
+        peers: &mut [SocketAddr],
+    ) -> io::Result<usize> {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (((slot, iovec), header), name) in slots
+            .chunks_exact_mut(SLOT)
+            .zip(&mut iovecs)
+            .zip(&mut headers)
+            .zip(&mut names)
+        {
+            *iovec = libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            };
+            header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+            header.msg_hdr.msg_namelen = NAME_LEN;
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        let count = socket.try_io(Interest::READABLE, || {
+            // SAFETY: each header points at its own name, iovec and slot,
+            // all alive for the call and of the sizes given.
+            let count = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    BATCH as _,
+                    libc::MSG_DONTWAIT as _,
+                    std::ptr::null_mut(),
+                )
+            };
+            usize::try_from(count).map_err(|_| io::Error::last_os_error())
+        })?;
+        for index in 0..count {
+            lengths[index] = headers[index].msg_len as usize;
+            // A datagram always has a sender of the socket's family.
+            peers[index] = socket_addr(&names[index]).unwrap_or(peers[index]);
+        }
+        Ok(count)
+    }
+
+    pub(super) fn send(socket: &UdpSocket, bytes: &[u8], queued: &[Queued]) -> io::Result<usize> {
+        // SAFETY: as above.
+        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let count = queued.len().min(BATCH);
+        for (((datagram, iovec), header), name) in queued
+            .iter()
+            .zip(&mut iovecs)
+            .zip(&mut headers)
+            .zip(&mut names)
+        {
+            let payload = &bytes[datagram.bytes.clone()];
+            *iovec = libc::iovec {
+                iov_base: payload.as_ptr().cast_mut().cast(),
+                iov_len: payload.len(),
+            };
+            header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+            header.msg_hdr.msg_namelen = put_socket_addr(&datagram.peer, name);
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        socket.try_io(Interest::WRITABLE, || {
+            // SAFETY: each of the first `count` headers points at its own
+            // name and iovec, and the iovec into `bytes`, alive for the
+            // call; the kernel only reads them.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    count as _,
+                    libc::MSG_DONTWAIT as _,
+                )
+            };
+            usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+        })
+    }
+
+    fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+        match libc::c_int::from(name.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let v4 = unsafe { &*std::ptr::from_ref(name).cast::<libc::sockaddr_in>() };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                    u16::from_be(v4.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let v6 = unsafe { &*std::ptr::from_ref(name).cast::<libc::sockaddr_in6>() };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                    u16::from_be(v6.sin6_port),
+                    v6.sin6_flowinfo,
+                    v6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes `addr` into `name` as the kernel takes it; its length.
+    fn put_socket_addr(addr: &SocketAddr, name: &mut libc::sockaddr_storage) -> libc::socklen_t {
+        match addr {
+            SocketAddr::V4(addr) => {
+                // SAFETY: sockaddr_storage is larger than and aligned for
+                // sockaddr_in, and all-zero is a valid sockaddr_in.
+                let v4 = unsafe { &mut *std::ptr::from_mut(name).cast::<libc::sockaddr_in>() };
+                v4.sin_family = libc::AF_INET as libc::sa_family_t;
+                v4.sin_port = addr.port().to_be();
+                v4.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(addr) => {
+                // SAFETY: as above, for sockaddr_in6.
+                let v6 = unsafe { &mut *std::ptr::from_mut(name).cast::<libc::sockaddr_in6>() };
+                v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                v6.sin6_port = addr.port().to_be();
+                v6.sin6_flowinfo = addr.flowinfo();
+                v6.sin6_addr.s6_addr = addr.ip().octets();
+                v6.sin6_scope_id = addr.scope_id();
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod sys {
+    use std::io;
+    use std::net::SocketAddr;
+
+    use tokio::net::UdpSocket;
+
+    use super::{BATCH, Queued, SLOT};
+
+    pub(super) fn receive(
+        socket: &UdpSocket,
+        slots: &mut [u8],
+        lengths: &mut [usize; BATCH],
+        peers: &mut [SocketAddr],
+    ) -> io::Result<usize> {
+        let (length, peer) = socket.try_recv_from(&mut slots[..SLOT])?;
+        lengths[0] = length;
+        peers[0] = peer;
+        Ok(1)
+    }
+
+    pub(super) fn send(socket: &UdpSocket, bytes: &[u8], queued: &[Queued]) -> io::Result<usize> {
+        let datagram = &queued[0];
+        socket.try_send_to(&bytes[datagram.bytes.clone()], datagram.peer)?;
+        Ok(1)
+    }
+}
