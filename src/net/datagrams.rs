@@ -28,15 +28,19 @@ pub(crate) struct Received {
     lengths: [usize; BATCH],
     peers: Vec<SocketAddr>,
     count: usize,
+    headers: sys::Headers,
 }
 
 impl Received {
     pub(crate) fn new() -> Self {
+        let mut slots = vec![0; BATCH * SLOT];
+        let headers = sys::Headers::receiving(&mut slots);
         Received {
-            slots: vec![0; BATCH * SLOT],
+            slots,
             lengths: [0; BATCH],
             peers: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
             count: 0,
+            headers,
         }
     }
 
@@ -44,7 +48,12 @@ impl Received {
     /// datagrams, at least one, or `WouldBlock` (and the socket's
     /// readiness cleared) when there are none.
     pub(crate) fn take(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let count = sys::receive(socket, &mut self.slots, &mut self.lengths, &mut self.peers)?;
+        let count = self.headers.receive(
+            socket,
+            &mut self.slots,
+            &mut self.lengths,
+            &mut self.peers,
+        )?;
         self.count = count;
         Ok(count)
     }
@@ -70,12 +79,23 @@ struct Queued {
 }
 
 /// Datagrams queued to send, in order, sent by [`Outgoing::send`].
-#[derive(Default)]
 pub(crate) struct Outgoing {
     bytes: Vec<u8>,
     queued: Vec<Queued>,
     /// Where the datagram being written begins in `bytes`.
     start: usize,
+    headers: sys::Headers,
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Outgoing {
+            bytes: Vec::new(),
+            queued: Vec::new(),
+            start: 0,
+            headers: sys::Headers::sending(),
+        }
+    }
 }
 
 /// What one [`Outgoing::send`] did.
@@ -132,8 +152,7 @@ impl Outgoing {
         let mut next = 0;
         while next < self.queued.len() {
             let batch = &self.queued[next..self.queued.len().min(next + BATCH)];
-            let sent = sys::send(socket, &self.bytes, batch);
-            match sent {
+            match self.headers.send(socket, &self.bytes, batch) {
                 Ok(count) => {
                     flushed.sent += count as u64;
                     next += count;
@@ -174,89 +193,126 @@ mod sys {
 
     const NAME_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
 
-    pub(super) fn receive(
-        socket: &UdpSocket,
-        slots: &mut [u8],
-        lengths: &mut [usize; BATCH],
-        peers: &mut [SocketAddr],
-    ) -> io::Result<usize> {
-        // SAFETY: all-zero is a valid value of these plain C structs.
-        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (((slot, iovec), header), name) in slots
-            .chunks_exact_mut(SLOT)
-            .zip(&mut iovecs)
-            .zip(&mut headers)
-            .zip(&mut names)
-        {
-            *iovec = libc::iovec {
-                iov_base: slot.as_mut_ptr().cast(),
-                iov_len: slot.len(),
-            };
-            header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
-            header.msg_hdr.msg_namelen = NAME_LEN;
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
-        }
-        let count = socket.try_io(Interest::READABLE, || {
-            // SAFETY: each header points at its own name, iovec and slot,
-            // all alive for the call and of the sizes given.
-            let count = unsafe {
-                libc::recvmmsg(
-                    socket.as_raw_fd(),
-                    headers.as_mut_ptr(),
-                    BATCH as _,
-                    libc::MSG_DONTWAIT as _,
-                    std::ptr::null_mut(),
-                )
-            };
-            usize::try_from(count).map_err(|_| io::Error::last_os_error())
-        })?;
-        for index in 0..count {
-            lengths[index] = headers[index].msg_len as usize;
-            // A datagram always has a sender of the socket's family.
-            peers[index] = socket_addr(&names[index]).unwrap_or(peers[index]);
-        }
-        Ok(count)
+    /// The kernel's description of a batch, built once: zeroing and
+    /// filling it for every call cost more than the call.
+    pub(super) struct Headers(Box<Arrays>);
+
+    struct Arrays {
+        headers: [libc::mmsghdr; BATCH],
+        iovecs: [libc::iovec; BATCH],
+        names: [libc::sockaddr_storage; BATCH],
     }
 
-    pub(super) fn send(socket: &UdpSocket, bytes: &[u8], queued: &[Queued]) -> io::Result<usize> {
-        // SAFETY: as above.
-        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        let count = queued.len().min(BATCH);
-        for (((datagram, iovec), header), name) in queued
-            .iter()
-            .zip(&mut iovecs)
-            .zip(&mut headers)
-            .zip(&mut names)
-        {
-            let payload = &bytes[datagram.bytes.clone()];
-            *iovec = libc::iovec {
-                iov_base: payload.as_ptr().cast_mut().cast(),
-                iov_len: payload.len(),
-            };
-            header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
-            header.msg_hdr.msg_namelen = put_socket_addr(&datagram.peer, name);
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
+    // SAFETY: the raw pointers inside point only into the same box (and,
+    // when receiving, into slots the owner keeps alive and never moves),
+    // and are used only through `&mut self`.
+    unsafe impl Send for Headers {}
+    unsafe impl Sync for Headers {}
+
+    impl Headers {
+        fn new() -> Self {
+            // SAFETY: all-zero is a valid value of these plain C structs.
+            let mut arrays: Box<Arrays> = Box::new(unsafe { zeroed() });
+            let Arrays {
+                headers,
+                iovecs,
+                names,
+            } = &mut *arrays;
+            for ((header, iovec), name) in headers.iter_mut().zip(iovecs).zip(names) {
+                header.msg_hdr.msg_name = std::ptr::from_mut(name).cast();
+                header.msg_hdr.msg_namelen = NAME_LEN;
+                header.msg_hdr.msg_iov = iovec;
+                header.msg_hdr.msg_iovlen = 1;
+            }
+            Headers(arrays)
         }
-        socket.try_io(Interest::WRITABLE, || {
-            // SAFETY: each of the first `count` headers points at its own
-            // name and iovec, and the iovec into `bytes`, alive for the
-            // call; the kernel only reads them.
-            let sent = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    headers.as_mut_ptr(),
-                    count as _,
-                    libc::MSG_DONTWAIT as _,
-                )
-            };
-            usize::try_from(sent).map_err(|_| io::Error::last_os_error())
-        })
+
+        /// Headers whose buffers are `slots`, which must stay where they
+        /// are (a `Vec` never grown) for as long as these are used.
+        pub(super) fn receiving(slots: &mut [u8]) -> Self {
+            let mut headers = Self::new();
+            for (slot, iovec) in slots.chunks_exact_mut(SLOT).zip(&mut headers.0.iovecs) {
+                *iovec = libc::iovec {
+                    iov_base: slot.as_mut_ptr().cast(),
+                    iov_len: slot.len(),
+                };
+            }
+            headers
+        }
+
+        pub(super) fn sending() -> Self {
+            Self::new()
+        }
+
+        pub(super) fn receive(
+            &mut self,
+            socket: &UdpSocket,
+            slots: &mut [u8],
+            lengths: &mut [usize; BATCH],
+            peers: &mut [SocketAddr],
+        ) -> io::Result<usize> {
+            debug_assert_eq!(slots.len(), BATCH * SLOT);
+            debug_assert_eq!(self.0.iovecs[0].iov_base, slots.as_mut_ptr().cast());
+            let arrays = &mut *self.0;
+            let count = socket.try_io(Interest::READABLE, || {
+                // SAFETY: each header points at its own name and iovec,
+                // and each iovec at its own slot of `slots`, all alive
+                // for the call and of the sizes given.
+                let count = unsafe {
+                    libc::recvmmsg(
+                        socket.as_raw_fd(),
+                        arrays.headers.as_mut_ptr(),
+                        BATCH as _,
+                        libc::MSG_DONTWAIT as _,
+                        std::ptr::null_mut(),
+                    )
+                };
+                usize::try_from(count).map_err(|_| io::Error::last_os_error())
+            })?;
+            for index in 0..count {
+                let header = &mut arrays.headers[index];
+                lengths[index] = header.msg_len as usize;
+                // The kernel wrote the sender's length here: the next
+                // call must offer the whole name again.
+                header.msg_hdr.msg_namelen = NAME_LEN;
+                // A datagram always has a sender of the socket's family.
+                peers[index] = socket_addr(&arrays.names[index]).unwrap_or(peers[index]);
+            }
+            Ok(count)
+        }
+
+        pub(super) fn send(
+            &mut self,
+            socket: &UdpSocket,
+            bytes: &[u8],
+            queued: &[Queued],
+        ) -> io::Result<usize> {
+            let arrays = &mut *self.0;
+            let count = queued.len().min(BATCH);
+            for (index, datagram) in queued.iter().take(count).enumerate() {
+                let payload = &bytes[datagram.bytes.clone()];
+                arrays.iovecs[index] = libc::iovec {
+                    iov_base: payload.as_ptr().cast_mut().cast(),
+                    iov_len: payload.len(),
+                };
+                arrays.headers[index].msg_hdr.msg_namelen =
+                    put_socket_addr(&datagram.peer, &mut arrays.names[index]);
+            }
+            socket.try_io(Interest::WRITABLE, || {
+                // SAFETY: each of the first `count` headers points at its
+                // own name and iovec, and each iovec into `bytes`, alive
+                // for the call; the kernel only reads them.
+                let sent = unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        arrays.headers.as_mut_ptr(),
+                        count as _,
+                        libc::MSG_DONTWAIT as _,
+                    )
+                };
+                usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+            })
+        }
     }
 
     fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -287,22 +343,25 @@ mod sys {
     fn put_socket_addr(addr: &SocketAddr, name: &mut libc::sockaddr_storage) -> libc::socklen_t {
         match addr {
             SocketAddr::V4(addr) => {
-                // SAFETY: sockaddr_storage is larger than and aligned for
-                // sockaddr_in, and all-zero is a valid sockaddr_in.
-                let v4 = unsafe { &mut *std::ptr::from_mut(name).cast::<libc::sockaddr_in>() };
+                // SAFETY: all-zero is a valid sockaddr_in.
+                let mut v4: libc::sockaddr_in = unsafe { zeroed() };
                 v4.sin_family = libc::AF_INET as libc::sa_family_t;
                 v4.sin_port = addr.port().to_be();
                 v4.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+                // SAFETY: sockaddr_storage is larger than and aligned for
+                // any socket address.
+                unsafe { std::ptr::from_mut(name).cast::<libc::sockaddr_in>().write(v4) };
                 size_of::<libc::sockaddr_in>() as libc::socklen_t
             }
             SocketAddr::V6(addr) => {
                 // SAFETY: as above, for sockaddr_in6.
-                let v6 = unsafe { &mut *std::ptr::from_mut(name).cast::<libc::sockaddr_in6>() };
+                let mut v6: libc::sockaddr_in6 = unsafe { zeroed() };
                 v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 v6.sin6_port = addr.port().to_be();
                 v6.sin6_flowinfo = addr.flowinfo();
                 v6.sin6_addr.s6_addr = addr.ip().octets();
                 v6.sin6_scope_id = addr.scope_id();
+                unsafe { std::ptr::from_mut(name).cast::<libc::sockaddr_in6>().write(v6) };
                 size_of::<libc::sockaddr_in6>() as libc::socklen_t
             }
         }
@@ -318,21 +377,40 @@ mod sys {
 
     use super::{BATCH, Queued, SLOT};
 
-    pub(super) fn receive(
-        socket: &UdpSocket,
-        slots: &mut [u8],
-        lengths: &mut [usize; BATCH],
-        peers: &mut [SocketAddr],
-    ) -> io::Result<usize> {
-        let (length, peer) = socket.try_recv_from(&mut slots[..SLOT])?;
-        lengths[0] = length;
-        peers[0] = peer;
-        Ok(1)
-    }
+    /// Elsewhere a batch is one datagram: nothing to describe.
+    pub(super) struct Headers;
 
-    pub(super) fn send(socket: &UdpSocket, bytes: &[u8], queued: &[Queued]) -> io::Result<usize> {
-        let datagram = &queued[0];
-        socket.try_send_to(&bytes[datagram.bytes.clone()], datagram.peer)?;
-        Ok(1)
+    impl Headers {
+        pub(super) fn receiving(_slots: &mut [u8]) -> Self {
+            Headers
+        }
+
+        pub(super) fn sending() -> Self {
+            Headers
+        }
+
+        pub(super) fn receive(
+            &mut self,
+            socket: &UdpSocket,
+            slots: &mut [u8],
+            lengths: &mut [usize; BATCH],
+            peers: &mut [SocketAddr],
+        ) -> io::Result<usize> {
+            let (length, peer) = socket.try_recv_from(&mut slots[..SLOT])?;
+            lengths[0] = length;
+            peers[0] = peer;
+            Ok(1)
+        }
+
+        pub(super) fn send(
+            &mut self,
+            socket: &UdpSocket,
+            bytes: &[u8],
+            queued: &[Queued],
+        ) -> io::Result<usize> {
+            let datagram = &queued[0];
+            socket.try_send_to(&bytes[datagram.bytes.clone()], datagram.peer)?;
+            Ok(1)
+        }
     }
 }
