@@ -48,12 +48,9 @@ impl Received {
     /// datagrams, at least one, or `WouldBlock` (and the socket's
     /// readiness cleared) when there are none.
     pub(crate) fn take(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let count = self.headers.receive(
-            socket,
-            &mut self.slots,
-            &mut self.lengths,
-            &mut self.peers,
-        )?;
+        let count =
+            self.headers
+                .receive(socket, &mut self.slots, &mut self.lengths, &mut self.peers)?;
         self.count = count;
         Ok(count)
     }
@@ -350,7 +347,11 @@ mod sys {
                 v4.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
                 // SAFETY: sockaddr_storage is larger than and aligned for
                 // any socket address.
-                unsafe { std::ptr::from_mut(name).cast::<libc::sockaddr_in>().write(v4) };
+                unsafe {
+                    std::ptr::from_mut(name)
+                        .cast::<libc::sockaddr_in>()
+                        .write(v4)
+                };
                 size_of::<libc::sockaddr_in>() as libc::socklen_t
             }
             SocketAddr::V6(addr) => {
@@ -361,7 +362,11 @@ mod sys {
                 v6.sin6_flowinfo = addr.flowinfo();
                 v6.sin6_addr.s6_addr = addr.ip().octets();
                 v6.sin6_scope_id = addr.scope_id();
-                unsafe { std::ptr::from_mut(name).cast::<libc::sockaddr_in6>().write(v6) };
+                unsafe {
+                    std::ptr::from_mut(name)
+                        .cast::<libc::sockaddr_in6>()
+                        .write(v6)
+                };
                 size_of::<libc::sockaddr_in6>() as libc::socklen_t
             }
         }
@@ -412,5 +417,89 @@ mod sys {
             socket.try_send_to(&bytes[datagram.bytes.clone()], datagram.peer)?;
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_takes_what_waits_and_replies_go_back_in_order() {
+        runtime().block_on(async {
+            let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let (server_addr, client_addr) =
+                (server.local_addr().unwrap(), client.local_addr().unwrap());
+            let count = BATCH + 8;
+            for i in 0..count {
+                client
+                    .send_to(format!("m{i}").as_bytes(), server_addr)
+                    .await
+                    .unwrap();
+            }
+            let mut received = Received::new();
+            let mut outgoing = Outgoing::default();
+            let mut seen = Vec::new();
+            while seen.len() < count {
+                server.readable().await.unwrap();
+                let Ok(taken) = received.take(&server) else {
+                    continue;
+                };
+                for index in 0..taken {
+                    let (peer, bytes) = received.get(index);
+                    assert_eq!(peer, client_addr);
+                    seen.push(String::from_utf8(bytes.to_vec()).unwrap());
+                    outgoing.next().extend_from_slice(bytes);
+                    outgoing.queue(peer, false);
+                }
+            }
+            let expected: Vec<String> = (0..count).map(|i| format!("m{i}")).collect();
+            assert_eq!(seen, expected);
+            let flushed = outgoing.send(&server, |_, e| panic!("{e}")).await;
+            assert_eq!(flushed.sent, count as u64);
+            let mut buf = [0u8; 64];
+            for want in &expected {
+                let (n, from) = client.recv_from(&mut buf).await.unwrap();
+                assert_eq!(from, server_addr);
+                assert_eq!(&buf[..n], want.as_bytes());
+            }
+        });
+    }
+
+    #[test]
+    fn a_datagram_the_socket_refuses_is_said_and_the_rest_still_go() {
+        runtime().block_on(async {
+            let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let client_addr = client.local_addr().unwrap();
+            let mut outgoing = Outgoing::default();
+            outgoing.next().extend_from_slice(b"first");
+            outgoing.queue(client_addr, false);
+            // Too large for any UDP datagram: the kernel refuses it alone.
+            outgoing.next().resize(70_000, b'x');
+            outgoing.queue(client_addr, false);
+            outgoing.next().extend_from_slice(b"last");
+            outgoing.queue(client_addr, false);
+            let mut failures = Vec::new();
+            let flushed = outgoing
+                .send(&server, |peer, e| failures.push((peer, e.kind())))
+                .await;
+            assert_eq!(flushed.sent, 2);
+            assert_eq!(failures.len(), 1, "{failures:?}");
+            assert_eq!(failures[0].0, client_addr);
+            let mut buf = [0u8; 64];
+            let n = client.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"first");
+            let n = client.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"last");
+        });
     }
 }

@@ -17,7 +17,7 @@
 //! a reply after a `sleep()` may pass the replies of later messages, and a
 //! broadcast to a peer whose socket buffer is full is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ServerOptions;
@@ -36,7 +35,7 @@ use super::room::Room;
 use super::shutdown::Counts;
 use crate::console;
 use crate::framing::{self, DatagramLimit, Framing};
-use crate::net::datagrams::{self, Outgoing, Received};
+use crate::net::datagrams::{Outgoing, Received};
 use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// `--idle-timeout` of a UDP server unless given: a peer never says it
@@ -81,8 +80,32 @@ enum End {
 /// loop once the pause is over, so that one session's pause delays no one
 /// else.
 struct Delayed {
+    due: Instant,
+    /// Pauses due at the same time end in the order they began.
+    order: u64,
     peer: SocketAddr,
     reply: Reply,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.order) == (other.due, other.order)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    /// Reversed, so that the max-heap's top is the pause due first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.due, other.order).cmp(&(self.due, self.order))
+    }
 }
 
 struct Server {
@@ -103,7 +126,11 @@ struct Server {
     /// A framed datagram's bytes, and where its messages lie in them.
     scratch: BytesMut,
     records: Vec<Range<usize>>,
-    delayed: mpsc::UnboundedSender<Delayed>,
+    /// Replies waiting for their `sleep()` to end, the one due first on
+    /// top: kept by the loop under one timer rather than a task each, so
+    /// that a loop with no pause looks at nothing for them.
+    paused: BinaryHeap<Delayed>,
+    pauses: u64,
     ended: u64,
     messages_in: u64,
     messages_out: u64,
@@ -121,7 +148,6 @@ pub(super) async fn serve(
     stop: impl Future<Output = ()>,
 ) -> String {
     let socket = Arc::new(socket);
-    let (delayed, mut pauses_over) = mpsc::unbounded_channel();
     let mut server = Server {
         socket: socket.clone(),
         script: Arc::new(script),
@@ -135,7 +161,8 @@ pub(super) async fn serve(
         outgoing: Outgoing::default(),
         scratch: BytesMut::new(),
         records: Vec::new(),
-        delayed,
+        paused: BinaryHeap::new(),
+        pauses: 0,
         ended: 0,
         messages_in: 0,
         messages_out: 0,
@@ -144,7 +171,8 @@ pub(super) async fn serve(
     };
     let mut received = Received::new();
     let expiry = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(expiry, stop);
+    let resume = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry, resume, stop);
     let mut armed = false;
     loop {
         // Datagrams last: a flood that always has one waiting must not keep
@@ -154,7 +182,7 @@ pub(super) async fn serve(
             biased;
             () = &mut stop => break,
             () = &mut expiry, if armed => server.expire().await,
-            Some(delayed) = pauses_over.recv() => server.carry_out(delayed).await,
+            () = &mut resume, if !server.paused.is_empty() => server.resume().await,
             ready = socket.readable() => match ready {
                 Ok(()) => server.drain(&mut received).await,
                 Err(e) => console::err(&format!("udp receive failed: {e}")),
@@ -163,6 +191,11 @@ pub(super) async fn serve(
         server.flush().await;
         // The oldest activity decides the next expiry: it changes only as
         // the queue's front is taken, so the timer is seldom reset.
+        if let Some(first) = server.paused.peek()
+            && resume.deadline() != first.due
+        {
+            resume.as_mut().reset(first.due);
+        }
         match server.activity.front() {
             Some(&(_, _, at)) => {
                 let due = at + server.idle;
@@ -189,7 +222,10 @@ pub(super) async fn serve(
 
 impl Server {
     /// Takes the datagrams waiting, a batch at a time, each batch's
-    /// replies sent before the next is taken.
+    /// replies sent before the next is taken. It goes on until the socket
+    /// has nothing (which clears its readiness, so the loop then waits
+    /// at once instead of coming back for nothing) or for at most
+    /// [`BATCHES_PER_TURN`] batches.
     async fn drain(&mut self, received: &mut Received) {
         for _ in 0..BATCHES_PER_TURN {
             let count = match received.take(&self.socket) {
@@ -208,9 +244,6 @@ impl Server {
                 self.datagram(peer, datagram, now).await;
             }
             self.flush().await;
-            if count < datagrams::BATCH {
-                return;
-            }
         }
     }
 
@@ -447,11 +480,17 @@ impl Server {
         Box::pin(self.end(peer, End::HookFailed)).await;
     }
 
-    /// Carries out what followed a `sleep()`.
-    async fn carry_out(&mut self, delayed: Delayed) {
-        let framing = self.framing_of(delayed.peer);
-        if self.perform(delayed.peer, &framing, delayed.reply).await {
-            self.end(delayed.peer, End::ScriptClosed).await;
+    /// Carries out what followed each `sleep()` that is over.
+    async fn resume(&mut self) {
+        let now = Instant::now();
+        while self.paused.peek().is_some_and(|first| first.due <= now) {
+            let Some(delayed) = self.paused.pop() else {
+                break;
+            };
+            let framing = self.framing_of(delayed.peer);
+            if self.perform(delayed.peer, &framing, delayed.reply).await {
+                self.end(delayed.peer, End::ScriptClosed).await;
+            }
         }
     }
 
@@ -478,10 +517,12 @@ impl Server {
                         close: reply.close,
                         ..Reply::default()
                     };
-                    let due = self.delayed.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(pause).await;
-                        let _ = due.send(Delayed { peer, reply: rest });
+                    self.pauses += 1;
+                    self.paused.push(Delayed {
+                        due: Instant::now() + pause,
+                        order: self.pauses,
+                        peer,
+                        reply: rest,
                     });
                     return false;
                 }
