@@ -93,6 +93,20 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         })
 }
 
+/// A UDP server's runtime: one thread, as its loop is one task. Waiting
+/// on the socket and running the loop on the same thread spares a
+/// wake-up of another thread for each datagram.
+fn udp_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| Error::System {
+            action: "start the async runtime",
+            source,
+        })
+}
+
 /// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.
 /// With `tls`, connections speak TLS from the start or after `starttls()`.
 pub(crate) fn run(
@@ -100,10 +114,10 @@ pub(crate) fn run(
     options: ServerOptions,
     tls: Option<Tls>,
 ) -> Result<(), Error> {
-    let runtime = runtime()?;
     if let Some(udp) = options.udp {
-        return run_udp(&runtime, script, options, udp);
+        return run_udp(&udp_runtime()?, script, options, udp);
     }
+    let runtime = runtime()?;
     let result = runtime.block_on(async {
         let listener = bind(&options.listen).await?;
         let local = listener.local_addr().map_err(|source| Error::Bind {

@@ -5,7 +5,9 @@
 //! the server stopping).
 //!
 //! One task drives every session: one receive loop, a map from address to
-//! session, and a queue of activity for the idle limit and eviction. Hooks
+//! session, and a queue of activity for the idle limit and eviction. It
+//! takes every datagram waiting at once and sends the replies to all of
+//! them at once (see `net::datagrams`). Hooks
 //! never block (see `hooks`), so a task per session would buy nothing but
 //! a stack and a channel each; a session here is its hooks and a few
 //! words, which keeps 10,000 live sessions within a few MiB.
@@ -15,7 +17,7 @@
 //! a reply after a `sleep()` may pass the replies of later messages, and a
 //! broadcast to a peer whose socket buffer is full is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -25,7 +27,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ServerOptions;
@@ -34,6 +35,7 @@ use super::room::Room;
 use super::shutdown::Counts;
 use crate::console;
 use crate::framing::{self, DatagramLimit, Framing};
+use crate::net::datagrams::{Outgoing, Received};
 use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// `--idle-timeout` of a UDP server unless given: a peer never says it
@@ -41,10 +43,9 @@ use crate::transcript::{Direction, Transcript, Verbosity};
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `--max-sessions` unless given.
 pub(crate) const DEFAULT_MAX_SESSIONS: usize = 10_000;
-/// Bytes asked for per receive: more than any UDP payload (65,507 bytes
-/// over IPv4, 65,527 over IPv6), so the kernel never cuts a datagram and
-/// one larger than --max-frame is seen whole and refused, never cut.
-const RECV_SIZE: usize = 65_536;
+/// Batches taken in a row before the loop looks at whether to stop, at
+/// the timers and at pauses that ended: a flood must not starve them.
+const BATCHES_PER_TURN: usize = 8;
 
 /// What only a UDP server has.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +80,32 @@ enum End {
 /// loop once the pause is over, so that one session's pause delays no one
 /// else.
 struct Delayed {
+    due: Instant,
+    /// Pauses due at the same time end in the order they began.
+    order: u64,
     peer: SocketAddr,
     reply: Reply,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.order) == (other.due, other.order)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    /// Reversed, so that the max-heap's top is the pause due first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.due, other.order).cmp(&(self.due, self.order))
+    }
 }
 
 struct Server {
@@ -96,12 +121,16 @@ struct Server {
     /// stale, and skipped; the queue is compacted when they pile up.
     activity: VecDeque<(SocketAddr, u64, Instant)>,
     next_stamp: u64,
-    /// A reply framed, reused for every send.
-    out: Vec<u8>,
+    /// Datagrams framed and waiting to be sent with the batch.
+    outgoing: Outgoing,
     /// A framed datagram's bytes, and where its messages lie in them.
     scratch: BytesMut,
     records: Vec<Range<usize>>,
-    delayed: mpsc::UnboundedSender<Delayed>,
+    /// Replies waiting for their `sleep()` to end, the one due first on
+    /// top: kept by the loop under one timer rather than a task each, so
+    /// that a loop with no pause looks at nothing for them.
+    paused: BinaryHeap<Delayed>,
+    pauses: u64,
     ended: u64,
     messages_in: u64,
     messages_out: u64,
@@ -119,7 +148,6 @@ pub(super) async fn serve(
     stop: impl Future<Output = ()>,
 ) -> String {
     let socket = Arc::new(socket);
-    let (delayed, mut pauses_over) = mpsc::unbounded_channel();
     let mut server = Server {
         socket: socket.clone(),
         script: Arc::new(script),
@@ -130,19 +158,21 @@ pub(super) async fn serve(
         sessions: HashMap::default(),
         activity: VecDeque::new(),
         next_stamp: 0,
-        out: Vec::new(),
+        outgoing: Outgoing::default(),
         scratch: BytesMut::new(),
         records: Vec::new(),
-        delayed,
+        paused: BinaryHeap::new(),
+        pauses: 0,
         ended: 0,
         messages_in: 0,
         messages_out: 0,
         errors: 0,
         broadcasts_dropped: 0,
     };
-    let mut buf = vec![0u8; RECV_SIZE];
+    let mut received = Received::new();
     let expiry = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(expiry, stop);
+    let resume = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry, resume, stop);
     let mut armed = false;
     loop {
         // Datagrams last: a flood that always has one waiting must not keep
@@ -152,16 +182,20 @@ pub(super) async fn serve(
             biased;
             () = &mut stop => break,
             () = &mut expiry, if armed => server.expire().await,
-            Some(delayed) = pauses_over.recv() => server.carry_out(delayed).await,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, peer)) => server.datagram(peer, &buf[..n]).await,
-                // A Linux socket with no peer of its own hears of no ICMP
-                // error; what is left is rare and passes.
+            () = &mut resume, if !server.paused.is_empty() => server.resume().await,
+            ready = socket.readable() => match ready {
+                Ok(()) => server.drain(&mut received).await,
                 Err(e) => console::err(&format!("udp receive failed: {e}")),
             },
         }
+        server.flush().await;
         // The oldest activity decides the next expiry: it changes only as
         // the queue's front is taken, so the timer is seldom reset.
+        if let Some(first) = server.paused.peek()
+            && resume.deadline() != first.due
+        {
+            resume.as_mut().reset(first.due);
+        }
         match server.activity.front() {
             Some(&(_, _, at)) => {
                 let due = at + server.idle;
@@ -187,17 +221,62 @@ pub(super) async fn serve(
 }
 
 impl Server {
+    /// Takes the datagrams waiting, a batch at a time, each batch's
+    /// replies sent before the next is taken. It goes on until the socket
+    /// has nothing (which clears its readiness, so the loop then waits
+    /// at once instead of coming back for nothing) or for at most
+    /// [`BATCHES_PER_TURN`] batches.
+    async fn drain(&mut self, received: &mut Received) {
+        for _ in 0..BATCHES_PER_TURN {
+            let count = match received.take(&self.socket) {
+                Ok(count) => count,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // A Linux socket with no peer of its own hears of no ICMP
+                // error; what is left is rare and passes.
+                Err(e) => {
+                    console::err(&format!("udp receive failed: {e}"));
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for index in 0..count {
+                let (peer, datagram) = received.get(index);
+                self.datagram(peer, datagram, now).await;
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Sends the replies queued.
+    async fn flush(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let (errors, verbosity) = (&mut self.errors, self.options.verbosity);
+        let flushed = self
+            .outgoing
+            .send(&self.socket, |peer, e| {
+                *errors += 1;
+                if verbosity >= Verbosity::Normal {
+                    console::err(&format!("{peer} cannot send: {e}"));
+                }
+            })
+            .await;
+        self.messages_out += flushed.sent;
+        self.broadcasts_dropped += flushed.dropped;
+    }
+
     /// One datagram: its session found or started, each of its messages
-    /// handed to `on_message`, and the replies sent.
-    async fn datagram(&mut self, peer: SocketAddr, datagram: &[u8]) {
+    /// handed to `on_message`, and the replies queued.
+    async fn datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
         // One lookup of the session for the whole datagram when it exists.
-        let framing = match self.touch(peer) {
+        let framing = match self.touch(peer, now) {
             Some(framing) => framing,
             None => {
                 if !self.open(peer).await {
                     return;
                 }
-                let Some(framing) = self.touch(peer) else {
+                let Some(framing) = self.touch(peer, now) else {
                     return;
                 };
                 framing
@@ -286,7 +365,7 @@ impl Server {
 
     /// Marks the session active now; its framing, or `None` when there is
     /// no session.
-    fn touch(&mut self, peer: SocketAddr) -> Option<Framing> {
+    fn touch(&mut self, peer: SocketAddr, now: Instant) -> Option<Framing> {
         let session = self.sessions.get_mut(&peer)?;
         self.next_stamp += 1;
         session.stamp = self.next_stamp;
@@ -294,8 +373,7 @@ impl Server {
             Some(framing) => framing.clone(),
             None => self.options.framing.clone(),
         };
-        self.activity
-            .push_back((peer, self.next_stamp, Instant::now()));
+        self.activity.push_back((peer, self.next_stamp, now));
         // Each busy session leaves stale entries behind; dropping them
         // once they outnumber the sessions keeps the queue's cost per
         // datagram constant.
@@ -402,11 +480,17 @@ impl Server {
         Box::pin(self.end(peer, End::HookFailed)).await;
     }
 
-    /// Carries out what followed a `sleep()`.
-    async fn carry_out(&mut self, delayed: Delayed) {
-        let framing = self.framing_of(delayed.peer);
-        if self.perform(delayed.peer, &framing, delayed.reply).await {
-            self.end(delayed.peer, End::ScriptClosed).await;
+    /// Carries out what followed each `sleep()` that is over.
+    async fn resume(&mut self) {
+        let now = Instant::now();
+        while self.paused.peek().is_some_and(|first| first.due <= now) {
+            let Some(delayed) = self.paused.pop() else {
+                break;
+            };
+            let framing = self.framing_of(delayed.peer);
+            if self.perform(delayed.peer, &framing, delayed.reply).await {
+                self.end(delayed.peer, End::ScriptClosed).await;
+            }
         }
     }
 
@@ -433,14 +517,16 @@ impl Server {
                         close: reply.close,
                         ..Reply::default()
                     };
-                    let due = self.delayed.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(pause).await;
-                        let _ = due.send(Delayed { peer, reply: rest });
+                    self.pauses += 1;
+                    self.paused.push(Delayed {
+                        due: Instant::now() + pause,
+                        order: self.pauses,
+                        peer,
+                        reply: rest,
                     });
                     return false;
                 }
-                Action::Broadcast(message) => self.broadcast(peer, &message),
+                Action::Broadcast(message) => self.broadcast(peer, &message).await,
                 // `to_client` and `to_server` refuse to run in a server's hooks.
                 Action::ToClient(_) | Action::ToServer(_) => {}
             }
@@ -455,67 +541,55 @@ impl Server {
     }
 
     /// One message to `peer` as one datagram, framed unless `framing` is
-    /// `None` (`send_raw`). A datagram too large is refused, and said.
+    /// `None` (`send_raw`), queued to go with the batch's other replies.
+    /// A datagram too large is refused, and said.
     async fn send(&mut self, peer: SocketAddr, framing: Option<&Framing>, message: &[u8]) {
-        self.out.clear();
+        let out = self.outgoing.next();
         let framed = match framing {
-            Some(framing) => framing::encode(framing, message, &mut self.out),
+            Some(framing) => framing::encode(framing, message, out),
             None => {
-                self.out.extend_from_slice(message);
+                out.extend_from_slice(message);
                 Ok(())
             }
         };
-        if let Err(e) = framed.and_then(|()| self.limit.check(self.out.len())) {
+        if let Err(e) = framed.and_then(|()| self.limit.check(self.outgoing.next_len())) {
+            self.outgoing.abandon();
             self.errors += 1;
             console::err(&format!("{peer} cannot send: {e}"));
             return;
         }
-        // Straight to the socket, as it nearly always has room: no future
-        // is built unless it has none.
-        let sent = match self.socket.try_send_to(&self.out, peer) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.socket.send_to(&self.out, peer).await
-            }
-            sent => sent,
-        };
-        match sent {
-            Ok(_) => {
-                self.messages_out += 1;
-                if let Some(session) = self.sessions.get_mut(&peer) {
-                    session.transcript.record(Direction::Sent, message);
-                }
-            }
-            Err(e) => {
-                self.errors += 1;
-                if self.options.verbosity >= Verbosity::Normal {
-                    console::err(&format!("{peer} cannot send: {e}"));
-                }
-            }
+        self.outgoing.queue(peer, false);
+        // Shown as it is queued, so that a session's transcript keeps the
+        // order of its messages; a send that fails is said when it does.
+        if let Some(session) = self.sessions.get_mut(&peer) {
+            session.transcript.record(Direction::Sent, message);
+        }
+        if self.outgoing.is_full() {
+            self.flush().await;
         }
     }
 
     /// `broadcast()`: to every other live session, in its own framing.
     /// A peer whose datagrams the socket cannot take now misses it, as a
     /// TCP member that reads too slowly does.
-    fn broadcast(&mut self, from: SocketAddr, message: &[u8]) {
-        for (&peer, session) in &mut self.sessions {
-            if peer == from {
+    async fn broadcast(&mut self, from: SocketAddr, message: &[u8]) {
+        let peers: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        for peer in peers {
+            let Some(session) = self.sessions.get_mut(&peer).filter(|_| peer != from) else {
                 continue;
-            }
-            self.out.clear();
+            };
             let framing = session.framing.as_deref().unwrap_or(&self.options.framing);
-            let framed = framing::encode(framing, message, &mut self.out)
-                .and_then(|()| self.limit.check(self.out.len()));
+            let framed = framing::encode(framing, message, self.outgoing.next())
+                .and_then(|()| self.limit.check(self.outgoing.next_len()));
             if framed.is_err() {
+                self.outgoing.abandon();
                 self.broadcasts_dropped += 1;
                 continue;
             }
-            match self.socket.try_send_to(&self.out, peer) {
-                Ok(_) => {
-                    self.messages_out += 1;
-                    session.transcript.record(Direction::Sent, message);
-                }
-                Err(_) => self.broadcasts_dropped += 1,
+            self.outgoing.queue(peer, true);
+            session.transcript.record(Direction::Sent, message);
+            if self.outgoing.is_full() {
+                self.flush().await;
             }
         }
     }
@@ -526,6 +600,7 @@ impl Server {
         for peer in peers {
             self.end(peer, End::Shutdown).await;
         }
+        self.flush().await;
     }
 }
 

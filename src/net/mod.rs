@@ -1,6 +1,8 @@
 //! Addresses, listening sockets and the open-file limit: what every role
 //! needs from the network before it talks.
 
+pub(crate) mod datagrams;
+
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 
