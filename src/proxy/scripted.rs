@@ -10,14 +10,17 @@
 //! injects into its own side cannot grow a queue without bound.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
@@ -367,28 +370,77 @@ impl Outbound {
         }
     }
 
-    fn push_data(&mut self, data: Vec<u8>) {
+    fn push_data(&mut self, data: &[u8]) {
         // After a FIN the side cannot be written to: what a hook sends
         // there (a `to_server` after the client's close) has nowhere to go.
         if self.fin || data.is_empty() {
             return;
         }
         self.queued += data.len();
-        // Many small messages go out in few writes.
-        if let Some(Item::Data(last)) = self.items.back_mut()
-            && last.len() + data.len() <= READ
-        {
-            last.extend_from_slice(&data);
-            return;
-        }
-        self.items.push_back(Item::Data(data));
+        self.tail(data.len()).extend_from_slice(data);
     }
 
+    /// Frames `message` straight into the queue, with no buffer of its
+    /// own on the way.
     fn push_framed(&mut self, message: &[u8]) -> Result<(), framing::FrameError> {
-        let mut data = Vec::with_capacity(message.len() + 4);
-        framing::encode(&self.framing, message, &mut data)?;
-        self.push_data(data);
-        Ok(())
+        if self.fin {
+            return Ok(());
+        }
+        if message.is_empty() {
+            // Framed, it may still be nothing (`raw`), and an empty chunk
+            // would be a write of nothing.
+            let mut data = Vec::new();
+            framing::encode(&self.framing, message, &mut data)?;
+            self.push_data(&data);
+            return Ok(());
+        }
+        // Taken out for the call: `tail` borrows all of `self`.
+        let framing = std::mem::replace(&mut self.framing, Framing::Raw);
+        let tail = self.tail(message.len() + 4);
+        let before = tail.len();
+        let encoded = framing::encode(&framing, message, tail);
+        let added = tail.len() - before;
+        self.queued += added;
+        self.framing = framing;
+        encoded
+    }
+
+    /// Where the next `more` bytes of this direction go: after the bytes
+    /// being written when nothing waits behind them, so that one write
+    /// takes them all and a message needs no buffer of its own; else at
+    /// the end of the last chunk queued while it is small, so that many
+    /// small messages go out in few writes.
+    fn tail(&mut self, more: usize) -> &mut Vec<u8> {
+        if self.items.is_empty() {
+            if self.written == self.current.len() {
+                self.current.clear();
+                self.written = 0;
+            }
+            // Bounded as the chunks are: what is written stays at the
+            // front of `current` until all of it is.
+            if self.current.is_empty() || self.current.len() + more <= READ {
+                return &mut self.current;
+            }
+        }
+        let fits = matches!(
+            self.items.back(),
+            Some(Item::Data(last)) if last.len() + more <= READ
+        );
+        if !fits {
+            self.items.push_back(Item::Data(Vec::with_capacity(more)));
+        }
+        match self.items.back_mut() {
+            Some(Item::Data(last)) => last,
+            _ => unreachable!("a chunk is last in the queue"),
+        }
+    }
+
+    /// Without a hook this way: what was read goes on as it is.
+    fn pass(&mut self, buf: &mut BytesMut) {
+        if !buf.is_empty() && self.arrived() {
+            self.push_data(buf);
+        }
+        buf.clear();
     }
 
     /// A message (or, without a hook this way, a chunk) arrived for this
@@ -443,10 +495,22 @@ impl Outbound {
                 Some(Item::Pause(pause)) => self.paused = Some(Instant::now() + pause),
                 Some(Item::Until(due)) => self.paused = Some(due),
                 Some(Item::Fin) => return true,
-                None => return false,
+                None => {
+                    // Kept for the next message, unless a burst grew it.
+                    if self.current.capacity() > 2 * READ {
+                        self.current = Vec::new();
+                    }
+                    return false;
+                }
             }
         }
         false
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.written += n;
+        self.queued -= n;
+        self.moved += n as u64;
     }
 
     fn writing(&self) -> bool {
@@ -506,7 +570,7 @@ impl Outs {
             if framed {
                 out.push_framed(message.as_bytes())?;
             } else {
-                out.push_data(message.as_bytes().to_vec());
+                out.push_data(message.as_bytes());
             }
         }
         Ok(())
@@ -559,47 +623,47 @@ fn deliver(
     let eof = inbound.done;
     loop {
         let Some(decoder) = &mut inbound.decoder else {
-            if !inbound.buf.is_empty() {
-                let data = inbound.buf.split().to_vec();
-                let out = outs.forward(side);
-                if out.arrived() {
-                    out.push_data(data);
-                }
-            }
+            outs.forward(side).pass(&mut inbound.buf);
             break;
         };
         let next = if eof {
-            decoder.decode_eof(&mut inbound.buf)
+            decoder.last_frame(&mut inbound.buf)
         } else {
-            decoder.decode(&mut inbound.buf)
+            decoder.next_frame(&mut inbound.buf)
         };
-        let message = match next {
-            Ok(Some(message)) => message,
+        let frame = match next {
+            Ok(Some(frame)) => frame,
             Ok(None) => break,
             // A stream that ends in the middle of a message: the rest is
             // passed on as it is, as a plain proxy would.
             Err(_) if eof => {
-                let data = inbound.buf.split().to_vec();
-                outs.forward(side).push_data(data);
+                let out = outs.forward(side);
+                out.push_data(&inbound.buf);
+                inbound.buf.clear();
                 break;
             }
             Err(e) => return Flow::Failed(format!("a message from the {}: {e}", side.name())),
         };
         inbound.messages += 1;
-        if !outs.forward(side).arrived() {
-            continue;
-        }
-        if let Some(recorders) = recorders {
-            recorders.message(side, &message);
-        }
-        if let Some(tap) = tap {
-            tap.show(side, &message);
-        }
-        let result = match side {
-            Side::Client => hooks.on_client_message(&message),
-            Side::Upstream => hooks.on_server_message(&message),
+        // The hook reads the message where it was read into, and it is
+        // dropped from there after.
+        let flow = if outs.forward(side).arrived() {
+            let message = frame.message(&inbound.buf);
+            if let Some(recorders) = recorders.as_mut() {
+                recorders.message(side, message);
+            }
+            if let Some(tap) = tap {
+                tap.show(side, message);
+            }
+            let result = match side {
+                Side::Client => hooks.on_client_message(message),
+                Side::Upstream => hooks.on_server_message(message),
+            };
+            outs.take(result, side, hooks, errors)
+        } else {
+            Flow::Go
         };
-        let flow = outs.take(result, side, hooks, errors);
+        frame.consume(&mut inbound.buf);
         if !matches!(flow, Flow::Go) {
             return flow;
         }
@@ -672,103 +736,128 @@ pub(super) async fn relay<C: Stream, U: Stream>(
     let ending = {
         let (mut client_read, mut client_write) = client.halves();
         let (mut upstream_read, mut upstream_write) = upstream.halves();
-        loop {
-            match std::mem::replace(&mut flow, Flow::Go) {
-                Flow::Go => {}
-                Flow::Close(why) => {
-                    closing.get_or_insert(why);
-                    outs.up.push_fin();
-                    outs.down.push_fin();
+        let relay = async {
+            loop {
+                match std::mem::replace(&mut flow, Flow::Go) {
+                    Flow::Go => {}
+                    Flow::Close(why) => {
+                        closing.get_or_insert(why);
+                        outs.up.push_fin();
+                        outs.down.push_fin();
+                    }
+                    Flow::Reset => {
+                        break Ending::Reset {
+                            client: true,
+                            upstream: true,
+                            why: "reset by the script",
+                        };
+                    }
+                    Flow::Failed(e) => break Ending::Failed(e),
                 }
-                Flow::Reset => {
-                    break Ending::Reset {
-                        client: true,
-                        upstream: true,
-                        why: "reset by the script",
+                if outs.up.advance() {
+                    if let Err(e) = upstream_write.shutdown().await {
+                        break write_failed(Side::Upstream, e);
+                    }
+                    outs.up.shut = true;
+                }
+                if outs.down.advance() {
+                    if let Err(e) = client_write.shutdown().await {
+                        break write_failed(Side::Client, e);
+                    }
+                    outs.down.shut = true;
+                }
+                if outs.up.shut && outs.down.shut {
+                    break match closing {
+                        Some(why) => Ending::Close { why },
+                        None => Ending::Closed,
                     };
                 }
-                Flow::Failed(e) => break Ending::Failed(e),
-            }
-            if outs.up.advance() {
-                if let Err(e) = upstream_write.shutdown().await {
-                    break write_failed(Side::Upstream, e);
-                }
-                outs.up.shut = true;
-            }
-            if outs.down.advance() {
-                if let Err(e) = client_write.shutdown().await {
-                    break write_failed(Side::Client, e);
-                }
-                outs.down.shut = true;
-            }
-            if outs.up.shut && outs.down.shut {
-                break match closing {
-                    Some(why) => Ending::Close { why },
-                    None => Ending::Closed,
-                };
-            }
-            let room = outs.up.queued < QUEUE_LIMIT && outs.down.queued < QUEUE_LIMIT;
-            let read_client = room && closing.is_none() && !from_client.done;
-            let read_upstream = room && closing.is_none() && !from_upstream.done;
-            if read_client {
-                from_client.buf.reserve(READ);
-            }
-            if read_upstream {
-                from_upstream.buf.reserve(READ);
-            }
-            let now = Instant::now();
-            tokio::select! {
-                read = client_read.read_buf(&mut from_client.buf), if read_client => {
-                    match eof_as_close(read) {
-                        Ok(0) => from_client.done = true,
-                        Ok(_) => {}
-                        Err(e) => break read_failed(Side::Client, e),
-                    }
-                    flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
-                }
-                read = upstream_read.read_buf(&mut from_upstream.buf), if read_upstream => {
-                    match eof_as_close(read) {
-                        Ok(0) => from_upstream.done = true,
-                        Ok(_) => {}
-                        Err(e) => break read_failed(Side::Upstream, e),
-                    }
-                    flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
-                }
-                wrote = upstream_write.write(&outs.up.current[outs.up.written..]), if outs.up.writing() => {
-                    match wrote {
-                        Ok(n) => {
-                            outs.up.written += n;
-                            outs.up.queued -= n;
-                            outs.up.moved += n as u64;
+                // What a hook just forwarded goes out in this turn, without a
+                // trip through `select!` (which polls every branch again) when
+                // the side takes it at once, as it mostly does.
+                if outs.up.writing() {
+                    let out = &mut outs.up;
+                    match write_now(&mut upstream_write, &out.current[out.written..]).await {
+                        Some(Ok(n)) if n > 0 => {
+                            out.wrote(n);
+                            continue;
                         }
-                        Err(e) => break write_failed(Side::Upstream, e),
+                        Some(Err(e)) => break write_failed(Side::Upstream, e),
+                        _ => {}
                     }
                 }
-                wrote = client_write.write(&outs.down.current[outs.down.written..]), if outs.down.writing() => {
-                    match wrote {
-                        Ok(n) => {
-                            outs.down.written += n;
-                            outs.down.queued -= n;
-                            outs.down.moved += n as u64;
+                if outs.down.writing() {
+                    let out = &mut outs.down;
+                    match write_now(&mut client_write, &out.current[out.written..]).await {
+                        Some(Ok(n)) if n > 0 => {
+                            out.wrote(n);
+                            continue;
                         }
-                        Err(e) => break write_failed(Side::Client, e),
+                        Some(Err(e)) => break write_failed(Side::Client, e),
+                        _ => {}
                     }
                 }
-                _ = sleep_until(outs.up.paused.unwrap_or(now)), if outs.up.paused.is_some() => {
-                    outs.up.paused = None;
+                let room = outs.up.queued < QUEUE_LIMIT && outs.down.queued < QUEUE_LIMIT;
+                let read_client = room && closing.is_none() && !from_client.done;
+                let read_upstream = room && closing.is_none() && !from_upstream.done;
+                if read_client {
+                    from_client.buf.reserve(READ);
                 }
-                _ = sleep_until(outs.down.paused.unwrap_or(now)), if outs.down.paused.is_some() => {
-                    outs.down.paused = None;
+                if read_upstream {
+                    from_upstream.buf.reserve(READ);
                 }
-                _ = sleep_until(reset_at.unwrap_or(now)), if reset_at.is_some() => break Ending::Reset {
-                    client: true,
-                    upstream: true,
-                    why: "reset (--reset-after)",
-                },
-                _ = hard.wait_for(|stopped| *stopped) => break Ending::Close {
-                    why: "closed by the proxy's shutdown",
-                },
+                tokio::select! {
+                    read = client_read.read_buf(&mut from_client.buf), if read_client => {
+                        match eof_as_close(read) {
+                            Ok(0) => from_client.done = true,
+                            Ok(_) => {}
+                            Err(e) => break read_failed(Side::Client, e),
+                        }
+                        flow = deliver(Side::Client, &mut from_client, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
+                    }
+                    read = upstream_read.read_buf(&mut from_upstream.buf), if read_upstream => {
+                        match eof_as_close(read) {
+                            Ok(0) => from_upstream.done = true,
+                            Ok(_) => {}
+                            Err(e) => break read_failed(Side::Upstream, e),
+                        }
+                        flow = deliver(Side::Upstream, &mut from_upstream, &mut hooks, &mut outs, &mut errors, &mut recorders, tap.as_ref());
+                    }
+                    wrote = upstream_write.write(&outs.up.current[outs.up.written..]), if outs.up.writing() => {
+                        match wrote {
+                            Ok(n) => outs.up.wrote(n),
+                            Err(e) => break write_failed(Side::Upstream, e),
+                        }
+                    }
+                    wrote = client_write.write(&outs.down.current[outs.down.written..]), if outs.down.writing() => {
+                        match wrote {
+                            Ok(n) => outs.down.wrote(n),
+                            Err(e) => break write_failed(Side::Client, e),
+                        }
+                    }
+                    _ = until(outs.up.paused), if outs.up.paused.is_some() => {
+                        outs.up.paused = None;
+                    }
+                    _ = until(outs.down.paused), if outs.down.paused.is_some() => {
+                        outs.down.paused = None;
+                    }
+                    _ = until(reset_at), if reset_at.is_some() => break Ending::Reset {
+                        client: true,
+                        upstream: true,
+                        why: "reset (--reset-after)",
+                    },
+                }
             }
+        };
+        // Outside the loop: polled once per wake-up of the task rather than
+        // on every turn, as each poll of a watch takes its lock.
+        let stopped = hard.wait_for(|stopped| *stopped);
+        tokio::select! {
+            biased;
+            ending = relay => ending,
+            _ = stopped => Ending::Close {
+                why: "closed by the proxy's shutdown",
+            },
         }
     };
     // The sockets are closing or closed: what it sends goes nowhere, but
@@ -794,6 +883,25 @@ pub(super) async fn relay<C: Stream, U: Stream>(
         .messages_down
         .fetch_add(from_upstream.messages, Ordering::Relaxed);
     (ending, outs.up.moved, outs.down.moved)
+}
+
+/// One write, if `to` takes bytes now: `None` when it would wait.
+async fn write_now<W: AsyncWrite + Unpin>(to: &mut W, bytes: &[u8]) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| match Pin::new(&mut *to).poll_write(cx, bytes) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// Sleeps until `at`. `select!` builds every branch's future on each
+/// turn, the disabled ones too: this one costs nothing until polled,
+/// where a `Sleep` looks up the runtime's timer as it is made.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reading `side` failed: a reset reaches the other side.

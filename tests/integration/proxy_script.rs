@@ -550,3 +550,45 @@ fn the_shipped_delay_script_holds_back_only_matching_replies() {
     );
     proxy.wait_stderr("delaying by 400 ms: ERR no such key");
 }
+
+/// Many messages per read, more than the queues hold, with a hook that
+/// also answers some of them itself: every line comes back once, each
+/// kind in the order sent.
+#[test]
+fn a_flood_of_pipelined_lines_comes_back_whole_and_in_order() {
+    use std::io::{BufRead, BufReader, Write};
+    let upstream = echo_server();
+    let s = script(
+        r#"const FRAMING = "line";
+        fn on_client_message(msg) { if msg.ends_with("7") { to_client("ack " + msg); } msg }
+        fn on_server_message(msg) { msg }"#,
+    );
+    let proxy = proxy(s.path(), &upstream.addr());
+    let c = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    const LINES: usize = 100_000;
+    let mut writer = c.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for i in 0..LINES {
+            writeln!(all, "line {i}").unwrap();
+        }
+        writer.write_all(&all).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let (mut echoed, mut acked) = (0, 0);
+    for line in BufReader::new(c).lines() {
+        let line = line.unwrap();
+        match line.strip_prefix("ack ") {
+            Some(rest) => {
+                assert_eq!(rest, format!("line {}", acked * 10 + 7));
+                acked += 1;
+            }
+            None => {
+                assert_eq!(line, format!("line {echoed}"));
+                echoed += 1;
+            }
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!((echoed, acked), (LINES, LINES / 10));
+}
