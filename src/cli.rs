@@ -805,17 +805,12 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
                     "TLS does not run over UDP: drop the --tls flags".into(),
                 ));
             }
-            if args.record.record.is_some() {
-                return Err(Error::Usage(
-                    "server --udp --record is not supported yet (client --udp --record is): drop --udp or --record".into(),
-                ));
-            }
             return manual::udp_server(&ManualServerOptions {
                 listen: args.listen,
                 framing: args.common.framing.unwrap_or(Framing::Raw),
                 max_frame: args.common.max_frame,
                 verbosity,
-                record: None,
+                record: args.record.options(None, true),
                 tls: None,
             });
         }

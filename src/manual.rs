@@ -515,12 +515,28 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
 /// tutorial's server, over UDP). The end of stdin stops it: at once when
 /// no datagram waits for a reply.
 pub(crate) fn udp_server(options: &ManualServerOptions) -> Result<(), Error> {
+    let mut recorder = match &options.record {
+        Some(record) => Some(ServerRecorder::start(
+            record,
+            &options.listen,
+            &options.framing,
+        )?),
+        None => None,
+    };
     let socket = net::bind_udp_blocking(&options.listen)?;
     let local = socket.local_addr().map_err(|source| Error::Bind {
         addr: options.listen.clone(),
         source,
     })?;
     crate::console::err(&format!("listening on udp {local}"));
+    if let Some(recorder) = &mut recorder {
+        recorder.listening(local);
+        if options.verbosity >= Verbosity::Normal
+            && let Some(record) = &options.record
+        {
+            crate::console::err(&format!("recording to {}", record.path.display()));
+        }
+    }
     // No client to hand over: the input thread's word that stdin ended
     // is not needed, as `exhausted` is looked at between waits.
     let (idle_tx, _) = mpsc::sync_channel::<Idle>(0);
@@ -542,7 +558,7 @@ pub(crate) fn udp_server(options: &ManualServerOptions) -> Result<(), Error> {
             {
                 if replies.exhausted() {
                     crate::console::err("end of input, stopping");
-                    return stop(None, replies.next(), options.verbosity);
+                    return stop(recorder, replies.next(), options.verbosity);
                 }
                 continue;
             }
@@ -557,15 +573,23 @@ pub(crate) fn udp_server(options: &ManualServerOptions) -> Result<(), Error> {
             "[{peer}] {}",
             message::display_line(&buf[..n])
         );
+        if let Some(recorder) = &mut recorder {
+            recorder.datagram_from(peer);
+            recorder.message(&buf[..n]);
+        }
         let reply = match replies.next() {
             Input::Line(reply) => reply,
             ended => {
                 if matches!(ended, Input::End) {
                     crate::console::err("end of input, stopping");
                 }
-                return stop(None, ended, options.verbosity);
+                return stop(recorder, ended, options.verbosity);
             }
         };
+        // Saved before it is sent, as over TCP.
+        if let Some(recorder) = &mut recorder {
+            recorder.replied(&reply);
+        }
         let mut datagram = Vec::with_capacity(reply.len() + 1);
         if let Err(e) = crate::framing::encode(&options.framing, reply.as_bytes(), &mut datagram) {
             crate::console::err(&format!("reply not sent: {e}"));

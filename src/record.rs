@@ -80,10 +80,15 @@ impl Header {
             );
         }
         if self.udp {
-            out.push_str(
+            let reply = if role == "server" {
+                "sent back"
+            } else {
+                "that came back"
+            };
+            out.push_str(&format!(
                 "// Recorded over UDP: each message is one datagram, each reply the\n\
-                 // datagram that came back.\n",
-            );
+                 // datagram {reply}.\n",
+            ));
         }
         out.push_str("//\n");
     }
@@ -288,7 +293,8 @@ impl ServerRecorder {
                 framing.clone(),
                 options.exact,
             )
-            .over_tls(options.tls.clone()),
+            .over_tls(options.tls.clone())
+            .over_udp(options.udp),
         })
     }
 
@@ -309,6 +315,11 @@ impl ServerRecorder {
 
     pub(crate) fn message(&mut self, message: &[u8]) {
         self.recording.message(message);
+    }
+
+    /// `server --udp`: a datagram from `peer`, whose message follows.
+    pub(crate) fn datagram_from(&mut self, peer: SocketAddr) {
+        self.recording.datagram_from(peer.to_string());
     }
 
     pub(crate) fn replied(&mut self, reply: &str) {

@@ -32,6 +32,9 @@ pub(crate) struct ServerRecording {
     framing: Framing,
     exact: bool,
     connections: Vec<Connection>,
+    /// The connection (over UDP, the peer's session) whose message is
+    /// being answered.
+    current: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +82,7 @@ impl ServerRecording {
             framing,
             exact,
             connections: Vec::new(),
+            current: 0,
         }
     }
 
@@ -92,19 +96,35 @@ impl ServerRecording {
         self
     }
 
+    /// A session over UDP: a peer's datagrams are one session, and the
+    /// replay runs with `--udp`.
+    pub(crate) fn over_udp(mut self, udp: bool) -> Self {
+        self.header.udp = udp;
+        self
+    }
+
     pub(crate) fn listening(&mut self, local: String) {
         self.local = Some(local);
     }
 
     pub(crate) fn connected(&mut self, peer: String) {
+        self.current = self.connections.len();
         self.connections.push(Connection {
             peer,
             exchanges: Vec::new(),
         });
     }
 
+    /// A datagram from `peer`: its session's, begun at its first.
+    pub(crate) fn datagram_from(&mut self, peer: String) {
+        match self.connections.iter().position(|c| c.peer == peer) {
+            Some(index) => self.current = index,
+            None => self.connected(peer),
+        }
+    }
+
     pub(crate) fn message(&mut self, message: &[u8]) {
-        if let Some(connection) = self.connections.last_mut() {
+        if let Some(connection) = self.connections.get_mut(self.current) {
             connection
                 .exchanges
                 .push((Bytes::copy_from_slice(message), None));
@@ -114,7 +134,7 @@ impl ServerRecording {
     pub(crate) fn replied(&mut self, reply: &str) {
         if let Some((_, answer)) = self
             .connections
-            .last_mut()
+            .get_mut(self.current)
             .and_then(|c| c.exchanges.last_mut())
         {
             *answer = Some(reply.to_string());
@@ -204,11 +224,16 @@ impl ServerRecording {
         let mut out = String::new();
         let local = self.local.as_deref().unwrap_or(&self.listen);
         let answered = self.exchanges();
+        let (udp, unit) = if self.header.udp {
+            (" udp", "session")
+        } else {
+            ("", "connection")
+        };
         self.header.push(
             &mut out,
             "server",
             &format!(
-                "listening on {local}: {} connection{}, {answered} message{} answered by hand",
+                "listening on{udp} {local}: {} {unit}{}, {answered} message{} answered by hand",
                 self.connections.len(),
                 plural(self.connections.len()),
                 plural(answered),
@@ -228,10 +253,10 @@ impl ServerRecording {
                  // unless the numbers changed the reply (--record-exact: never).\n",
             );
         }
-        out.push_str(
-            "// A message never recorded gets no reply, and is logged.\n\
-             // The reply `exit` closed the connection, as it did in manual mode.\n",
-        );
+        out.push_str("// A message never recorded gets no reply, and is logged.\n");
+        if !self.header.udp {
+            out.push_str("// The reply `exit` closed the connection, as it did in manual mode.\n");
+        }
         self.push_unanswered(&mut out);
         push_framing(&mut out, &self.framing);
 
@@ -322,7 +347,8 @@ impl ServerRecording {
         out.push_str(&format!("    if {condition} {{\n"));
         if turns.len() == 1 {
             let reply = &turns[0].0;
-            if reply == EXIT_WORD {
+            // Over UDP, `exit` is a reply like any other: nothing closed.
+            if reply == EXIT_WORD && !self.header.udp {
                 out.push_str("        close();\n");
             }
             out.push_str(&format!("        return {};\n", rhai_string(reply)));
@@ -333,7 +359,7 @@ impl ServerRecording {
             ));
             out.push_str("        return switch turn {\n");
             for (turn, (reply, _)) in turns.iter().enumerate() {
-                let value = if reply == EXIT_WORD {
+                let value = if reply == EXIT_WORD && !self.header.udp {
                     format!("{{ close(); {} }}", rhai_string(reply))
                 } else {
                     rhai_string(reply)

@@ -487,11 +487,77 @@ fn udp_with_tls_or_without_a_script_is_a_usage_error() {
         .args(["server", "--udp", "--tls", "--echo"])
         .assert()
         .code(2);
+    // --record is for the manual server, over UDP as over TCP.
     tcpscript()
-        .args(["server", "--udp", "--record", "x.rhai"])
+        .args(["server", "--udp", "--echo", "--record", "x.rhai"])
         .assert()
-        .code(2)
-        .stderr(contains("server --udp --record is not supported yet"));
+        .code(2);
+}
+
+/// One datagram to `to` and the one that comes back.
+fn round_trip(socket: &std::net::UdpSocket, to: &str, message: &str) -> String {
+    socket.send_to(message.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            received => {
+                let n = received.unwrap().0;
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_manual_udp_server_session_is_recorded_and_replays_as_a_udp_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("mock.rhai");
+    let mut command = std::process::Command::new(crate::support::BIN);
+    command.args(["server", "--udp", "--listen", "127.0.0.1:0", "--record"]);
+    command.arg(&recording);
+    let mut server = Running::listening(command, None);
+    let socket = |_| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(crate::support::PATIENCE))
+            .unwrap();
+        socket
+    };
+    let (a, b) = (socket(0), socket(1));
+    // Two peers, their datagrams interleaved: each is its own session.
+    for (peer, sent, typed) in [
+        (&a, "hello", "hi there"),
+        (&b, "ping", "pong"),
+        (&a, "again", "bye"),
+    ] {
+        peer.send_to(sent.as_bytes(), server.addr()).unwrap();
+        server.wait_stdout(&format!("] {sent}"));
+        server.write_stdin(&format!("{typed}\n"));
+        let mut buf = [0u8; 64];
+        let n = loop {
+            match peer.recv_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                received => break received.unwrap().0,
+            }
+        };
+        assert_eq!(&buf[..n], typed.as_bytes());
+    }
+    server.close_stdin();
+    assert!(server.wait_exit().success());
+    let script = std::fs::read_to_string(&recording).unwrap();
+    assert!(script.contains("listening on udp 127.0.0.1:"), "{script}");
+    assert!(
+        script.contains(": 2 sessions, 3 messages answered"),
+        "{script}"
+    );
+    assert!(script.contains(" --udp\n"), "{script}");
+    // The recording is a UDP server answering as the person did.
+    let mock = Running::server(&["--udp", recording.to_str().unwrap()]);
+    let c = socket(2);
+    assert_eq!(round_trip(&c, &mock.addr(), "ping"), "pong");
+    assert_eq!(round_trip(&c, &mock.addr(), "hello"), "hi there");
+    assert_eq!(round_trip(&c, &mock.addr(), "again"), "bye");
 }
 
 #[test]
