@@ -6,11 +6,11 @@
 //!
 //! One task drives every session: one receive loop, a map from address to
 //! session, and a queue of activity for the idle limit and eviction. It
-//! takes every datagram waiting at once and sends the replies to all of
-//! them at once (see `net::datagrams`). Hooks
-//! never block (see `hooks`), so a task per session would buy nothing but
-//! a stack and a channel each; a session here is its hooks and a few
-//! words, which keeps 10,000 live sessions within a few MiB.
+//! takes the datagrams waiting in one call and sends their replies a few
+//! at a time in one call (see `net::datagrams`). Hooks never block (see
+//! `hooks`), so a task per session would buy nothing but a stack and a
+//! channel each; a session here is its hooks and a few words, which keeps
+//! 10,000 live sessions within a few MiB.
 //!
 //! What differs from TCP: nothing closes under a session, so the replies
 //! of `on_disconnect` always go out; nothing orders or delivers for us, so
@@ -46,6 +46,11 @@ pub(crate) const DEFAULT_MAX_SESSIONS: usize = 10_000;
 /// Batches taken in a row before the loop looks at whether to stop, at
 /// the timers and at pauses that ended: a flood must not starve them.
 const BATCHES_PER_TURN: usize = 8;
+/// Datagrams of a batch whose replies are sent together. Waiting for a
+/// whole batch of 32 held the first peer's reply back until the 32nd
+/// hook had run: at 50 peers, 0.85x the floor's rate against 0.92x to
+/// 1.00x for replies sent every 2 to 4 datagrams, for the same CPU.
+const REPLIES_PER_SEND: usize = 4;
 
 /// What only a UDP server has.
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +247,9 @@ impl Server {
             for index in 0..count {
                 let (peer, datagram) = received.get(index);
                 self.datagram(peer, datagram, now).await;
+                if (index + 1) % REPLIES_PER_SEND == 0 {
+                    self.flush().await;
+                }
             }
             self.flush().await;
         }
