@@ -301,7 +301,8 @@ async fn relay<C: Stream, U: Stream>(
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(up, down, reset);
+        let stopping = stopping(&mut hard);
+        tokio::pin!(up, down, reset, stopping);
         let (mut up_end, mut down_end) = (None, None);
         loop {
             tokio::select! {
@@ -312,7 +313,7 @@ async fn relay<C: Stream, U: Stream>(
                     upstream: true,
                     why: "reset (--reset-after)",
                 },
-                _ = hard.wait_for(|stopped| *stopped) => break Ending::Close {
+                () = &mut stopping => break Ending::Close {
                     why: "closed by the proxy's shutdown",
                 },
             }
@@ -322,6 +323,26 @@ async fn relay<C: Stream, U: Stream>(
         }
     };
     (ending, up_bytes, down_bytes)
+}
+
+/// Completes once the proxy's hard stop is signalled (or its sender is
+/// gone). Looked at on every wake-up of the connection, so it looks
+/// cheaply: the channel's own future takes the channel's lock at every
+/// poll, where the channel's version is one atomic read. The first poll
+/// registers the task's waker with the channel, and a task's waker stays
+/// the same, so a stop still wakes it; until the version moves there is
+/// nothing new to see.
+fn stopping(hard: &mut watch::Receiver<bool>) -> impl Future<Output = ()> + '_ {
+    let probe = hard.clone();
+    let mut wait = Box::pin(hard.wait_for(|stopped| *stopped));
+    let mut registered = false;
+    std::future::poll_fn(move |cx| {
+        if registered && probe.has_changed().is_ok_and(|changed| !changed) {
+            return std::task::Poll::Pending;
+        }
+        registered = true;
+        wait.as_mut().poll(cx).map(|_| ())
+    })
 }
 
 /// The connection's ending once one direction's end decides it; `None`
