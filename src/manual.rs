@@ -416,14 +416,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// once no typed reply is left, stops the server: at once when no client
 /// is connected, else when the client's next message needs a reply.
 pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
-    let mut recorder = match &options.record {
-        Some(record) => Some(ServerRecorder::start(
-            record,
-            &options.listen,
-            &options.framing,
-        )?),
-        None => None,
-    };
+    let mut recorder = start_recording(options)?;
     let listener = net::bind_blocking(&options.listen)?;
     let local = listener.local_addr().map_err(|source| Error::Bind {
         addr: options.listen.clone(),
@@ -433,14 +426,7 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
     if let Some(tls) = &options.tls {
         crate::console::err(&format!("tls fingerprint SHA256 {}", tls.fingerprint));
     }
-    if let Some(recorder) = &mut recorder {
-        recorder.listening(local);
-        if options.verbosity >= Verbosity::Normal
-            && let Some(record) = &options.record
-        {
-            crate::console::err(&format!("recording to {}", record.path.display()));
-        }
-    }
+    recording_from(&mut recorder, local, options);
     let (idle_tx, idle) = mpsc::sync_channel::<Idle>(0);
     let mut replies = Replies::from_stdin(options.max_frame, idle_tx.clone());
     accept_in_background(
@@ -515,28 +501,14 @@ pub(crate) fn server(options: &ManualServerOptions) -> Result<(), Error> {
 /// tutorial's server, over UDP). The end of stdin stops it: at once when
 /// no datagram waits for a reply.
 pub(crate) fn udp_server(options: &ManualServerOptions) -> Result<(), Error> {
-    let mut recorder = match &options.record {
-        Some(record) => Some(ServerRecorder::start(
-            record,
-            &options.listen,
-            &options.framing,
-        )?),
-        None => None,
-    };
+    let mut recorder = start_recording(options)?;
     let socket = net::bind_udp_blocking(&options.listen)?;
     let local = socket.local_addr().map_err(|source| Error::Bind {
         addr: options.listen.clone(),
         source,
     })?;
     crate::console::err(&format!("listening on udp {local}"));
-    if let Some(recorder) = &mut recorder {
-        recorder.listening(local);
-        if options.verbosity >= Verbosity::Normal
-            && let Some(record) = &options.record
-        {
-            crate::console::err(&format!("recording to {}", record.path.display()));
-        }
-    }
+    recording_from(&mut recorder, local, options);
     // No client to hand over: the input thread's word that stdin ended
     // is not needed, as `exhausted` is looked at between waits.
     let (idle_tx, _) = mpsc::sync_channel::<Idle>(0);
@@ -597,6 +569,32 @@ pub(crate) fn udp_server(options: &ManualServerOptions) -> Result<(), Error> {
         }
         if let Err(e) = socket.send_to(&datagram, peer) {
             crate::console::err(&format!("reply to {peer} not sent: {e}"));
+        }
+    }
+}
+
+/// `--record FILE`: the manual server's recording, begun before it binds
+/// so that an unwritable file stops it before any client is answered.
+fn start_recording(options: &ManualServerOptions) -> Result<Option<ServerRecorder>, Error> {
+    options
+        .record
+        .as_ref()
+        .map(|record| ServerRecorder::start(record, &options.listen, &options.framing))
+        .transpose()
+}
+
+/// The recording learns where the server listens, and says where it goes.
+fn recording_from(
+    recorder: &mut Option<ServerRecorder>,
+    local: std::net::SocketAddr,
+    options: &ManualServerOptions,
+) {
+    if let Some(recorder) = recorder {
+        recorder.listening(local);
+        if options.verbosity >= Verbosity::Normal
+            && let Some(record) = &options.record
+        {
+            crate::console::err(&format!("recording to {}", record.path.display()));
         }
     }
 }

@@ -81,23 +81,22 @@ impl Tls {
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        // Hooks run on the workers: a stack sized for any script.
-        .thread_stack_size(crate::stack::SIZE)
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|source| Error::System {
-            action: "start the async runtime",
-            source,
-        })
+    build_runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            // Hooks run on the workers: a stack sized for any script.
+            .thread_stack_size(crate::stack::SIZE),
+    )
 }
 
 /// A UDP server's runtime: one thread, as its loop is one task. Waiting
 /// on the socket and running the loop on the same thread spares a
 /// wake-up of another thread for each datagram.
 fn udp_runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_current_thread()
+    build_runtime(&mut tokio::runtime::Builder::new_current_thread())
+}
+
+fn build_runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, Error> {
+    builder
         .enable_io()
         .enable_time()
         .build()
