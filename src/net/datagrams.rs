@@ -29,6 +29,14 @@ pub(crate) struct Received {
     peers: Vec<SocketAddr>,
     count: usize,
     headers: sys::Headers,
+    /// Whether the next take is a batch. A batch that finds one datagram
+    /// costs the kernel more than a `recvfrom` (it describes every slot,
+    /// and tries again for a second datagram), so a lone peer is served
+    /// one datagram per call, as the floor serves it; two takes in a row
+    /// that find something mean datagrams are queueing, and batches resume.
+    batching: bool,
+    /// The last take found something.
+    found: bool,
 }
 
 impl Received {
@@ -41,6 +49,8 @@ impl Received {
             peers: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
             count: 0,
             headers,
+            batching: false,
+            found: false,
         }
     }
 
@@ -48,9 +58,27 @@ impl Received {
     /// datagrams, at least one, or `WouldBlock` (and the socket's
     /// readiness cleared) when there are none.
     pub(crate) fn take(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let count =
+        let taken = if self.batching {
             self.headers
-                .receive(socket, &mut self.slots, &mut self.lengths, &mut self.peers)?;
+                .receive(socket, &mut self.slots, &mut self.lengths, &mut self.peers)
+        } else {
+            socket
+                .try_recv_from(&mut self.slots[..SLOT])
+                .map(|(length, peer)| {
+                    self.lengths[0] = length;
+                    self.peers[0] = peer;
+                    1
+                })
+        };
+        let count = match taken {
+            Ok(count) => count,
+            Err(e) => {
+                self.found = false;
+                return Err(e);
+            }
+        };
+        self.batching = if self.batching { count > 1 } else { self.found };
+        self.found = true;
         self.count = count;
         Ok(count)
     }
@@ -149,7 +177,15 @@ impl Outgoing {
         let mut next = 0;
         while next < self.queued.len() {
             let batch = &self.queued[next..self.queued.len().min(next + BATCH)];
-            match self.headers.send(socket, &self.bytes, batch) {
+            // One datagram goes by `sendto`, cheaper in the kernel than a
+            // batch of one.
+            let result = match batch {
+                [one] => socket
+                    .try_send_to(&self.bytes[one.bytes.clone()], one.peer)
+                    .map(|_| 1),
+                _ => self.headers.send(socket, &self.bytes, batch),
+            };
+            match result {
                 Ok(count) => {
                     flushed.sent += count as u64;
                     next += count;

@@ -2,6 +2,7 @@
 //! concurrently with the script's hooks. A connection that misbehaves, or
 //! whose hook fails, ends alone; the listener and everyone else go on.
 
+mod alarm; // a wake-up at a time kept off the runtime's timers: --udp's idle limit
 mod connection; // one connection's socket: framed reads, bounded writes, close
 mod handler; // one connection's life: hooks called, replies carried out
 mod handshake; // --tls: each connection's handshake, in its own task

@@ -30,6 +30,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::ServerOptions;
+use super::alarm::Alarm;
 use super::hooks::{Action, ConnectionHooks, HookFailure, Reply, ServerScript};
 use super::room::Room;
 use super::shutdown::Counts;
@@ -175,10 +176,17 @@ pub(super) async fn serve(
         broadcasts_dropped: 0,
     };
     let mut received = Received::new();
-    let expiry = tokio::time::sleep(Duration::ZERO);
+    // The idle limit's deadline is kept off the runtime's timers (see
+    // `alarm`): a pause's is armed only while a reply waits on one.
+    let mut expiry = match Alarm::new() {
+        Ok(alarm) => alarm,
+        Err(e) => {
+            console::err(&format!("udp server cannot start its idle timer: {e}"));
+            return String::new();
+        }
+    };
     let resume = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(expiry, resume, stop);
-    let mut armed = false;
+    tokio::pin!(resume, stop);
     loop {
         // Datagrams last: a flood that always has one waiting must not keep
         // the server from stopping, sessions from expiring or a pause from
@@ -186,7 +194,7 @@ pub(super) async fn serve(
         tokio::select! {
             biased;
             () = &mut stop => break,
-            () = &mut expiry, if armed => server.expire().await,
+            () = expiry.rung() => server.expire().await,
             () = &mut resume, if !server.paused.is_empty() => server.resume().await,
             ready = socket.readable() => match ready {
                 Ok(()) => server.drain(&mut received).await,
@@ -194,23 +202,19 @@ pub(super) async fn serve(
             },
         }
         server.flush().await;
-        // The oldest activity decides the next expiry: it changes only as
-        // the queue's front is taken, so the timer is seldom reset.
         if let Some(first) = server.paused.peek()
             && resume.deadline() != first.due
         {
             resume.as_mut().reset(first.due);
         }
-        match server.activity.front() {
-            Some(&(_, _, at)) => {
-                let due = at + server.idle;
-                if !armed || expiry.deadline() != due {
-                    expiry.as_mut().reset(due);
-                }
-                armed = true;
-            }
-            None => armed = false,
-        }
+        // The oldest activity decides the next expiry: it changes only as
+        // the queue's front is taken, so the alarm is seldom reset.
+        expiry.set(
+            server
+                .activity
+                .front()
+                .map(|&(_, _, at)| (at + server.idle).into_std()),
+        );
     }
     server.shut_down().await;
     let counts = Counts::default();
