@@ -510,6 +510,51 @@ mod tests {
         });
     }
 
+    /// Elsewhere every take is one datagram.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_lone_datagram_is_taken_alone_and_a_queue_in_batches() {
+        runtime().block_on(async {
+            let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let server_addr = server.local_addr().unwrap();
+            let send = |count: usize| {
+                for i in 0..count {
+                    client
+                        .send_to(format!("m{i}").as_bytes(), server_addr)
+                        .unwrap();
+                }
+            };
+            let mut received = Received::new();
+            let mut take = async |received: &mut Received| loop {
+                server.readable().await.unwrap();
+                match received.take(&server) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    taken => return taken.unwrap(),
+                }
+            };
+            // The first takes do not know a queue waits: one datagram
+            // each; two found in a row mean one does, taken in batches.
+            send(BATCH + 8);
+            assert_eq!(take(&mut received).await, 1);
+            assert_eq!(take(&mut received).await, 1);
+            assert_eq!(take(&mut received).await, BATCH);
+            assert_eq!(take(&mut received).await, 6);
+            assert_eq!(
+                received.take(&server).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+            // A batch that finds one datagram goes back to one at a time.
+            send(1);
+            assert_eq!(take(&mut received).await, 1);
+            send(3);
+            assert_eq!(take(&mut received).await, 1);
+            assert_eq!(take(&mut received).await, 2);
+            let (_, bytes) = received.get(1);
+            assert_eq!(bytes, b"m2");
+        });
+    }
+
     #[test]
     fn a_datagram_the_socket_refuses_is_said_and_the_rest_still_go() {
         runtime().block_on(async {
