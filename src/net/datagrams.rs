@@ -526,7 +526,7 @@ mod tests {
                 }
             };
             let mut received = Received::new();
-            let mut take = async |received: &mut Received| loop {
+            let take = async |received: &mut Received| loop {
                 server.readable().await.unwrap();
                 match received.take(&server) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
