@@ -16,7 +16,11 @@
 //!   rounds, proxies taking turns (order rotating), the ratio to the
 //!   floor's run in the same round, median over rounds;
 //! - bulk MB/s: one connection writing 256 MiB while reading its echo
-//!   (so 256 MiB each way through the proxy), median of rounds.
+//!   (so 256 MiB each way through the proxy), median of rounds;
+//! - each proxy's CPU per round trip in the round-trip rows (utime+stime
+//!   from `/proc`, socat's forked children included), median of rounds:
+//!   with one connection the rate is bound by wake-up latency more than by
+//!   CPU, and this says what each proxy spends for it.
 //!
 //! Targets: tcpscript ≥ 0.9x the floor and ahead of socat on each row;
 //! `tcpscript proxy SCRIPT` with a pass-through script in `line` framing
@@ -136,18 +140,21 @@ fn main() {
         "{:<22} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}  target",
         "", "floor", "tcpscript", "socat", "script", "vs floor", "vs socat", "script"
     );
+    let mut cpu_rows = Vec::new();
     for row in [Row::RoundTrips(1), Row::RoundTrips(50), Row::Bulk] {
-        // figures[p][r]: proxy p's figure in round r.
+        // figures[p][r]: proxy p's figure in round r; cpu[p][r] its CPU
+        // seconds per round trip.
         let mut figures = vec![Vec::new(); proxies.len()];
+        let mut cpu = vec![Vec::new(); proxies.len()];
         let measured: Vec<usize> = (0..proxies.len())
             .filter(|&p| p != SCRIPT || matches!(row, Row::RoundTrips(_)))
             .collect();
         for r in 0..rounds {
             for i in 0..measured.len() {
                 let p = measured[(i + r) % measured.len()];
-                let port = proxies[p].1.port;
-                let figure = load.block_on(row.measure(port, round));
+                let (figure, seconds) = load.block_on(row.measure(&proxies[p].1, round));
                 figures[p].push(figure);
+                cpu[p].extend(seconds);
             }
         }
         let ratio = |of: usize, to: usize| {
@@ -183,6 +190,37 @@ fn main() {
             times(script),
             if pass { "PASS" } else { "FAIL" },
         );
+        if cpu.iter().any(|c| !c.is_empty()) {
+            cpu_rows.push((row, cpu));
+        }
+    }
+    println!();
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  (informative: no target)",
+        "CPU per round trip", "floor", "tcpscript", "socat", "script", "vs floor", "vs socat"
+    );
+    for (row, cpu) in cpu_rows {
+        let micros = |p: usize| {
+            cpu.get(p)
+                .filter(|c| !c.is_empty())
+                .map(|c| median(c.clone()) * 1e6)
+        };
+        let cell = |p: usize| micros(p).map_or("-".to_string(), |us| format!("{us:.1} us"));
+        let ratio = |to: usize| {
+            micros(TCPSCRIPT)
+                .zip(micros(to))
+                .map_or("-".to_string(), |(a, b)| format!("{:.2}x", a / b))
+        };
+        println!(
+            "{:<22} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            row.name().replace("round trips/s, ", ""),
+            cell(FLOOR),
+            cell(TCPSCRIPT),
+            cell(SOCAT),
+            cell(SCRIPT),
+            ratio(FLOOR),
+            ratio(SOCAT),
+        );
     }
     let _ = std::fs::remove_file(&pass_through);
 }
@@ -202,33 +240,41 @@ impl Row {
         }
     }
 
-    async fn measure(self, port: u16, round: Duration) -> f64 {
+    /// The row's figure, and the proxy's CPU seconds per round trip
+    /// (round-trip rows only).
+    async fn measure(self, proxy: &Proxy, round: Duration) -> (f64, Option<f64>) {
         match self {
-            Row::RoundTrips(connections) => round_trips(port, connections, round).await,
-            Row::Bulk => bulk(port).await,
+            Row::RoundTrips(connections) => {
+                let (rate, cpu) = round_trips(proxy, connections, round).await;
+                (rate, Some(cpu))
+            }
+            Row::Bulk => (bulk(proxy.port).await, None),
         }
     }
 }
 
-/// Round trips per second over `connections`, each one ping in flight.
-async fn round_trips(port: u16, connections: usize, round: Duration) -> f64 {
+/// Round trips per second over `connections`, each one ping in flight,
+/// and the proxy's CPU seconds per round trip meanwhile.
+async fn round_trips(proxy: &Proxy, connections: usize, round: Duration) -> (f64, f64) {
     let mut streams = Vec::new();
     for _ in 0..connections {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
         stream.set_nodelay(true).unwrap();
         streams.push(stream);
     }
     let done = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let warm = Arc::new(AtomicU64::new(0));
     // Warm every connection up (the upstream connect happens on the first
     // bytes at the latest), then count.
     let mut tasks = Vec::new();
     for mut stream in streams {
-        let (done, count) = (done.clone(), count.clone());
+        let (done, count, warm) = (done.clone(), count.clone(), warm.clone());
         tasks.push(tokio::spawn(async move {
             let mut reply = [0u8; 32];
             stream.write_all(MESSAGE).await.unwrap();
             stream.read_exact(&mut reply).await.unwrap();
+            warm.fetch_add(1, Ordering::Relaxed);
             while !done.load(Ordering::Relaxed) {
                 stream.write_all(MESSAGE).await.unwrap();
                 stream.read_exact(&mut reply).await.unwrap();
@@ -236,16 +282,52 @@ async fn round_trips(port: u16, connections: usize, round: Duration) -> f64 {
             }
         }));
     }
+    // Every connection has made its round trip through the proxy (and
+    // socat has forked its child for each) before the CPU is first read.
+    while warm.load(Ordering::Relaxed) < connections as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cpu_before = cpu_seconds(proxy.child.id());
     let started = Instant::now();
     let before = count.load(Ordering::Relaxed);
     tokio::time::sleep(round).await;
     let after = count.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu = cpu_seconds(proxy.child.id()) - cpu_before;
     done.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
     }
-    (after - before) as f64 / elapsed.as_secs_f64()
+    let trips = (after - before) as f64;
+    (trips / elapsed.as_secs_f64(), cpu / trips.max(1.0))
+}
+
+/// utime + stime of a process (all its threads) and of its children, in
+/// seconds: socat serves each connection in a child it forks.
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |pid: &str| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0;
+        };
+        // Fields after the command name's last ')'; utime and stime are
+        // fields 14 and 15 of stat(5).
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+        field(14).unwrap_or(0) + field(15).unwrap_or(0)
+    };
+    let pid = pid.to_string();
+    let mut total = ticks(&pid);
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            total += children.split_whitespace().map(ticks).sum::<u64>();
+        }
+    }
+    total as f64 / hz
 }
 
 /// MB/s each way: one connection writes `BULK` bytes while reading the echo.
