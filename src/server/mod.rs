@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::net::{FEW_FILES, bind, raise_open_file_limit};
 use crate::transcript::Verbosity;
+use alarm::Alarm;
 use hooks::ServerScript;
 use shutdown::{Counts, Stopping};
 
@@ -161,10 +162,11 @@ fn run_udp(
             source,
         })?;
         let stop = shutdown::signal()?;
+        let alarm = idle_alarm()?;
         // Tests and CI wait for this line, as for TCP: datagrams sent from
         // now on are received.
         console::err(&format!("listening on udp {local}"));
-        let summary = serve_udp_on_worker(socket, script, options, udp, stop).await;
+        let summary = serve_udp_on_worker(socket, script, options, udp, alarm, stop).await;
         console::err(&summary);
         Ok(())
     });
@@ -257,6 +259,7 @@ async fn serve_udp_on_worker(
     script: ServerScript,
     options: ServerOptions,
     udp: udp::UdpOptions,
+    alarm: Alarm,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> String {
     // The loop looks at whether to stop before every datagram. A oneshot
@@ -271,9 +274,17 @@ async fn serve_udp_on_worker(
     let stop = async move {
         let _ = stopped.await;
     };
-    tokio::spawn(udp::serve(socket, script, options, udp, stop))
+    tokio::spawn(udp::serve(socket, script, options, udp, alarm, stop))
         .await
         .unwrap_or_else(|e| format!("shut down: the server failed: {e}"))
+}
+
+/// The thread that keeps a UDP server's idle limit (see `alarm`).
+fn idle_alarm() -> Result<Alarm, Error> {
+    Alarm::new().map_err(|source| Error::System {
+        action: "start the idle-limit thread",
+        source,
+    })
 }
 
 /// [`spawn`] over datagrams.
@@ -288,12 +299,20 @@ fn spawn_udp(
         addr: options.listen.clone(),
         source,
     })?;
+    let alarm = idle_alarm()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = crate::stack::thread("tcpscript-server")
         .spawn(move || {
-            runtime.block_on(serve_udp_on_worker(socket, script, options, udp, async {
-                let _ = stopped.await;
-            }));
+            runtime.block_on(serve_udp_on_worker(
+                socket,
+                script,
+                options,
+                udp,
+                alarm,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
         })
         .map_err(|source| Error::System {
             action: "start the server thread",

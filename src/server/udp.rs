@@ -145,12 +145,14 @@ struct Server {
 }
 
 /// Serves datagrams on `socket` until `stop` completes; then every
-/// session ends through `on_disconnect`. Returns the summary line.
+/// session ends through `on_disconnect`. `expiry` keeps the idle limit's
+/// deadline. Returns the summary line.
 pub(super) async fn serve(
     socket: UdpSocket,
     script: ServerScript,
     options: ServerOptions,
     udp: UdpOptions,
+    mut expiry: Alarm,
     stop: impl Future<Output = ()>,
 ) -> String {
     let socket = Arc::new(socket);
@@ -176,15 +178,9 @@ pub(super) async fn serve(
         broadcasts_dropped: 0,
     };
     let mut received = Received::new();
-    // The idle limit's deadline is kept off the runtime's timers (see
-    // `alarm`): a pause's is armed only while a reply waits on one.
-    let mut expiry = match Alarm::new() {
-        Ok(alarm) => alarm,
-        Err(e) => {
-            console::err(&format!("udp server cannot start its idle timer: {e}"));
-            return String::new();
-        }
-    };
+    // The idle limit's deadline is kept off the runtime's timers by
+    // `expiry` (see `alarm`); a pause's is armed only while a reply waits
+    // on one.
     let resume = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(resume, stop);
     loop {
