@@ -121,7 +121,7 @@ impl<S: Transport> ServerConnection<S> {
         &mut self,
         cx: &mut Context<'_>,
         inbox: Option<&mut Inbox>,
-        idle: Option<Pin<&mut tokio::time::Sleep>>,
+        idle: Option<Pin<&mut tokio::sync::futures::Notified<'_>>>,
     ) -> Poll<Result<Event, ConnError>> {
         loop {
             if let Some(frame) = self.decoder.next_frame(&mut self.buf)? {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::connection::{ConnError, Event, ServerConnection};
 use super::hooks::{Action, ConnectionHooks, HookFailure, Reply};
+use super::idle::IdleClock;
 use super::room::{Inbox, Room};
 use super::shutdown::StopSignal;
 use super::transport::Transport;
@@ -229,20 +230,20 @@ async fn exchange<S: Transport>(
     connection: &mut ServerConnection<S>,
     session: &mut Session<'_>,
 ) -> Result<End, ConnError> {
-    let idle_timeout = session.shared.options.idle_timeout;
+    let idle = session.shared.idle.as_ref();
     let hooks = &mut session.hooks;
     let member = &mut session.member;
-    // One timer for the whole connection, restarted at every wait: the
-    // peer's idle time counts from when we are ready for it again.
-    let mut idle = idle_timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    let watch = idle.map(|clock| clock.watch());
+    let mut rung = watch.as_ref().map(|watch| Box::pin(watch.rung.notified()));
     loop {
-        if let Some((limit, timer)) = idle.as_mut() {
-            timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+        // The peer's idle time counts from when we are ready for it again.
+        if let (Some(clock), Some(watch)) = (idle, &watch) {
+            clock.ready(watch);
         }
         let event = std::future::poll_fn(|cx| {
-            let timer = idle.as_mut().map(|(_, timer)| timer.as_mut());
+            let rung = rung.as_mut().map(|rung| rung.as_mut());
             let inbox = member.as_mut().map(|m| &mut m.inbox);
-            connection.poll_event(cx, inbox, timer)
+            connection.poll_event(cx, inbox, rung)
         })
         .await?;
         let frame = match event {
@@ -254,7 +255,14 @@ async fn exchange<S: Transport>(
                 continue;
             }
             Event::Shutdown => return Ok(End::Shutdown),
-            Event::Idle => return Ok(End::Idle(idle_timeout.unwrap_or_default())),
+            Event::Idle => match (idle, &watch) {
+                (Some(clock), Some(watch)) if !clock.expired(watch) => {
+                    // Told while it was busy, or before it was last ready.
+                    rung = Some(Box::pin(watch.rung.notified()));
+                    continue;
+                }
+                _ => return Ok(End::Idle(idle.map(IdleClock::limit).unwrap_or_default())),
+            },
         };
         let mut reply = match connection.handle(frame, |message| hooks.on_message(message)) {
             Ok(reply) => reply,

@@ -7,6 +7,7 @@ mod connection; // one connection's socket: framed reads, bounded writes, close
 mod handler; // one connection's life: hooks called, replies carried out
 mod handshake; // --tls: each connection's handshake, in its own task
 pub(crate) mod hooks; // server scripts: per-connection state and hook calls
+mod idle; // --idle-timeout for TCP: one thread looks over every connection, no timer each
 pub(crate) mod room; // what connections share: the roster and the shared store
 mod scope; // what each connection gets of the top-level variables: copied, shared, or copied on first use
 pub(crate) mod shutdown; // signals, the grace period, the hard stop, the summary counts
@@ -28,6 +29,7 @@ use crate::net::{FEW_FILES, bind, raise_open_file_limit};
 use crate::transcript::Verbosity;
 use alarm::Alarm;
 use hooks::ServerScript;
+use idle::IdleClock;
 use shutdown::{Counts, Stopping};
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// What `starttls()` in a hook upgrades a plain connection with.
     starttls: Option<tokio_rustls::TlsAcceptor>,
+    /// `--idle-timeout`.
+    idle: Option<IdleClock>,
 }
 
 /// How a server speaks TLS: its certificate, and when.
@@ -126,6 +130,7 @@ pub(crate) fn run(
             source,
         })?;
         let stop = shutdown::signal()?;
+        let idle = idle_clock(&options)?;
         // Tests and CI wait for this exact line: it means connects will succeed.
         crate::console::err(&format!("listening on {local}"));
         if let Some(tls) = &tls {
@@ -140,7 +145,7 @@ pub(crate) fn run(
                 fd_limit.saturating_sub(16)
             ));
         }
-        let summary = serve(listener, script, options, Tls::acceptors(tls), stop).await;
+        let summary = serve(listener, script, options, Tls::acceptors(tls), idle, stop).await;
         console::err(&summary);
         Ok(())
     });
@@ -225,6 +230,7 @@ pub(crate) fn spawn(
         source,
     })?;
     raise_open_file_limit();
+    let idle = idle_clock(&options)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Sized for scripts: the script's values may be dropped on it at the end.
     let thread = crate::stack::thread("tcpscript-server")
@@ -234,6 +240,7 @@ pub(crate) fn spawn(
                 script,
                 options,
                 Tls::acceptors(tls),
+                idle,
                 async {
                     let _ = stopped.await;
                 },
@@ -277,6 +284,18 @@ async fn serve_udp_on_worker(
     tokio::spawn(udp::serve(socket, script, options, udp, alarm, stop))
         .await
         .unwrap_or_else(|e| format!("shut down: the server failed: {e}"))
+}
+
+/// The thread that keeps a TCP server's `--idle-timeout`, if it has one.
+fn idle_clock(options: &ServerOptions) -> Result<Option<IdleClock>, Error> {
+    options
+        .idle_timeout
+        .map(IdleClock::start)
+        .transpose()
+        .map_err(|source| Error::System {
+            action: "start the idle-limit thread",
+            source,
+        })
 }
 
 /// The thread that keeps a UDP server's idle limit (see `alarm`).
@@ -335,6 +354,7 @@ async fn serve(
         Option<tokio_rustls::TlsAcceptor>,
         Option<tokio_rustls::TlsAcceptor>,
     ),
+    idle: Option<IdleClock>,
     stop: impl std::future::Future<Output = ()>,
 ) -> String {
     let shared = Arc::new(Shared {
@@ -343,6 +363,7 @@ async fn serve(
         counts: Counts::default(),
         tls,
         starttls,
+        idle,
     });
     let stopping = Stopping::new();
     // Each connection holds a sender; when all are dropped, all are done.
