@@ -125,40 +125,38 @@ impl Shared {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_watch_rings_once_idle_past_the_limit_and_not_before() {
+    fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap()
-            .block_on(async {
-                let clock = IdleClock::start(Duration::from_millis(100)).unwrap();
-                let watch = clock.watch();
-                let start = Instant::now();
-                watch.rung.notified().await;
-                assert!(start.elapsed() >= Duration::from_millis(100));
-                assert!(clock.expired(&watch));
-                clock.ready(&watch);
-                assert!(!clock.expired(&watch));
-            });
+    }
+
+    #[test]
+    fn a_watch_rings_once_idle_past_the_limit_and_not_before() {
+        runtime().block_on(async {
+            let clock = IdleClock::start(Duration::from_millis(100)).unwrap();
+            let watch = clock.watch();
+            let start = Instant::now();
+            watch.rung.notified().await;
+            assert!(start.elapsed() >= Duration::from_millis(100));
+            assert!(clock.expired(&watch));
+            clock.ready(&watch);
+            assert!(!clock.expired(&watch));
+        });
     }
 
     #[test]
     fn a_watch_kept_ready_never_rings() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let clock = IdleClock::start(Duration::from_millis(100)).unwrap();
-                let watch = clock.watch();
-                for _ in 0..10 {
-                    clock.ready(&watch);
-                    let rang =
-                        tokio::time::timeout(Duration::from_millis(30), watch.rung.notified())
-                            .await;
-                    assert!(rang.is_err(), "rang while the connection was busy");
-                }
-            });
+        runtime().block_on(async {
+            let clock = IdleClock::start(Duration::from_millis(100)).unwrap();
+            let watch = clock.watch();
+            for _ in 0..10 {
+                clock.ready(&watch);
+                let rang =
+                    tokio::time::timeout(Duration::from_millis(30), watch.rung.notified()).await;
+                assert!(rang.is_err(), "rang while the connection was busy");
+            }
+        });
     }
 }
