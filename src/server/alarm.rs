@@ -8,24 +8,33 @@
 //! per datagram, and its idle limit (always armed while a session lives)
 //! cost it a fifth of its CPU. This thread waits for the deadline instead,
 //! and re-arms only when the deadline changes.
+//!
+//! It rings through a flag and the waker last registered, not a `Notify`:
+//! the loop looks at the alarm before every wait, and a `Notify` takes a
+//! lock to put its waiter in and again to take it out each time, which
+//! cost a datagram about 500 instructions. The waker stays registered, so
+//! a loop whose waker does not change looks at one flag.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-use tokio::sync::Notify;
 
 pub(crate) struct Alarm {
     shared: Arc<Shared>,
     /// The deadline last given, so that an unchanged one costs no lock.
     due: Option<Instant>,
+    /// The waker last given to the thread: the same one again is not.
+    registered: Option<Waker>,
     thread: Option<JoinHandle<()>>,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
-    rung: Notify,
+    rung: AtomicBool,
+    waker: Mutex<Option<Waker>>,
 }
 
 #[derive(Default)]
@@ -36,8 +45,14 @@ struct State {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing under this lock can panic half-way.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
+    }
+
+    fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        if let Some(waker) = lock(&self.waker).as_ref() {
+            waker.wake_by_ref();
+        }
     }
 }
 
@@ -46,7 +61,8 @@ impl Alarm {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
-            rung: Notify::new(),
+            rung: AtomicBool::new(false),
+            waker: Mutex::new(None),
         });
         let thread = std::thread::Builder::new()
             .name("tcpscript-alarm".into())
@@ -59,8 +75,22 @@ impl Alarm {
         Ok(Alarm {
             shared,
             due: None,
+            registered: None,
             thread: Some(thread),
         })
+    }
+
+    /// Rings by `due`: a setting already earlier is kept, as the caller
+    /// looks at the time itself when it rings (moving the deadline later
+    /// at every datagram woke the thread at every datagram); `None` unsets
+    /// it.
+    pub(crate) fn set_by(&mut self, due: Option<Instant>) {
+        if let (Some(current), Some(due)) = (self.due, due)
+            && current <= due
+        {
+            return;
+        }
+        self.set(due);
     }
 
     /// Rings at `due`, or never (`None`), instead of any earlier setting.
@@ -77,10 +107,37 @@ impl Alarm {
     /// until set again. A ring that came while nobody waited is kept for
     /// the next wait, so none is lost; it may come late for a deadline
     /// changed since, and the caller looks at the time itself.
+    #[cfg(test)]
     pub(crate) async fn rung(&mut self) {
-        self.shared.rung.notified().await;
-        self.due = None;
+        std::future::poll_fn(|cx| self.poll_rung(cx)).await;
     }
+
+    /// [`Alarm::rung`] as a poll, for a loop that waits on several things.
+    pub(crate) fn poll_rung(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            let waker = cx.waker().clone();
+            // Registered before the flag is looked at: a ring after this
+            // wakes it, one before is seen below.
+            *lock(&self.shared.waker) = Some(waker.clone());
+            self.registered = Some(waker);
+        }
+        if self.shared.rung.load(Ordering::Relaxed)
+            && self.shared.rung.swap(false, Ordering::Acquire)
+        {
+            self.due = None;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing under these locks can panic half-way.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Alarm {
@@ -107,7 +164,7 @@ fn keep(shared: &Shared) {
                 let now = Instant::now();
                 if due <= now {
                     state.due = None;
-                    shared.rung.notify_one();
+                    shared.ring();
                     continue;
                 }
                 shared
@@ -141,6 +198,26 @@ mod tests {
             alarm.set(Some(start + Duration::from_millis(50)));
             alarm.rung().await;
             assert!(start.elapsed() >= Duration::from_millis(50));
+        });
+    }
+
+    #[test]
+    fn set_by_keeps_an_earlier_ring_and_takes_an_earlier_deadline() {
+        runtime().block_on(async {
+            let mut alarm = Alarm::new().unwrap();
+            let start = Instant::now();
+            alarm.set_by(Some(start + Duration::from_millis(40)));
+            alarm.set_by(Some(start + Duration::from_secs(60)));
+            alarm.rung().await;
+            let rang = start.elapsed();
+            assert!(rang >= Duration::from_millis(40), "rang after {rang:?}");
+            assert!(rang < Duration::from_secs(30), "rang after {rang:?}");
+
+            let start = Instant::now();
+            alarm.set_by(Some(start + Duration::from_secs(60)));
+            alarm.set_by(Some(start + Duration::from_millis(20)));
+            alarm.rung().await;
+            assert!(start.elapsed() < Duration::from_secs(30));
         });
     }
 

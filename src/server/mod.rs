@@ -87,10 +87,12 @@ impl Tls {
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    build_runtime(
+    build(
         tokio::runtime::Builder::new_multi_thread()
             // Hooks run on the workers: a stack sized for any script.
-            .thread_stack_size(crate::stack::SIZE),
+            .thread_stack_size(crate::stack::SIZE)
+            .enable_io()
+            .enable_time(),
     )
 }
 
@@ -98,18 +100,17 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 /// on the socket and running the loop on the same thread spares a
 /// wake-up of another thread for each datagram.
 fn udp_runtime() -> Result<tokio::runtime::Runtime, Error> {
-    build_runtime(&mut tokio::runtime::Builder::new_current_thread())
+    // Without timers: the loop's deadlines are kept by its alarm thread,
+    // and a runtime with a timer driver reads the clock and locks the
+    // driver around every wait, one wait per datagram for a single peer.
+    build(tokio::runtime::Builder::new_current_thread().enable_io())
 }
 
-fn build_runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, Error> {
-    builder
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|source| Error::System {
-            action: "start the async runtime",
-            source,
-        })
+fn build(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, Error> {
+    builder.build().map_err(|source| Error::System {
+        action: "start the async runtime",
+        source,
+    })
 }
 
 /// `tcpscript server`: serves until SIGINT or SIGTERM, then prints a summary.

@@ -23,11 +23,11 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
 
 use super::ServerOptions;
 use super::alarm::Alarm;
@@ -52,6 +52,15 @@ const BATCHES_PER_TURN: usize = 8;
 /// hook had run: at 50 peers, 0.85x the floor's rate against 0.92x to
 /// 1.00x for replies sent every 2 to 4 datagrams, for the same CPU.
 const REPLIES_PER_SEND: usize = 4;
+
+/// What woke the loop, in the order it looks.
+enum Turn {
+    Stop,
+    /// The alarm rang: a session may have been idle too long, or a pause
+    /// may be over.
+    Due,
+    Receive(std::io::Result<()>),
+}
 
 /// What only a UDP server has.
 #[derive(Debug, Clone, Copy)]
@@ -145,14 +154,15 @@ struct Server {
 }
 
 /// Serves datagrams on `socket` until `stop` completes; then every
-/// session ends through `on_disconnect`. `expiry` keeps the idle limit's
-/// deadline. Returns the summary line.
+/// session ends through `on_disconnect`. `alarm` keeps the loop's
+/// deadlines: the idle limit's and the first pause's. Returns the summary
+/// line.
 pub(super) async fn serve(
     socket: UdpSocket,
     script: ServerScript,
     options: ServerOptions,
     udp: UdpOptions,
-    mut expiry: Alarm,
+    mut alarm: Alarm,
     stop: impl Future<Output = ()>,
 ) -> String {
     let socket = Arc::new(socket);
@@ -178,39 +188,44 @@ pub(super) async fn serve(
         broadcasts_dropped: 0,
     };
     let mut received = Received::new();
-    // The idle limit's deadline is kept off the runtime's timers by
-    // `expiry` (see `alarm`); a pause's is armed only while a reply waits
-    // on one.
-    let resume = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(resume, stop);
+    tokio::pin!(stop);
     loop {
         // Datagrams last: a flood that always has one waiting must not keep
         // the server from stopping, sessions from expiring or a pause from
-        // ending.
-        tokio::select! {
-            biased;
-            () = &mut stop => break,
-            () = expiry.rung() => server.expire().await,
-            () = &mut resume, if !server.paused.is_empty() => server.resume().await,
-            ready = socket.readable() => match ready {
-                Ok(()) => server.drain(&mut received).await,
-                Err(e) => console::err(&format!("udp receive failed: {e}")),
-            },
+        // ending. Polled by hand rather than through `select!`:
+        // `readable()` puts a waiter in a locked list and takes it out
+        // again at every wait, where `poll_recv_ready` keeps one waker.
+        let turn = std::future::poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Turn::Stop);
+            }
+            if alarm.poll_rung(cx).is_ready() {
+                return Poll::Ready(Turn::Due);
+            }
+            socket.poll_recv_ready(cx).map(Turn::Receive)
+        })
+        .await;
+        match turn {
+            Turn::Stop => break,
+            // Each looks at the time itself: a ring may be for a deadline
+            // that has moved since.
+            Turn::Due => {
+                server.expire().await;
+                server.resume().await;
+            }
+            Turn::Receive(Ok(())) => server.drain(&mut received).await,
+            Turn::Receive(Err(e)) => console::err(&format!("udp receive failed: {e}")),
         }
         server.flush().await;
-        if let Some(first) = server.paused.peek()
-            && resume.deadline() != first.due
-        {
-            resume.as_mut().reset(first.due);
-        }
-        // The oldest activity decides the next expiry: it changes only as
-        // the queue's front is taken, so the alarm is seldom reset.
-        expiry.set(
-            server
-                .activity
-                .front()
-                .map(|&(_, _, at)| (at + server.idle).into_std()),
-        );
+        // The oldest activity decides the next expiry. One busy peer moves
+        // it at every datagram, but only later: the alarm keeps its
+        // earlier ring, and `expire` sets it again once it has looked.
+        let expiry = server.activity.front().map(|&(_, _, at)| at + server.idle);
+        let resume = server.paused.peek().map(|first| first.due);
+        alarm.set_by(match (expiry, resume) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        });
     }
     server.shut_down().await;
     let counts = Counts::default();
@@ -375,13 +390,21 @@ impl Server {
     /// no session.
     fn touch(&mut self, peer: SocketAddr, now: Instant) -> Option<Framing> {
         let session = self.sessions.get_mut(&peer)?;
+        let last = session.stamp;
         self.next_stamp += 1;
         session.stamp = self.next_stamp;
         let framing = match session.framing.as_deref() {
             Some(framing) => framing.clone(),
             None => self.options.framing.clone(),
         };
-        self.activity.push_back((peer, self.next_stamp, now));
+        // A peer that was also the last one active moves its own entry,
+        // still the newest: one busy peer leaves no stale entries behind.
+        match self.activity.back_mut() {
+            Some(back) if back.0 == peer && back.1 == last => {
+                *back = (peer, self.next_stamp, now);
+            }
+            _ => self.activity.push_back((peer, self.next_stamp, now)),
+        }
         // Each busy session leaves stale entries behind; dropping them
         // once they outnumber the sessions keeps the queue's cost per
         // datagram constant.
