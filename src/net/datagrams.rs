@@ -7,6 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::task::{Context, Poll};
 
 use tokio::net::UdpSocket;
 
@@ -19,6 +20,108 @@ pub(crate) const SLOT: usize = 65_536;
 /// Bytes queued to send before the queue is sent without waiting for the
 /// batch to fill: a bound on what replies hold.
 const QUEUED_BYTES: usize = 256 * 1024;
+
+/// The server's socket. On Unix it is registered with the runtime for
+/// reading only: registered for writing too, it is reported writable
+/// after every datagram it sends (the kernel frees the datagram and says
+/// there is room), which woke the loop once more, one more `epoll_wait`,
+/// for every reply. A send that finds no room waits on a registration of
+/// its own, made for that wait (see [`Socket::writable`]).
+pub(crate) struct Socket {
+    #[cfg(unix)]
+    fd: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+    #[cfg(not(unix))]
+    socket: UdpSocket,
+}
+
+#[cfg(unix)]
+impl Socket {
+    pub(crate) fn new(socket: UdpSocket) -> io::Result<Socket> {
+        // `into_std` leaves it non-blocking, and takes it off the runtime.
+        let socket = socket.into_std()?;
+        let fd = register(socket, tokio::io::Interest::READABLE)?;
+        Ok(Socket { fd })
+    }
+
+    /// Ready when datagrams may be waiting; the readiness holds until a
+    /// receive finds none.
+    pub(crate) fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.fd.poll_read_ready(cx).map_ok(|_kept| ())
+    }
+
+    pub(crate) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.try_recv_raw(|socket| socket.recv_from(buf))
+    }
+
+    /// Runs `receive` if the socket may have datagrams; its `WouldBlock`
+    /// clears the readiness.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    fn try_recv_raw<R>(
+        &self,
+        receive: impl FnOnce(&std::net::UdpSocket) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.fd.try_io(tokio::io::Interest::READABLE, receive)
+    }
+
+    /// Sends at once, or `WouldBlock` when the socket has no room.
+    pub(crate) fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.fd.get_ref().send_to(buf, peer)
+    }
+
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    fn try_send_raw<R>(
+        &self,
+        send: impl FnOnce(&std::net::UdpSocket) -> io::Result<R>,
+    ) -> io::Result<R> {
+        send(self.fd.get_ref())
+    }
+
+    /// Waits until the socket may have room. A second descriptor of the
+    /// same socket is registered for writing, for this wait only: the
+    /// kernel tells of room as it frees it, so the wait ends at once when
+    /// there is some already.
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        let socket = self.fd.get_ref().try_clone()?;
+        let waiting = register(socket, tokio::io::Interest::WRITABLE)?;
+        let _ready = waiting.writable().await?;
+        Ok(())
+    }
+}
+
+/// `socket` registered with the runtime for `interest` only.
+#[cfg(unix)]
+fn register(
+    socket: std::net::UdpSocket,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: a `std::net::UdpSocket` owns its descriptor, which stays
+    // open, and the same, until the socket (here, the `AsyncFd`) is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, interest) }
+        .map_err(|e| e.into_parts().1)
+}
+
+#[cfg(not(unix))]
+impl Socket {
+    pub(crate) fn new(socket: UdpSocket) -> io::Result<Socket> {
+        Ok(Socket { socket })
+    }
+
+    pub(crate) fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket.poll_recv_ready(cx)
+    }
+
+    pub(crate) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.socket.try_recv_from(buf)
+    }
+
+    pub(crate) fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.socket.try_send_to(buf, peer)
+    }
+
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.socket.writable().await
+    }
+}
 
 /// Datagrams received by one call: their bytes, lengths and senders.
 pub(crate) struct Received {
@@ -57,7 +160,7 @@ impl Received {
     /// Takes what is waiting on `socket`, without waiting: how many
     /// datagrams, at least one, or `WouldBlock` (and the socket's
     /// readiness cleared) when there are none.
-    pub(crate) fn take(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+    pub(crate) fn take(&mut self, socket: &Socket) -> io::Result<usize> {
         let taken = if self.batching {
             self.headers
                 .receive(socket, &mut self.slots, &mut self.lengths, &mut self.peers)
@@ -170,7 +273,7 @@ impl Outgoing {
     /// room, a broadcast is dropped and a reply waits for room.
     pub(crate) async fn send(
         &mut self,
-        socket: &UdpSocket,
+        socket: &Socket,
         mut failed: impl FnMut(SocketAddr, io::Error),
     ) -> Flushed {
         let mut flushed = Flushed::default();
@@ -219,10 +322,7 @@ mod sys {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
 
-    use tokio::io::Interest;
-    use tokio::net::UdpSocket;
-
-    use super::{BATCH, Queued, SLOT};
+    use super::{BATCH, Queued, SLOT, Socket};
 
     const NAME_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
 
@@ -279,7 +379,7 @@ mod sys {
 
         pub(super) fn receive(
             &mut self,
-            socket: &UdpSocket,
+            socket: &Socket,
             slots: &mut [u8],
             lengths: &mut [usize; BATCH],
             peers: &mut [SocketAddr],
@@ -287,7 +387,7 @@ mod sys {
             debug_assert_eq!(slots.len(), BATCH * SLOT);
             debug_assert_eq!(self.0.iovecs[0].iov_base, slots.as_mut_ptr().cast());
             let arrays = &mut *self.0;
-            let count = socket.try_io(Interest::READABLE, || {
+            let count = socket.try_recv_raw(|socket| {
                 // SAFETY: each header points at its own name and iovec,
                 // and each iovec at its own slot of `slots`, all alive
                 // for the call and of the sizes given.
@@ -316,7 +416,7 @@ mod sys {
 
         pub(super) fn send(
             &mut self,
-            socket: &UdpSocket,
+            socket: &Socket,
             bytes: &[u8],
             queued: &[Queued],
         ) -> io::Result<usize> {
@@ -331,7 +431,7 @@ mod sys {
                 arrays.headers[index].msg_hdr.msg_namelen =
                     put_socket_addr(&datagram.peer, &mut arrays.names[index]);
             }
-            socket.try_io(Interest::WRITABLE, || {
+            socket.try_send_raw(|socket| {
                 // SAFETY: each of the first `count` headers points at its
                 // own name and iovec, and each iovec into `bytes`, alive
                 // for the call; the kernel only reads them.
@@ -414,9 +514,7 @@ mod sys {
     use std::io;
     use std::net::SocketAddr;
 
-    use tokio::net::UdpSocket;
-
-    use super::{BATCH, Queued, SLOT};
+    use super::{BATCH, Queued, SLOT, Socket};
 
     /// Elsewhere a batch is one datagram: nothing to describe.
     pub(super) struct Headers;
@@ -432,7 +530,7 @@ mod sys {
 
         pub(super) fn receive(
             &mut self,
-            socket: &UdpSocket,
+            socket: &Socket,
             slots: &mut [u8],
             lengths: &mut [usize; BATCH],
             peers: &mut [SocketAddr],
@@ -445,7 +543,7 @@ mod sys {
 
         pub(super) fn send(
             &mut self,
-            socket: &UdpSocket,
+            socket: &Socket,
             bytes: &[u8],
             queued: &[Queued],
         ) -> io::Result<usize> {
@@ -458,11 +556,20 @@ mod sys {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    async fn readable(socket: &Socket) {
+        std::future::poll_fn(|cx| socket.poll_recv_ready(cx))
+            .await
+            .unwrap();
+    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .unwrap()
     }
@@ -474,6 +581,7 @@ mod tests {
             let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let (server_addr, client_addr) =
                 (server.local_addr().unwrap(), client.local_addr().unwrap());
+            let server = Socket::new(server).unwrap();
             let count = BATCH + 8;
             for i in 0..count {
                 client
@@ -485,7 +593,7 @@ mod tests {
             let mut outgoing = Outgoing::default();
             let mut seen = Vec::new();
             while seen.len() < count {
-                server.readable().await.unwrap();
+                readable(&server).await;
                 let Ok(taken) = received.take(&server) else {
                     continue;
                 };
@@ -518,6 +626,7 @@ mod tests {
             let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             let server_addr = server.local_addr().unwrap();
+            let server = Socket::new(server).unwrap();
             let send = |count: usize| {
                 for i in 0..count {
                     client
@@ -527,7 +636,7 @@ mod tests {
             };
             let mut received = Received::new();
             let take = async |received: &mut Received| loop {
-                server.readable().await.unwrap();
+                readable(&server).await;
                 match received.take(&server) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     taken => return taken.unwrap(),
@@ -555,10 +664,23 @@ mod tests {
         });
     }
 
+    /// The socket is registered for reading only; a wait for room is
+    /// told at once of the room there is.
+    #[test]
+    fn a_wait_for_room_ends_when_there_is_room() {
+        runtime().block_on(async {
+            let server = Socket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+            let waited = tokio::time::timeout(Duration::from_secs(5), server.writable()).await;
+            assert!(matches!(waited, Ok(Ok(()))), "{waited:?}");
+            let waited = tokio::time::timeout(Duration::from_secs(5), server.writable()).await;
+            assert!(matches!(waited, Ok(Ok(()))), "a second wait: {waited:?}");
+        });
+    }
+
     #[test]
     fn a_datagram_the_socket_refuses_is_said_and_the_rest_still_go() {
         runtime().block_on(async {
-            let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let server = Socket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
             let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let client_addr = client.local_addr().unwrap();
             let mut outgoing = Outgoing::default();

@@ -162,11 +162,7 @@ fn run_udp(
     udp: udp::UdpOptions,
 ) -> Result<(), Error> {
     let result = runtime.block_on(async {
-        let socket = crate::net::bind_udp(&options.listen).await?;
-        let local = socket.local_addr().map_err(|source| Error::Bind {
-            addr: options.listen.clone(),
-            source,
-        })?;
+        let (socket, local) = bind_udp(&options.listen).await?;
         let stop = shutdown::signal()?;
         let alarm = idle_alarm()?;
         // Tests and CI wait for this line, as for TCP: datagrams sent from
@@ -263,7 +259,7 @@ pub(crate) fn spawn(
 /// soon as a datagram comes, where the thread in `block_on` had to be woken
 /// by a worker for each one (measured: half again the CPU per datagram).
 async fn serve_udp_on_worker(
-    socket: tokio::net::UdpSocket,
+    socket: crate::net::datagrams::Socket,
     script: ServerScript,
     options: ServerOptions,
     udp: udp::UdpOptions,
@@ -299,6 +295,21 @@ fn idle_clock(options: &ServerOptions) -> Result<Option<IdleClock>, Error> {
         })
 }
 
+/// A UDP server's socket, bound and registered with the runtime, and its
+/// address.
+async fn bind_udp(listen: &str) -> Result<(crate::net::datagrams::Socket, SocketAddr), Error> {
+    let socket = crate::net::bind_udp(listen).await?;
+    let local = socket.local_addr().map_err(|source| Error::Bind {
+        addr: listen.to_string(),
+        source,
+    })?;
+    let socket = crate::net::datagrams::Socket::new(socket).map_err(|source| Error::System {
+        action: "register the UDP socket with the runtime",
+        source,
+    })?;
+    Ok((socket, local))
+}
+
 /// The thread that keeps a UDP server's idle limit (see `alarm`).
 fn idle_alarm() -> Result<Alarm, Error> {
     Alarm::new().map_err(|source| Error::System {
@@ -314,11 +325,7 @@ fn spawn_udp(
     options: ServerOptions,
     udp: udp::UdpOptions,
 ) -> Result<Background, Error> {
-    let socket = runtime.block_on(crate::net::bind_udp(&options.listen))?;
-    let addr = socket.local_addr().map_err(|source| Error::Bind {
-        addr: options.listen.clone(),
-        source,
-    })?;
+    let (socket, addr) = runtime.block_on(bind_udp(&options.listen))?;
     let alarm = idle_alarm()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = crate::stack::thread("tcpscript-server")

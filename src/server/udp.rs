@@ -27,7 +27,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::net::UdpSocket;
 
 use super::ServerOptions;
 use super::alarm::Alarm;
@@ -36,7 +35,7 @@ use super::room::Room;
 use super::shutdown::Counts;
 use crate::console;
 use crate::framing::{self, DatagramLimit, Framing};
-use crate::net::datagrams::{Outgoing, Received};
+use crate::net::datagrams::{Outgoing, Received, Socket};
 use crate::transcript::{Direction, Transcript, Verbosity};
 
 /// `--idle-timeout` of a UDP server unless given: a peer never says it
@@ -124,7 +123,7 @@ impl Ord for Delayed {
 }
 
 struct Server {
-    socket: Arc<UdpSocket>,
+    socket: Arc<Socket>,
     script: Arc<ServerScript>,
     options: ServerOptions,
     udp: UdpOptions,
@@ -158,7 +157,7 @@ struct Server {
 /// deadlines: the idle limit's and the first pause's. Returns the summary
 /// line.
 pub(super) async fn serve(
-    socket: UdpSocket,
+    socket: Socket,
     script: ServerScript,
     options: ServerOptions,
     udp: UdpOptions,
