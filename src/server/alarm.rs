@@ -7,7 +7,10 @@
 //! that costs 2 to 3 µs a wait: a UDP server with one busy peer waits once
 //! per datagram, and its idle limit (always armed while a session lives)
 //! cost it a fifth of its CPU. This thread waits for the deadline instead,
-//! and re-arms only when the deadline changes.
+//! and re-arms only when the deadline comes sooner. The UDP server keeps
+//! its pauses (`sleep()` in a hook) here too, so its runtime has no timer
+//! driver at all: one that has reads the clock and locks the driver
+//! around every wait.
 //!
 //! It rings through a flag and the waker last registered, not a `Notify`:
 //! the loop looks at the alarm before every wait, and a `Notify` takes a

@@ -44,7 +44,8 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `--max-sessions` unless given.
 pub(crate) const DEFAULT_MAX_SESSIONS: usize = 10_000;
 /// Batches taken in a row before the loop looks at whether to stop, at
-/// the timers and at pauses that ended: a flood must not starve them.
+/// its alarm (idle sessions, pauses that ended): a flood must not starve
+/// them.
 const BATCHES_PER_TURN: usize = 8;
 /// Datagrams of a batch whose replies are sent together. Waiting for a
 /// whole batch of 32 held the first peer's reply back until the 32nd
@@ -141,7 +142,7 @@ struct Server {
     scratch: BytesMut,
     records: Vec<Range<usize>>,
     /// Replies waiting for their `sleep()` to end, the one due first on
-    /// top: kept by the loop under one timer rather than a task each, so
+    /// top: kept by the loop under its alarm rather than a task each, so
     /// that a loop with no pause looks at nothing for them.
     paused: BinaryHeap<Delayed>,
     pauses: u64,
