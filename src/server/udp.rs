@@ -71,6 +71,7 @@ pub(crate) struct UdpOptions {
 
 /// One peer's session.
 struct Session {
+    peer: SocketAddr,
     hooks: ConnectionHooks,
     /// The script's `set_framing()`, when it changed the server's.
     framing: Option<Box<Framing>>,
@@ -80,6 +81,73 @@ struct Session {
     /// Its place in `peers()`, when the script lists peers: held until
     /// the session ends.
     _roster: Option<Roster>,
+}
+
+/// The live sessions: found by address once per datagram, then reached
+/// by their slot. Looking a session up by address at each step of a
+/// datagram (its activity, its hook, each reply's transcript, the reply's
+/// recycling) cost four hashes and probes a datagram.
+#[derive(Default)]
+struct Sessions {
+    slots: HashMap<SocketAddr, usize, ahash::RandomState>,
+    sessions: Vec<Option<Session>>,
+    /// Slots of ended sessions, taken again first.
+    free: Vec<usize>,
+}
+
+impl Sessions {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn slot(&self, peer: &SocketAddr) -> Option<usize> {
+        self.slots.get(peer).copied()
+    }
+
+    /// The session in `slot`, if it is still `peer`'s: a slot is taken
+    /// again once its session ends.
+    fn at(&mut self, slot: usize, peer: SocketAddr) -> Option<&mut Session> {
+        self.sessions
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|session| session.peer == peer)
+    }
+
+    fn get(&self, peer: &SocketAddr) -> Option<&Session> {
+        let slot = self.slot(peer)?;
+        self.sessions[slot].as_ref()
+    }
+
+    fn get_mut(&mut self, peer: &SocketAddr) -> Option<&mut Session> {
+        let slot = self.slot(peer)?;
+        self.sessions[slot].as_mut()
+    }
+
+    fn insert(&mut self, session: Session) -> usize {
+        let peer = session.peer;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.sessions[slot] = Some(session);
+                slot
+            }
+            None => {
+                self.sessions.push(Some(session));
+                self.sessions.len() - 1
+            }
+        };
+        self.slots.insert(peer, slot);
+        slot
+    }
+
+    fn remove(&mut self, peer: &SocketAddr) -> Option<Session> {
+        let slot = self.slots.remove(peer)?;
+        self.free.push(slot);
+        self.sessions[slot].take()
+    }
+
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.slots.keys().copied().collect()
+    }
 }
 
 /// Why a session ended.
@@ -130,7 +198,7 @@ struct Server {
     udp: UdpOptions,
     idle: Duration,
     limit: DatagramLimit,
-    sessions: HashMap<SocketAddr, Session, ahash::RandomState>,
+    sessions: Sessions,
     /// Who was active when, oldest first: a peer, the stamp it had then,
     /// and the time. An entry whose stamp is no longer its session's is
     /// stale, and skipped; the queue is compacted when they pile up.
@@ -173,7 +241,7 @@ pub(super) async fn serve(
         limit: DatagramLimit::new(options.max_frame),
         options,
         udp,
-        sessions: HashMap::default(),
+        sessions: Sessions::default(),
         activity: VecDeque::new(),
         next_stamp: 0,
         outgoing: Outgoing::default(),
@@ -293,17 +361,20 @@ impl Server {
     /// handed to `on_message`, and the replies queued.
     async fn datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
         // One lookup of the session for the whole datagram when it exists.
-        let framing = match self.touch(peer, now) {
-            Some(framing) => framing,
+        let slot = match self.sessions.slot(&peer) {
+            Some(slot) => slot,
             None => {
                 if !self.open(peer).await {
                     return;
                 }
-                let Some(framing) = self.touch(peer, now) else {
+                let Some(slot) = self.sessions.slot(&peer) else {
                     return;
                 };
-                framing
+                slot
             }
+        };
+        let Some(framing) = self.touch(slot, peer, now) else {
+            return;
         };
         let mut records = std::mem::take(&mut self.records);
         records.clear();
@@ -321,7 +392,8 @@ impl Server {
             }
         }
         for range in records.drain(..) {
-            let Some(session) = self.sessions.get_mut(&peer) else {
+            // Gone if a message before ended it.
+            let Some(session) = self.sessions.at(slot, peer) else {
                 break;
             };
             let message = &datagram[range];
@@ -329,7 +401,7 @@ impl Server {
             session.transcript.record(Direction::Received, message);
             match session.hooks.on_message(message) {
                 Ok(reply) => {
-                    if self.perform(peer, &framing, reply).await {
+                    if self.perform_in(Some(slot), peer, &framing, reply).await {
                         self.end(peer, End::ScriptClosed).await;
                     }
                 }
@@ -352,6 +424,7 @@ impl Server {
             .connection(peer, &options.framing, options.max_frame);
         hooks.in_datagrams(self.limit.max);
         let session = Session {
+            peer,
             hooks,
             framing: None,
             stamp: 0,
@@ -361,7 +434,10 @@ impl Server {
         if options.verbosity == Verbosity::Verbose {
             console::err(&format!("{peer} session started"));
         }
-        let session = self.sessions.entry(peer).or_insert(session);
+        let slot = self.sessions.insert(session);
+        let Some(session) = self.sessions.at(slot, peer) else {
+            return false;
+        };
         match session.hooks.on_connect() {
             Ok(reply) => {
                 let framing = self.options.framing.clone();
@@ -388,8 +464,8 @@ impl Server {
 
     /// Marks the session active now; its framing, or `None` when there is
     /// no session.
-    fn touch(&mut self, peer: SocketAddr, now: Instant) -> Option<Framing> {
-        let session = self.sessions.get_mut(&peer)?;
+    fn touch(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> Option<Framing> {
+        let session = self.sessions.at(slot, peer)?;
         let last = session.stamp;
         self.next_stamp += 1;
         session.stamp = self.next_stamp;
@@ -528,16 +604,31 @@ impl Server {
     /// Carries out a hook's reply, each send one datagram; true when the
     /// script asked to close. What follows a `sleep()` is carried out once
     /// the pause is over, the close with it.
-    async fn perform(&mut self, peer: SocketAddr, framing: &Framing, mut reply: Reply) -> bool {
+    async fn perform(&mut self, peer: SocketAddr, framing: &Framing, reply: Reply) -> bool {
+        let slot = self.sessions.slot(&peer);
+        self.perform_in(slot, peer, framing, reply).await
+    }
+
+    /// [`Server::perform`] for the session in `slot`, when it has one.
+    async fn perform_in(
+        &mut self,
+        slot: Option<usize>,
+        peer: SocketAddr,
+        framing: &Framing,
+        mut reply: Reply,
+    ) -> bool {
         let mut framing = std::borrow::Cow::Borrowed(framing);
         let mut actions = std::mem::take(&mut reply.actions);
         let mut pending = actions.drain(..);
         while let Some(action) = pending.next() {
             match action {
-                Action::Send(message) => self.send(peer, Some(&framing), message.as_bytes()).await,
-                Action::SendRaw(bytes) => self.send(peer, None, bytes.as_bytes()).await,
+                Action::Send(message) => {
+                    self.send(slot, peer, Some(&framing), message.as_bytes())
+                        .await;
+                }
+                Action::SendRaw(bytes) => self.send(slot, peer, None, bytes.as_bytes()).await,
                 Action::Reframe(new) => {
-                    if let Some(session) = self.sessions.get_mut(&peer) {
+                    if let Some(session) = slot.and_then(|slot| self.sessions.at(slot, peer)) {
                         session.framing = Some(Box::new(new.clone()));
                     }
                     framing = std::borrow::Cow::Owned(new);
@@ -565,7 +656,7 @@ impl Server {
         drop(pending);
         let close = reply.close;
         reply.actions = actions;
-        if let Some(session) = self.sessions.get_mut(&peer) {
+        if let Some(session) = slot.and_then(|slot| self.sessions.at(slot, peer)) {
             session.hooks.recycle(reply);
         }
         close
@@ -574,7 +665,13 @@ impl Server {
     /// One message to `peer` as one datagram, framed unless `framing` is
     /// `None` (`send_raw`), queued to go with the batch's other replies.
     /// A datagram too large is refused, and said.
-    async fn send(&mut self, peer: SocketAddr, framing: Option<&Framing>, message: &[u8]) {
+    async fn send(
+        &mut self,
+        slot: Option<usize>,
+        peer: SocketAddr,
+        framing: Option<&Framing>,
+        message: &[u8],
+    ) {
         let out = self.outgoing.next();
         let framed = match framing {
             Some(framing) => framing::encode(framing, message, out),
@@ -592,7 +689,7 @@ impl Server {
         self.outgoing.queue(peer, false);
         // Shown as it is queued, so that a session's transcript keeps the
         // order of its messages; a send that fails is said when it does.
-        if let Some(session) = self.sessions.get_mut(&peer) {
+        if let Some(session) = slot.and_then(|slot| self.sessions.at(slot, peer)) {
             session.transcript.record(Direction::Sent, message);
         }
         if self.outgoing.is_full() {
@@ -604,7 +701,7 @@ impl Server {
     /// A peer whose datagrams the socket cannot take now misses it, as a
     /// TCP member that reads too slowly does.
     async fn broadcast(&mut self, from: SocketAddr, message: &[u8]) {
-        let peers: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        let peers = self.sessions.peers();
         for peer in peers {
             let Some(session) = self.sessions.get_mut(&peer).filter(|_| peer != from) else {
                 continue;
@@ -627,7 +724,7 @@ impl Server {
 
     /// The server stops: every session ends through `on_disconnect`.
     async fn shut_down(&mut self) {
-        let peers: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        let peers = self.sessions.peers();
         for peer in peers {
             self.end(peer, End::Shutdown).await;
         }
