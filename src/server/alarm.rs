@@ -37,6 +37,9 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     rung: AtomicBool,
+    /// Set by [`Stopper::stop`], which rings too: the loop that waits on
+    /// its alarm learns it is to stop with no other future to look at.
+    stopped: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -65,6 +68,7 @@ impl Alarm {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             rung: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
         let thread = std::thread::Builder::new()
@@ -81,6 +85,18 @@ impl Alarm {
             registered: None,
             thread: Some(thread),
         })
+    }
+
+    /// What tells the loop to stop, from elsewhere.
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Whether [`Stopper::stop`] was called; it rings the alarm too.
+    pub(crate) fn stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
     }
 
     /// Rings by `due`: a setting already earlier is kept, as the caller
@@ -135,6 +151,18 @@ impl Alarm {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+}
+
+/// Tells the loop waiting on an [`Alarm`] to stop.
+pub(crate) struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    pub(crate) fn stop(self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.ring();
     }
 }
 
@@ -201,6 +229,20 @@ mod tests {
             alarm.set(Some(start + Duration::from_millis(50)));
             alarm.rung().await;
             assert!(start.elapsed() >= Duration::from_millis(50));
+        });
+    }
+
+    #[test]
+    fn a_stopper_rings_an_alarm_that_is_not_due_and_says_stop() {
+        runtime().block_on(async {
+            let mut alarm = Alarm::new().unwrap();
+            alarm.set(Some(Instant::now() + Duration::from_secs(60)));
+            let stopper = alarm.stopper();
+            assert!(!alarm.stopped());
+            std::thread::spawn(move || stopper.stop());
+            let waited = tokio::time::timeout(Duration::from_secs(5), alarm.rung()).await;
+            assert!(waited.is_ok(), "a stop did not ring the alarm");
+            assert!(alarm.stopped());
         });
     }
 

@@ -18,7 +18,6 @@
 //! broadcast to a peer whose socket buffer is full is dropped.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -221,7 +220,7 @@ struct Server {
     broadcasts_dropped: u64,
 }
 
-/// Serves datagrams on `socket` until `stop` completes; then every
+/// Serves datagrams on `socket` until its alarm's stopper stops it; then every
 /// session ends through `on_disconnect`. `alarm` keeps the loop's
 /// deadlines: the idle limit's and the first pause's. Returns the summary
 /// line.
@@ -231,7 +230,6 @@ pub(super) async fn serve(
     options: ServerOptions,
     udp: UdpOptions,
     mut alarm: Alarm,
-    stop: impl Future<Output = ()>,
 ) -> String {
     let socket = Arc::new(socket);
     let mut server = Server {
@@ -256,7 +254,6 @@ pub(super) async fn serve(
         broadcasts_dropped: 0,
     };
     let mut received = Received::new();
-    tokio::pin!(stop);
     loop {
         // Datagrams last: a flood that always has one waiting must not keep
         // the server from stopping, sessions from expiring or a pause from
@@ -264,11 +261,12 @@ pub(super) async fn serve(
         // `readable()` puts a waiter in a locked list and takes it out
         // again at every wait, where `poll_recv_ready` keeps one waker.
         let turn = std::future::poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Turn::Stop);
-            }
             if alarm.poll_rung(cx).is_ready() {
-                return Poll::Ready(Turn::Due);
+                return Poll::Ready(if alarm.stopped() {
+                    Turn::Stop
+                } else {
+                    Turn::Due
+                });
             }
             socket.poll_recv_ready(cx).map(Turn::Receive)
         })
