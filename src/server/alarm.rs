@@ -113,7 +113,7 @@ impl Alarm {
     }
 
     /// Rings at `due`, or never (`None`), instead of any earlier setting.
-    pub(crate) fn set(&mut self, due: Option<Instant>) {
+    fn set(&mut self, due: Option<Instant>) {
         if self.due == due {
             return;
         }
