@@ -12,6 +12,7 @@ mod hostile;
 mod html_report;
 mod interop;
 mod isolation;
+mod layout;
 mod load;
 mod load_shards;
 mod load_stages;

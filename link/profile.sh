@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Profiles the release build under callgrind (a TLS echo and a TCP echo over
+# 50 connections, a UDP echo from one peer; 127.0.0.1 only), then writes
+# link/hot-text.ld from the profiles with link/hot_text.py. Run from the
+# repository's top after `TCPSCRIPT_NO_HOT_TEXT=1 cargo build --release`
+# (valgrind names no function outside `.text`, so it profiles a build laid
+# out as it comes); needs valgrind, python3, nm and readelf. About three
+# minutes. See README, "Code layout".
+set -euo pipefail
+
+bin=target/release/tcpscript
+if readelf -SW "$bin" | grep -q ' \.text\.hot '; then
+    echo "$bin is laid out already: build it with TCPSCRIPT_NO_HOT_TEXT=1 cargo build --release" >&2
+    exit 1
+fi
+work=$(mktemp -d)
+trap 'pkill -f "[c]allgrind-out-file=$work" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+printf 'fn on_message(msg) { msg }\n' > "$work/echo.rhai"
+
+# A Python peer: warms up, zeroes the counts, runs N messages, dumps.
+cat > "$work/drive.py" <<'EOF'
+import socket, ssl, subprocess, sys
+kind, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+msg = b"00000000000000000000 ping-pong!\n"
+if kind == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.settimeout(5)
+    def run(k):
+        for _ in range(k):
+            s.send(msg)
+            s.recv(100)
+    rounds = n
+else:
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    if kind == "tls":
+        ctx = ssl.create_default_context(cafile=sys.argv[4])
+        conns = [ctx.wrap_socket(c, server_hostname="localhost") for c in conns]
+    for c in conns:
+        c.settimeout(5)
+    def run(k):
+        for _ in range(k):
+            for c in conns:
+                c.sendall(msg)
+            for c in conns:
+                got = b""
+                while not got.endswith(b"\n"):
+                    got += c.recv(100)
+    rounds = n // 50
+run(50)
+subprocess.run(["callgrind_control", "-z"], capture_output=True)
+run(rounds)
+subprocess.run(["callgrind_control", "-d"], capture_output=True)
+EOF
+
+# profile NAME MESSAGES SERVER-ARGS...: the profile of the measured part is
+# $work/NAME.out.1.
+profile() {
+    local name=$1 messages=$2
+    shift 2
+    local out="$work/$name.out"
+    valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out" \
+        "$bin" server --listen 127.0.0.1:0 -q "$@" > "$out.log" 2>&1 &
+    local port=
+    for _ in $(seq 240); do
+        port=$(grep -o 'listening on [a-z ]*[0-9.]*:[0-9]*' "$out.log" | sed 's/.*://' || true)
+        [ -n "$port" ] && break
+        sleep 0.5
+    done
+    [ -n "$port" ] || { cat "$out.log"; exit 1; }
+    python3 "$work/drive.py" "$name" "$port" "$messages" "$work/ca.pem"
+    pkill -INT -f "[c]allgrind-out-file=$out" || true
+    for _ in $(seq 60); do
+        pgrep -f "[c]allgrind-out-file=$out" > /dev/null || break
+        sleep 0.5
+    done
+    profiles+=("$out.1:$messages")
+}
+
+profiles=()
+profile tls 5000 --tls --tls-ca-out "$work/ca.pem" "$work/echo.rhai"
+profile tcp 5000 "$work/echo.rhai"
+profile udp 2000 --udp "$work/echo.rhai"
+python3 link/hot_text.py "$bin" "${profiles[@]}"
