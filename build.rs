@@ -24,8 +24,8 @@ fn main() {
 /// binary (`link/hot-text.ld`, written by `link/hot_text.py` from profiles).
 /// Spread over the whole binary, its cache lines evict one another in an
 /// instruction cache of few ways, even where they would all fit: on AMD Zen
-/// 1 (64 KiB, 4-way) a TLS echo missed it 158 times a message, and 60 laid
-/// out together. ELF linkers (lld, GNU ld) take the script as an addition to
+/// 1 (64 KiB, 4-way) a TLS echo missed it 174 times a message, and 80 laid
+/// out together (callgrind's simulation). ELF linkers (lld, GNU ld) take the script as an addition to
 /// their own layout; elsewhere, or with `TCPSCRIPT_NO_HOT_TEXT` set (for a
 /// linker that takes no scripts, such as mold), the binary is linked as it
 /// comes.

@@ -95,7 +95,9 @@ def assembly_objects():
 def pattern(symbol, members):
     if symbol in members:
         return f"*:{members[symbol]}(.text)"
-    stem = re.sub(r"17h[0-9a-f]{16}E.*$", "", symbol)
+    # Rust's hash, and the number LTO gives a local copy (`.1371`), both
+    # change from build to build.
+    stem = re.sub(r"(17h[0-9a-f]{16}E)?(\.llvm)?(\.\d+)*$", "", symbol)
     # `$` is the linker script's own; `?` matches it.
     return "*(.text." + stem.replace("$", "?") + "*)"
 

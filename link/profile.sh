@@ -6,6 +6,7 @@
 # (valgrind names no function outside `.text`, so it profiles a build laid
 # out as it comes); needs valgrind, python3, nm and readelf. About three
 # minutes. See README, "Code layout".
+# KEEP=1 keeps the profiles, and says where.
 set -euo pipefail
 
 bin=target/release/tcpscript
@@ -82,3 +83,4 @@ profile tls 5000 --tls --tls-ca-out "$work/ca.pem" "$work/echo.rhai"
 profile tcp 5000 "$work/echo.rhai"
 profile udp 2000 --udp "$work/echo.rhai"
 python3 link/hot_text.py "$bin" "${profiles[@]}"
+[ -z "${KEEP:-}" ] || echo "profiles kept in $work" >&2
