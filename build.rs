@@ -21,14 +21,15 @@ fn main() {
 }
 
 /// Links the code a message runs through together at the front of the
-/// binary (`link/hot-text.ld`, written by `link/hot_text.py` from profiles).
-/// Spread over the whole binary, its cache lines evict one another in an
-/// instruction cache of few ways, even where they would all fit: on AMD Zen
-/// 1 (64 KiB, 4-way) a TLS echo missed it 174 times a message, and 80 laid
-/// out together (callgrind's simulation). ELF linkers (lld, GNU ld) take the script as an addition to
-/// their own layout; elsewhere, or with `TCPSCRIPT_NO_HOT_TEXT` set (for a
-/// linker that takes no scripts, such as mold), the binary is linked as it
-/// comes.
+/// binary (`link/hot-text.ld`, written by `link/hot_text.py` from profiles),
+/// placed so that its cache lines spread evenly over the instruction
+/// cache's sets. Spread over the whole binary, they evict one another in a
+/// cache of few ways even where they would all fit: on AMD Zen 1 (64 KiB,
+/// 4-way) a TLS echo missed it 168 times a message, and 24 laid out
+/// (callgrind's simulation; the tokio-rustls floor, 19). ELF linkers (lld,
+/// GNU ld) take the script as an addition to their own layout; elsewhere,
+/// or with `TCPSCRIPT_NO_HOT_TEXT` set (for a linker that takes no scripts,
+/// such as mold), the binary is linked as it comes.
 fn hot_text() {
     println!("cargo:rerun-if-changed=link/hot-text.ld");
     println!("cargo:rerun-if-env-changed=TCPSCRIPT_NO_HOT_TEXT");

@@ -15,13 +15,14 @@ use crate::support::BIN;
 /// Mangled-name stems (the symbol's path without Rust's hash) of functions
 /// every message of some server runs: the hook call and Rhai's function
 /// call (all scripted servers), the TCP and TLS connection loop, rustls's
-/// record processing, and the UDP loop.
+/// record processing, the UDP loop, and the proxy's copy of each direction.
 const HOT: &[&str] = &[
     "_ZN9tcpscript6server5hooks15ConnectionHooks4call",
     "14call_script_fn17h",
     "_ZN9tcpscript6server7handler8exchange28_",
     "19process_new_packets17h",
     "_ZN9tcpscript6server3udp5serve28_",
+    "_ZN9tcpscript5proxy10connection5carry28_",
 ];
 
 fn run(tool: &str, args: &[&str]) -> String {
@@ -49,6 +50,8 @@ fn the_hot_path_is_linked_together() {
     let start = u64::from_str_radix(fields[at + 2], 16).unwrap();
     let size = u64::from_str_radix(fields[at + 4], 16).unwrap();
     assert!(size > 0, "{line}");
+    // The placement counts cache lines from the section's start.
+    assert_eq!(start % 64, 0, "{line}");
     let symbols = run("nm", &[BIN]);
     for stem in HOT {
         let addresses: Vec<u64> = symbols
