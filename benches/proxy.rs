@@ -1,8 +1,9 @@
 //! `tcpscript proxy` forwarding, by hand:
 //!
 //! ```sh
-//! cargo bench --bench proxy                # about 70 s
-//! cargo bench --bench proxy -- --quick     # about 20 s
+//! cargo bench --bench proxy                # about 90 s
+//! cargo bench --bench proxy -- --quick     # about 25 s
+//! cargo bench --bench proxy -- --only 1 --each --pin apart
 //! ```
 //!
 //! Three proxies stand between the bench's load generator and a bare tokio
@@ -14,7 +15,12 @@
 //!
 //! - round trips/s of 32-byte ping-pong over 1 and 50 connections, in 1 s
 //!   rounds, proxies taking turns (order rotating), the ratio to the
-//!   floor's run in the same round, median over rounds;
+//!   floor's run in the same round, median over rounds. The one-connection
+//!   row has twice the rounds: its rate turns on where the kernel places
+//!   the load, the proxy and the upstream, drawn anew with each connection.
+//!   `--each` prints every round, `--pin one` runs everything on one CPU
+//!   and `--pin apart` the proxies on one and the rest on the other, so
+//!   that each proxy meets the same placement;
 //! - bulk MB/s: one connection writing 256 MiB while reading its echo
 //!   (so 256 MiB each way through the proxy), median of rounds;
 //! - each proxy's CPU per round trip in the round-trip rows (utime+stime
@@ -37,9 +43,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use pin::Pin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+
+#[path = "support/pin.rs"]
+mod pin;
 
 const BUILT_TCPSCRIPT: &str = env!("CARGO_BIN_EXE_tcpscript");
 const MESSAGE: &[u8; 32] = b"00000000000000000000 ping-pong!\n";
@@ -65,6 +75,16 @@ struct Args {
     /// Rounds per row [default: 5, 2 with --quick]
     #[arg(long)]
     rounds: Option<usize>,
+    /// Only this row: `1` (one connection), `50` or `bulk`
+    #[arg(long, value_parser = ["1", "50", "bulk"])]
+    only: Option<String>,
+    /// Print each round's figures under its row
+    #[arg(long)]
+    each: bool,
+    /// Pin to CPUs: `one` runs everything on CPU 0, `apart` the proxies on
+    /// CPU 1 and the load and upstream on CPU 0 [default: the kernel places]
+    #[arg(long, value_parser = Pin::parse)]
+    pin: Option<Pin>,
     /// Passed by `cargo bench`
     #[arg(long, hide = true)]
     bench: bool,
@@ -75,6 +95,9 @@ fn main() {
     if let Some(upstream) = args.floor_proxy {
         floor_proxy(upstream);
         return;
+    }
+    if let Some(pin) = args.pin {
+        pin.bench().expect("cannot pin to CPU 0");
     }
     let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 5 });
     let round = if args.quick {
@@ -102,46 +125,63 @@ fn main() {
     let mut proxies = vec![
         (
             "floor",
-            start(Command::new(std::env::current_exe().unwrap()).args(["--floor-proxy", &up])),
+            start(
+                args.pin,
+                Command::new(std::env::current_exe().unwrap()).args(["--floor-proxy", &up]),
+            ),
         ),
         (
             "tcpscript",
-            start(Command::new(&bin).args([
-                "proxy",
-                "-q",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                &up,
-            ])),
+            start(
+                args.pin,
+                Command::new(&bin).args([
+                    "proxy",
+                    "-q",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    &up,
+                ]),
+            ),
         ),
         (
             "script",
-            start(Command::new(&bin).arg("proxy").arg(&pass_through).args([
-                "-q",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                &up,
-            ])),
+            start(
+                args.pin,
+                Command::new(&bin).arg("proxy").arg(&pass_through).args([
+                    "-q",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    &up,
+                ]),
+            ),
         ),
     ];
     let have_socat = Command::new("socat").arg("-V").output().is_ok();
     if have_socat {
-        proxies.push(("socat", socat(upstream)));
+        proxies.push(("socat", socat(args.pin, upstream)));
     } else {
         eprintln!("socat is not installed: no socat column");
     }
 
     println!(
-        "tcpscript proxy vs a tokio copy_bidirectional floor and socat; echo upstream; 127.0.0.1; {rounds} rounds"
+        "tcpscript proxy vs a tokio copy_bidirectional floor and socat; echo upstream; 127.0.0.1; {rounds} rounds, {} at 1 connection{}",
+        rounds * 2,
+        args.pin
+            .map_or(String::new(), |pin| format!("; pinned {pin:?}")
+                .to_lowercase())
     );
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}  target",
         "", "floor", "tcpscript", "socat", "script", "vs floor", "vs socat", "script"
     );
     let mut cpu_rows = Vec::new();
-    for row in [Row::RoundTrips(1), Row::RoundTrips(50), Row::Bulk] {
+    let rows = [Row::RoundTrips(1), Row::RoundTrips(50), Row::Bulk];
+    for row in rows
+        .into_iter()
+        .filter(|row| args.only.as_ref().is_none_or(|only| *only == row.key()))
+    {
         // figures[p][r]: proxy p's figure in round r; cpu[p][r] its CPU
         // seconds per round trip.
         let mut figures = vec![Vec::new(); proxies.len()];
@@ -149,7 +189,12 @@ fn main() {
         let measured: Vec<usize> = (0..proxies.len())
             .filter(|&p| p != SCRIPT || matches!(row, Row::RoundTrips(_)))
             .collect();
-        for r in 0..rounds {
+        // See the top: twice the draws of the placement.
+        let row_rounds = match row {
+            Row::RoundTrips(1) => rounds * 2,
+            _ => rounds,
+        };
+        for r in 0..row_rounds {
             for i in 0..measured.len() {
                 let p = measured[(i + r) % measured.len()];
                 let (figure, seconds) = load.block_on(row.measure(&proxies[p].1, round));
@@ -160,7 +205,7 @@ fn main() {
         let ratio = |of: usize, to: usize| {
             (!figures[of].is_empty()).then(|| {
                 median(
-                    (0..rounds)
+                    (0..row_rounds)
                         .map(|r| figures[of][r] / figures[to][r])
                         .collect(),
                 )
@@ -190,6 +235,19 @@ fn main() {
             times(script),
             if pass { "PASS" } else { "FAIL" },
         );
+        if args.each {
+            for r in 0..row_rounds {
+                let figure = |p: usize| figures[p].get(r).map_or("-".into(), |f| format!("{f:.0}"));
+                println!(
+                    "  round {:<14} {:>10} {:>10} {:>10} {:>10}",
+                    r + 1,
+                    figure(FLOOR),
+                    figure(TCPSCRIPT),
+                    figure(SOCAT),
+                    figure(SCRIPT)
+                );
+            }
+        }
         if cpu.iter().any(|c| !c.is_empty()) {
             cpu_rows.push((row, cpu));
         }
@@ -232,6 +290,14 @@ enum Row {
 }
 
 impl Row {
+    /// What `--only` calls the row.
+    fn key(self) -> String {
+        match self {
+            Row::RoundTrips(n) => n.to_string(),
+            Row::Bulk => "bulk".into(),
+        }
+    }
+
     fn name(self) -> String {
         match self {
             Row::RoundTrips(1) => "round trips/s, 1 conn".into(),
@@ -417,7 +483,10 @@ impl Drop for Proxy {
 }
 
 /// Starts `command` and reads the port from its `listening on` line.
-fn start(command: &mut Command) -> Proxy {
+fn start(pin: Option<Pin>, command: &mut Command) -> Proxy {
+    if let Some(pin) = pin {
+        pin.measured(command);
+    }
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -439,13 +508,17 @@ fn start(command: &mut Command) -> Proxy {
 
 /// socat on a free port; it prints nothing when ready, so connect until
 /// it answers.
-fn socat(upstream: SocketAddr) -> Proxy {
+fn socat(pin: Option<Pin>, upstream: SocketAddr) -> Proxy {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("socat")
+    let mut command = Command::new("socat");
+    if let Some(pin) = pin {
+        pin.measured(&mut command);
+    }
+    let child = command
         .arg(format!(
             "TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay"
         ))

@@ -15,7 +15,11 @@
 //! peers  server     answered/s  vs floor   CPU/datagram  vs floor
 //! ```
 //!
-//! Options: `--rounds N` (default 5), `--quick` (2 rounds of 0.5 s).
+//! Options: `--rounds N` (default 5; twice that at 1 peer, whose rate
+//! turns on where the kernel places the peer and the server, drawn anew
+//! with each socket), `--quick` (2 rounds of 0.5 s), `--pin one` (all on
+//! CPU 0) or `--pin apart` (the servers on CPU 1, the bench on CPU 0), so
+//! that both servers meet the same placement.
 //! Run by hand, not by CI; the figures are as noisy as the machine.
 
 use std::io::{BufRead, BufReader};
@@ -28,12 +32,19 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+use pin::Pin;
+
+#[path = "support/pin.rs"]
+mod pin;
+
 const FLOOR_ARG: &str = "--floor-udp-server";
 const MESSAGE: &[u8; 32] = b"00000000000000000000 ping-pong!\n";
 const PEERS: [usize; 2] = [1, 50];
 const SESSIONS: usize = 10_000;
 /// A reply not back in this long is counted lost, and the peer goes on.
 const LOST_AFTER: Duration = Duration::from_millis(200);
+/// `--pin`, for the servers the bench starts.
+static PIN: std::sync::OnceLock<Pin> = std::sync::OnceLock::new();
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,6 +58,21 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(if quick { 2 } else { 5 });
+    if let Some(value) = args
+        .iter()
+        .position(|a| a == "--pin")
+        .map(|i| args.get(i + 1).map_or("", String::as_str))
+    {
+        let pin = Pin::parse(value).unwrap_or_else(|e| {
+            eprintln!("udp bench: {e}");
+            std::process::exit(2)
+        });
+        if let Err(e) = pin.bench() {
+            eprintln!("udp bench: cannot pin to CPU 0: {e}");
+            std::process::exit(1);
+        }
+        let _ = PIN.set(pin);
+    }
     let window = if quick {
         Duration::from_millis(500)
     } else {
@@ -67,7 +93,13 @@ fn run(rounds: usize, window: Duration) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    println!("udp request/reply, {rounds} rounds of {window:?} per server and peer count");
+    println!(
+        "udp request/reply, {rounds} rounds of {window:?} per server and peer count ({} at 1 peer){}",
+        rounds * 2,
+        PIN.get()
+            .map_or(String::new(), |pin| format!("; pinned {pin:?}")
+                .to_lowercase())
+    );
     println!("peers  server     answered/s  vs floor (spread)      CPU/datagram  vs floor  lost");
     let floor = Server::start(Kind::Floor, &echo)?;
     let tcpscript = Server::start(Kind::Tcpscript, &echo)?;
@@ -75,6 +107,10 @@ fn run(rounds: usize, window: Duration) -> Result<(), String> {
         let mut rates = Vec::new();
         let mut cpus = Vec::new();
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        // One peer's rate turns on where the kernel places the peer and
+        // the server (see `--pin`), drawn anew with each socket: twice the
+        // rounds, twice the draws.
+        let rounds = if peers == 1 { rounds * 2 } else { rounds };
         for round in 0..rounds {
             // The order alternates, so neither always runs on a warmer machine.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -297,6 +333,9 @@ impl Server {
                 c
             }
         };
+        if let Some(pin) = PIN.get() {
+            pin.measured(&mut command);
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
