@@ -11,7 +11,7 @@
 //! whole messages as they arrive, and those that cut bytes are refused.
 
 mod connection; // one proxied connection: the upstream connect, both directions, how it ends
-mod lanes; // unscripted connections on a thread per core, each with its own runtime
+mod lanes; // connections on threads with a runtime of their own: unscripted ones by core, scripted ones alone
 pub(crate) mod scripted; // `proxy SCRIPT`: each direction's messages through the script's hooks
 pub(crate) mod toxics; // the fault model: which connections, which directions, what to each chunk
 pub(crate) mod transport; // plain TCP or TLS on either side, and the handshakes
@@ -208,6 +208,88 @@ enum Listener {
     Udp(tokio::net::UdpSocket),
 }
 
+/// An accepted connection on its way to what carries it.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    index: u64,
+    hard: watch::Receiver<bool>,
+    /// Dropped when the connection is done (see `serve`).
+    done: mpsc::Sender<()>,
+}
+
+/// Gives `job` to the lanes if unscripted; if scripted, to a lane of its
+/// own while one is free, else to the shared runtime (see `lanes`).
+async fn hand_out(
+    job: Accepted,
+    lanes: Option<&mut lanes::Lanes>,
+    solos: Option<&lanes::Solos>,
+    shared: &Arc<Shared>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        index,
+        hard,
+        done,
+    } = job;
+    enum To<'a> {
+        Lanes(&'a mut lanes::Lanes),
+        Solo(&'a lanes::Solos, usize),
+    }
+    let to = match (lanes, solos.and_then(|solos| Some((solos, solos.claim()?)))) {
+        (Some(lanes), _) => To::Lanes(lanes),
+        (None, Some((solos, lane))) => To::Solo(solos, lane),
+        (None, None) => return on_shared(stream, peer, index, shared, hard, done),
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => return untaken(shared, index, peer, &e),
+    };
+    let job = lanes::Job {
+        stream,
+        peer,
+        index,
+        hard,
+        done,
+    };
+    match to {
+        To::Lanes(lanes) => lanes.hand(job).await,
+        To::Solo(solos, lane) => {
+            if let Err(job) = solos.hand(lane, job) {
+                // That lane's thread is gone: the shared runtime takes it.
+                match tokio::net::TcpStream::from_std(job.stream) {
+                    Ok(stream) => on_shared(stream, peer, index, shared, job.hard, job.done),
+                    Err(e) => untaken(shared, index, peer, &e),
+                }
+            }
+        }
+    }
+}
+
+/// Counts a connection that could not be moved to its thread.
+fn untaken(shared: &Shared, index: u64, peer: SocketAddr, e: &std::io::Error) {
+    console::err(&format!("#{index} {peer}: cannot take the connection: {e}"));
+    shared.counts.errors.fetch_add(1, Ordering::Relaxed);
+    shared.counts.connections.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs a connection as a task of the shared runtime.
+fn on_shared(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    index: u64,
+    shared: &Arc<Shared>,
+    hard: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        connection::proxy(stream, peer, index, &shared, hard).await;
+        drop(done);
+    });
+}
+
 /// Accepts until `stop`, then lets open connections go on for the
 /// server's grace period before cutting them, and sums them up.
 async fn serve(
@@ -225,6 +307,10 @@ async fn serve(
         None => lanes::Lanes::start(&shared),
         Some(_) => None,
     };
+    let solos = match shared.script {
+        Some(_) => lanes::Solos::start(&shared),
+        None => None,
+    };
 
     loop {
         tokio::select! {
@@ -234,26 +320,8 @@ async fn serve(
                     let index = accepted_count;
                     let hard = hard_rx.clone();
                     let done = done_tx.clone();
-                    match &mut lanes {
-                        Some(lanes) => match stream.into_std() {
-                            Ok(stream) => {
-                                let job = lanes::Job { stream, peer, index, hard, done };
-                                lanes.hand(job).await;
-                            }
-                            Err(e) => {
-                                console::err(&format!("#{index} {peer}: cannot take the connection: {e}"));
-                                shared.counts.errors.fetch_add(1, Ordering::Relaxed);
-                                shared.counts.connections.fetch_add(1, Ordering::Relaxed);
-                            }
-                        },
-                        None => {
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
-                                connection::proxy(stream, peer, index, &shared, hard).await;
-                                drop(done);
-                            });
-                        }
-                    }
+                    let job = Accepted { stream, peer, index, hard, done };
+                    hand_out(job, lanes.as_mut(), solos.as_ref(), &shared).await;
                 }
                 Err(e) => crate::net::accept_failed(&e, &mut last_accept_error).await,
             },
@@ -263,6 +331,7 @@ async fn serve(
 
     drop(listener);
     drop(lanes);
+    drop(solos);
     drop(done_tx);
     if tokio::time::timeout(shutdown::GRACE, done_rx.recv())
         .await

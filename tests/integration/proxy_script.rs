@@ -592,3 +592,59 @@ fn a_flood_of_pipelined_lines_comes_back_whole_and_in_order() {
     sender.join().unwrap();
     assert_eq!((echoed, acked), (LINES, LINES / 10));
 }
+
+/// Hooks that spin to their limit on every core must not hold up a
+/// connection beside them: a scripted connection runs on a thread of its
+/// own while one is free, and on the shared runtime otherwise, where a slow
+/// hook hands its worker's other connections on.
+#[test]
+fn hooks_spinning_to_their_limit_leave_a_bystander_served() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let upstream = echo_server();
+    let s = script(
+        "const FRAMING = \"line\";\nfn on_client_message(m) { if m == \"spin\" { loop {} } m }\n",
+    );
+    let proxy = proxy_with(s.path(), &upstream.addr(), &["--hook-timeout", "1s", "-q"]);
+    let port = proxy.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Each hog's hook spins until its limit, which closes its connection.
+    let hogs: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut hog = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    hog.set_read_timeout(Some(crate::support::PATIENCE))
+                        .unwrap();
+                    hog.write_all(b"spin\n").unwrap();
+                    let _ = hog.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+    // The bystander may land beside a hog or on a thread of its own: either
+    // way it must be served.
+    let mut bystander = LineClient::connect(port);
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(3) {
+        let sent = Instant::now();
+        assert_eq!(bystander.exchange("ping"), "ping");
+        worst = worst.max(sent.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for hog in hogs {
+        let _ = hog.join();
+    }
+    // Loose: a held-up bystander waits out a hook's whole second.
+    assert!(
+        worst < Duration::from_millis(400),
+        "a round trip took {worst:?}"
+    );
+}
