@@ -176,7 +176,9 @@ impl Solos {
 /// A lane of [`Solos`]: one connection at a time until its queue closes.
 async fn solo(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>, free: Arc<AtomicBool>) {
     while let Some(job) = jobs.recv().await {
-        carry(job, &shared).await;
+        let shared = shared.clone();
+        // A task, so that a panic ends the connection, not the lane.
+        let _ = tokio::spawn(async move { carry(job, &shared).await }).await;
         free.store(true, Ordering::Release);
     }
 }
