@@ -22,19 +22,81 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{Shared, connection};
+use crate::console;
 
 /// Accepted connections waiting for their lane; past this the accept loop
 /// waits, and the kernel's backlog holds the rest.
 const QUEUE: usize = 1024;
 
-/// One accepted connection, handed to a lane.
-pub(super) struct Job {
-    pub(super) stream: std::net::TcpStream,
+/// One accepted connection on its way to the thread that carries it: its
+/// stream is a std one between runtimes.
+pub(super) struct Job<S = std::net::TcpStream> {
+    pub(super) stream: S,
     pub(super) peer: SocketAddr,
     pub(super) index: u64,
     pub(super) hard: watch::Receiver<bool>,
     /// Dropped when the connection is done (see `serve`).
     pub(super) done: mpsc::Sender<()>,
+}
+
+impl<S> Job<S> {
+    /// The same job with its stream moved from one runtime to another
+    /// (or out of any); `None`, counted and said, if the system refuses.
+    pub(super) fn try_map<T>(
+        self,
+        move_stream: impl FnOnce(S) -> std::io::Result<T>,
+        shared: &Shared,
+    ) -> Option<Job<T>> {
+        let Job {
+            stream,
+            peer,
+            index,
+            hard,
+            done,
+        } = self;
+        match move_stream(stream) {
+            Ok(stream) => Some(Job {
+                stream,
+                peer,
+                index,
+                hard,
+                done,
+            }),
+            Err(e) => {
+                console::err(&format!("#{index} {peer}: cannot take the connection: {e}"));
+                shared.counts.errors.fetch_add(1, Ordering::Relaxed);
+                shared.counts.connections.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Job<tokio::net::TcpStream> {
+    /// Carries the connection to its end.
+    pub(super) async fn carry(self, shared: &Shared) {
+        connection::proxy(self.stream, self.peer, self.index, shared, self.hard).await;
+        drop(self.done);
+    }
+}
+
+/// Starts `thread` running `body` on a current-thread runtime of
+/// its own; `None` if the system refuses either.
+fn own_runtime(
+    thread: std::thread::Builder,
+    body: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .ok()?;
+    thread.spawn(move || runtime.block_on(body)).ok()?;
+    Some(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The lanes' queues. Dropping them ends each lane once its connections
@@ -49,23 +111,14 @@ impl Lanes {
     /// A lane per core; `None` if the system refuses a thread or a
     /// runtime, and the shared runtime carries every connection instead.
     pub(super) fn start(shared: &Arc<Shared>) -> Option<Lanes> {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut lanes = Lanes {
-            queues: Vec::with_capacity(count),
+            queues: Vec::with_capacity(cores()),
             next: 0,
         };
-        for _ in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .ok()?;
+        for _ in 0..cores() {
             let (queue, jobs) = mpsc::channel(QUEUE);
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("tcpscript-lane".into())
-                .spawn(move || runtime.block_on(lane(jobs, shared)))
-                .ok()?;
+            let thread = std::thread::Builder::new().name("tcpscript-lane".into());
+            own_runtime(thread, lane(jobs, shared.clone()))?;
             lanes.queues.push(queue);
         }
         Some(lanes)
@@ -103,18 +156,9 @@ async fn lane(mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) {
 }
 
 async fn carry(job: Job, shared: &Shared) {
-    let Job {
-        stream,
-        peer,
-        index,
-        hard,
-        done,
-    } = job;
-    match tokio::net::TcpStream::from_std(stream) {
-        Ok(stream) => connection::proxy(stream, peer, index, shared, hard).await,
-        Err(e) => super::untaken(shared, index, peer, &e),
+    if let Some(job) = job.try_map(tokio::net::TcpStream::from_std, shared) {
+        job.carry(shared).await;
     }
-    drop(done);
 }
 
 /// Lanes for one scripted connection each, one per core.
@@ -132,21 +176,13 @@ impl Solos {
     /// A lane per core; `None` if the system refuses a thread or a runtime,
     /// and the shared runtime carries every connection instead.
     pub(super) fn start(shared: &Arc<Shared>) -> Option<Solos> {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut lanes = Vec::with_capacity(count);
-        for _ in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .ok()?;
+        let mut lanes = Vec::with_capacity(cores());
+        for _ in 0..cores() {
             let (queue, jobs) = mpsc::channel(1);
             let free = Arc::new(AtomicBool::new(true));
-            let (shared, done) = (shared.clone(), free.clone());
             // Hooks run here: the stack every script thread gets.
-            crate::stack::thread("tcpscript-solo")
-                .spawn(move || runtime.block_on(solo(jobs, shared, done)))
-                .ok()?;
+            let thread = crate::stack::thread("tcpscript-solo");
+            own_runtime(thread, solo(jobs, shared.clone(), free.clone()))?;
             lanes.push(Solo { queue, free });
         }
         Some(Solos { lanes })

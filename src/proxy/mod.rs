@@ -208,31 +208,14 @@ enum Listener {
     Udp(tokio::net::UdpSocket),
 }
 
-/// An accepted connection on its way to what carries it.
-struct Accepted {
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    index: u64,
-    hard: watch::Receiver<bool>,
-    /// Dropped when the connection is done (see `serve`).
-    done: mpsc::Sender<()>,
-}
-
 /// Gives `job` to the lanes if unscripted; if scripted, to a lane of its
 /// own while one is free, else to the shared runtime (see `lanes`).
 async fn hand_out(
-    job: Accepted,
+    job: lanes::Job<tokio::net::TcpStream>,
     lanes: Option<&mut lanes::Lanes>,
     solos: Option<&lanes::Solos>,
     shared: &Arc<Shared>,
 ) {
-    let Accepted {
-        stream,
-        peer,
-        index,
-        hard,
-        done,
-    } = job;
     enum To<'a> {
         Lanes(&'a mut lanes::Lanes),
         Solo(&'a lanes::Solos, usize),
@@ -240,54 +223,28 @@ async fn hand_out(
     let to = match (lanes, solos.and_then(|solos| Some((solos, solos.claim()?)))) {
         (Some(lanes), _) => To::Lanes(lanes),
         (None, Some((solos, lane))) => To::Solo(solos, lane),
-        (None, None) => return on_shared(stream, peer, index, shared, hard, done),
+        (None, None) => return on_shared(job, shared),
     };
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
-        Err(e) => return untaken(shared, index, peer, &e),
-    };
-    let job = lanes::Job {
-        stream,
-        peer,
-        index,
-        hard,
-        done,
+    let Some(job) = job.try_map(tokio::net::TcpStream::into_std, shared) else {
+        return;
     };
     match to {
         To::Lanes(lanes) => lanes.hand(job).await,
         To::Solo(solos, lane) => {
             if let Err(job) = solos.hand(lane, job) {
                 // That lane's thread is gone: the shared runtime takes it.
-                match tokio::net::TcpStream::from_std(job.stream) {
-                    Ok(stream) => on_shared(stream, peer, index, shared, job.hard, job.done),
-                    Err(e) => untaken(shared, index, peer, &e),
+                if let Some(job) = job.try_map(tokio::net::TcpStream::from_std, shared) {
+                    on_shared(job, shared);
                 }
             }
         }
     }
 }
 
-/// Counts a connection that could not be moved to its thread.
-fn untaken(shared: &Shared, index: u64, peer: SocketAddr, e: &std::io::Error) {
-    console::err(&format!("#{index} {peer}: cannot take the connection: {e}"));
-    shared.counts.errors.fetch_add(1, Ordering::Relaxed);
-    shared.counts.connections.fetch_add(1, Ordering::Relaxed);
-}
-
 /// Runs a connection as a task of the shared runtime.
-fn on_shared(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    index: u64,
-    shared: &Arc<Shared>,
-    hard: watch::Receiver<bool>,
-    done: mpsc::Sender<()>,
-) {
+fn on_shared(job: lanes::Job<tokio::net::TcpStream>, shared: &Arc<Shared>) {
     let shared = shared.clone();
-    tokio::spawn(async move {
-        connection::proxy(stream, peer, index, &shared, hard).await;
-        drop(done);
-    });
+    tokio::spawn(async move { job.carry(&shared).await });
 }
 
 /// Accepts until `stop`, then lets open connections go on for the
@@ -320,7 +277,7 @@ async fn serve(
                     let index = accepted_count;
                     let hard = hard_rx.clone();
                     let done = done_tx.clone();
-                    let job = Accepted { stream, peer, index, hard, done };
+                    let job = lanes::Job { stream, peer, index, hard, done };
                     hand_out(job, lanes.as_mut(), solos.as_ref(), &shared).await;
                 }
                 Err(e) => crate::net::accept_failed(&e, &mut last_accept_error).await,
