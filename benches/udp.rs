@@ -15,11 +15,13 @@
 //! peers  server     answered/s  vs floor   CPU/datagram  vs floor
 //! ```
 //!
-//! Options: `--rounds N` (default 5; twice that at 1 peer, whose rate
-//! turns on where the kernel places the peer and the server, drawn anew
-//! with each socket), `--quick` (2 rounds of 0.5 s), `--pin one` (all on
+//! Options: `--rounds N` (default 10: a rate turns on where the kernel
+//! places the peers, the server and its threads, and a placement can hold
+//! for several rounds, so a median of 5 could land on one bad spell),
+//! `--quick` (4 rounds of 0.5 s), `--pin one` (all on
 //! CPU 0) or `--pin apart` (the servers on CPU 1, the bench on CPU 0), so
-//! that both servers meet the same placement.
+//! that both servers meet the same placement, `--only 1|50` (that row
+//! alone, and no RSS), `--each` (every round under its row).
 //! Run by hand, not by CI; the figures are as noisy as the machine.
 
 use std::io::{BufRead, BufReader};
@@ -57,7 +59,7 @@ fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
-        .unwrap_or(if quick { 2 } else { 5 });
+        .unwrap_or(if quick { 4 } else { 10 });
     if let Some(value) = args
         .iter()
         .position(|a| a == "--pin")
@@ -73,18 +75,24 @@ fn main() {
         }
         let _ = PIN.set(pin);
     }
+    let only: Option<usize> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    let each = args.iter().any(|a| a == "--each");
     let window = if quick {
         Duration::from_millis(500)
     } else {
         Duration::from_secs(1)
     };
-    if let Err(e) = run(rounds, window) {
+    if let Err(e) = run(rounds, window, only, each) {
         eprintln!("udp bench: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(rounds: usize, window: Duration) -> Result<(), String> {
+fn run(rounds: usize, window: Duration, only: Option<usize>, each: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let echo = dir.path().join("echo.rhai");
     std::fs::write(&echo, "fn on_message(msg) { msg }\n").map_err(|e| e.to_string())?;
@@ -94,8 +102,7 @@ fn run(rounds: usize, window: Duration) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     println!(
-        "udp request/reply, {rounds} rounds of {window:?} per server and peer count ({} at 1 peer){}",
-        rounds * 2,
+        "udp request/reply, {rounds} rounds of {window:?} per server and peer count{}",
         PIN.get()
             .map_or(String::new(), |pin| format!("; pinned {pin:?}")
                 .to_lowercase())
@@ -103,14 +110,13 @@ fn run(rounds: usize, window: Duration) -> Result<(), String> {
     println!("peers  server     answered/s  vs floor (spread)      CPU/datagram  vs floor  lost");
     let floor = Server::start(Kind::Floor, &echo)?;
     let tcpscript = Server::start(Kind::Tcpscript, &echo)?;
-    for peers in PEERS {
+    for peers in PEERS
+        .into_iter()
+        .filter(|p| only.is_none_or(|only| only == *p))
+    {
         let mut rates = Vec::new();
         let mut cpus = Vec::new();
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
-        // One peer's rate turns on where the kernel places the peer and
-        // the server (see `--pin`), drawn anew with each socket: twice the
-        // rounds, twice the draws.
-        let rounds = if peers == 1 { rounds * 2 } else { rounds };
         for round in 0..rounds {
             // The order alternates, so neither always runs on a warmer machine.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -147,10 +153,23 @@ fn run(rounds: usize, window: Duration) -> Result<(), String> {
                 cpu * 1e6
             );
         }
+        if each {
+            for (r, (rate, cpu)) in rates.iter().zip(&cpus).enumerate() {
+                println!(
+                    "  round {:<3} {:>11.0} {:>11.0}  {rate:.2}x  CPU {cpu:.2}x",
+                    r + 1,
+                    runs[0][r].rate(),
+                    runs[1][r].rate(),
+                );
+            }
+        }
     }
     println!("targets: answered/s >= 0.90x the floor, CPU per datagram <= 1.20x");
     drop(tcpscript);
     drop(floor);
+    if only.is_some() {
+        return Ok(());
+    }
 
     let server = Server::start_with(Kind::Tcpscript, &echo, &["--idle-timeout", "10m"])?;
     let before_kib = rss_kib(server.pid())?;
