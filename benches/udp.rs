@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tokio::net::UdpSocket;
 
 use pin::Pin;
@@ -48,45 +49,52 @@ const LOST_AFTER: Duration = Duration::from_millis(200);
 /// `--pin`, for the servers the bench starts.
 static PIN: std::sync::OnceLock<Pin> = std::sync::OnceLock::new();
 
+#[derive(Debug, Parser)]
+struct Args {
+    /// Run as the floor server (internal)
+    #[arg(long = "floor-udp-server", hide = true)]
+    floor: bool,
+    /// Fewer and shorter rounds
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per row [default: 10, 4 with --quick]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only this row (`1` or `50` peers), and no RSS
+    #[arg(long, value_parser = ["1", "50"])]
+    only: Option<String>,
+    /// Print each round's figures under its row
+    #[arg(long)]
+    each: bool,
+    /// Pin to CPUs: `one` runs everything on CPU 0, `apart` the servers on
+    /// CPU 1 and the peers on CPU 0 [default: the kernel places]
+    #[arg(long, value_parser = Pin::parse)]
+    pin: Option<Pin>,
+    /// Passed by `cargo bench`
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(FLOOR_ARG) {
+    let args = Args::parse();
+    if args.floor {
         return floor_server();
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let rounds = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(if quick { 4 } else { 10 });
-    if let Some(value) = args
-        .iter()
-        .position(|a| a == "--pin")
-        .map(|i| args.get(i + 1).map_or("", String::as_str))
-    {
-        let pin = Pin::parse(value).unwrap_or_else(|e| {
-            eprintln!("udp bench: {e}");
-            std::process::exit(2)
-        });
+    if let Some(pin) = args.pin {
         if let Err(e) = pin.bench() {
             eprintln!("udp bench: cannot pin to CPU 0: {e}");
             std::process::exit(1);
         }
         let _ = PIN.set(pin);
     }
-    let only: Option<usize> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok());
-    let each = args.iter().any(|a| a == "--each");
-    let window = if quick {
+    let rounds = args.rounds.unwrap_or(if args.quick { 4 } else { 10 });
+    let window = if args.quick {
         Duration::from_millis(500)
     } else {
         Duration::from_secs(1)
     };
-    if let Err(e) = run(rounds, window, only, each) {
+    let only = args.only.and_then(|only| only.parse().ok());
+    if let Err(e) = run(rounds, window, only, args.each) {
         eprintln!("udp bench: {e}");
         std::process::exit(1);
     }
