@@ -39,7 +39,7 @@ pub(crate) struct Args {
         action = ArgAction::Set
     )]
     conns: Option<Vec<usize>>,
-    /// Echo rounds per server [default: 6, 2 with --quick]
+    /// Echo rounds per server, twice that at 1 connection [default: 6, 2 with --quick]
     #[arg(long, value_name = "N", value_parser = positive)]
     rounds: Option<usize>,
     /// Run as the floor server (internal: `Server::start` spawns this)

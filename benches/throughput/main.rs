@@ -1,7 +1,7 @@
 //! Speed and memory benchmark for tcpscript, run by hand:
 //!
 //! ```sh
-//! cargo bench --bench throughput                      # full run, about 1.5 minutes
+//! cargo bench --bench throughput                      # full run, about 3 minutes
 //! cargo bench --bench throughput -- --quick           # short run, about 25 s
 //! cargo bench --bench throughput -- --only echo,idle  # some sections only
 //! cargo bench --bench throughput -- --help            # the options
