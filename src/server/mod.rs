@@ -189,6 +189,34 @@ impl Background {
         self.addr
     }
 
+    /// Runs `serve` on `runtime`, on a thread of its own, until [`stop`]:
+    /// `serve` is handed the future that ends then.
+    ///
+    /// [`stop`]: Background::stop
+    fn start<F: std::future::Future>(
+        runtime: tokio::runtime::Runtime,
+        addr: SocketAddr,
+        serve: impl FnOnce(Stopped) -> F + Send + 'static,
+    ) -> Result<Background, Error> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Sized for scripts: the script's values may be dropped on it at the end.
+        let thread = crate::stack::thread("tcpscript-server")
+            .spawn(move || {
+                runtime.block_on(serve(Box::pin(async {
+                    let _ = stopped.await;
+                })));
+            })
+            .map_err(|source| Error::System {
+                action: "start the server thread",
+                source,
+            })?;
+        Ok(Background {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
     /// Stops accepting, lets open connections finish, and waits for it.
     pub(crate) fn stop(mut self) {
         self.shut_down();
@@ -203,6 +231,9 @@ impl Background {
         }
     }
 }
+
+/// Ends when a [`Background`] server is asked to stop, or is dropped.
+type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Drop for Background {
     fn drop(&mut self) {
@@ -228,29 +259,15 @@ pub(crate) fn spawn(
     })?;
     raise_open_file_limit();
     let idle = idle_clock(&options)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    // Sized for scripts: the script's values may be dropped on it at the end.
-    let thread = crate::stack::thread("tcpscript-server")
-        .spawn(move || {
-            runtime.block_on(serve(
-                listener,
-                script,
-                options,
-                Tls::acceptors(tls),
-                idle,
-                async {
-                    let _ = stopped.await;
-                },
-            ));
-        })
-        .map_err(|source| Error::System {
-            action: "start the server thread",
-            source,
-        })?;
-    Ok(Background {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
+    Background::start(runtime, addr, move |stopped| {
+        serve(
+            listener,
+            script,
+            options,
+            Tls::acceptors(tls),
+            idle,
+            stopped,
+        )
     })
 }
 
@@ -325,28 +342,8 @@ fn spawn_udp(
 ) -> Result<Background, Error> {
     let (socket, addr) = runtime.block_on(bind_udp(&options.listen))?;
     let alarm = idle_alarm()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = crate::stack::thread("tcpscript-server")
-        .spawn(move || {
-            runtime.block_on(serve_udp_on_worker(
-                socket,
-                script,
-                options,
-                udp,
-                alarm,
-                async {
-                    let _ = stopped.await;
-                },
-            ));
-        })
-        .map_err(|source| Error::System {
-            action: "start the server thread",
-            source,
-        })?;
-    Ok(Background {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
+    Background::start(runtime, addr, move |stopped| {
+        serve_udp_on_worker(socket, script, options, udp, alarm, stopped)
     })
 }
 
