@@ -76,9 +76,25 @@ pub(crate) enum StartTlsError {
 #[derive(Debug, Error)]
 pub(crate) enum RecvError {
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("{0}")]
     Frame(#[from] FrameError),
+}
+
+impl From<io::Error> for RecvError {
+    /// A datagram too large for a stream read is refused inside `Read`,
+    /// so it comes as an `io::Error`; it is still the peer breaking the
+    /// framing (a failed expectation), not the network failing.
+    fn from(e: io::Error) -> Self {
+        if !e.get_ref().is_some_and(|inner| inner.is::<FrameError>()) {
+            return RecvError::Io(e);
+        }
+        match e.into_inner().map(|inner| inner.downcast::<FrameError>()) {
+            Some(Ok(frame)) => RecvError::Frame(*frame),
+            Some(Err(inner)) => RecvError::Io(io::Error::other(inner)),
+            None => RecvError::Io(io::Error::other("a datagram was refused")),
+        }
+    }
 }
 
 /// The bytes a match consumed, and where its groups lie in them.
@@ -500,25 +516,14 @@ impl Datagrams {
     }
 
     /// The stream reads (`recv_until`, `expect_stream`...) see the
-    /// datagrams' bytes one after another; an empty datagram adds none.
+    /// datagrams' bytes one after another.
     fn read_stream(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = self
                 .socket
                 .recv(&mut self.buf)
                 .map_err(|e| refused(self.peer, e))?;
-            if n > out.len() {
-                let too_large = FrameError::DatagramTooLarge {
-                    size: n,
-                    max: out.len(),
-                };
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    too_large.to_string(),
-                ));
-            }
-            if n > 0 {
-                out[..n].copy_from_slice(&self.buf[..n]);
+            if let Some(n) = stream_datagram(&self.buf[..n], out)? {
                 return Ok(n);
             }
         }
@@ -565,24 +570,29 @@ impl Read for UdpReader {
                 }
                 Err(e) => return Err(refused(self.peer, e)),
             };
-            if n > out.len() {
-                let too_large = FrameError::DatagramTooLarge {
-                    size: n,
-                    max: out.len(),
-                };
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    too_large.to_string(),
-                ));
-            }
-            // An empty datagram adds nothing to the stream; a read of 0
-            // would say the connection ended.
-            if n > 0 {
-                out[..n].copy_from_slice(&self.buf[..n]);
+            if let Some(n) = stream_datagram(&self.buf[..n], out)? {
                 return Ok(n);
             }
         }
     }
+}
+
+/// `datagram` as the next bytes of a stream read into `out`: an error when
+/// it does not fit, `None` when it is empty, as it adds nothing to the
+/// stream (and a read of 0 would say the connection ended).
+fn stream_datagram(datagram: &[u8], out: &mut [u8]) -> io::Result<Option<usize>> {
+    if datagram.len() > out.len() {
+        let too_large = FrameError::DatagramTooLarge {
+            size: datagram.len(),
+            max: out.len(),
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, too_large));
+    }
+    if datagram.is_empty() {
+        return Ok(None);
+    }
+    out[..datagram.len()].copy_from_slice(datagram);
+    Ok(Some(datagram.len()))
 }
 
 impl Source for UdpReader {

@@ -158,6 +158,40 @@ fn a_udp_client_talks_to_a_python_request_reply_server() {
 }
 
 #[test]
+fn stream_reads_see_datagrams_back_to_back_and_an_empty_one_ends_nothing() {
+    let server = python_server("d");
+    let client = script(
+        r#"
+        send("ab");
+        send("");
+        send("cd|ef");
+        assert_eq(recv_until("|"), "abcd");
+        assert_eq(recv_exact(2), "ef");
+        send("");
+        assert_eq(recv(), "");        // a message read sees it
+        "#,
+    );
+    udp_client(client.path(), &server.addr())
+        .assert()
+        .success()
+        .stderr(contains("ok: "));
+}
+
+#[test]
+fn a_stream_read_refuses_a_datagram_larger_than_max_frame_whole() {
+    let server = python_server("d * 20");
+    let client = script(r#"send("0123456789"); recv_until("|");"#);
+    udp_client(client.path(), &server.addr())
+        .args(["--max-frame", "100"])
+        .assert()
+        .code(1)
+        .stderr(contains(
+            "the peer broke the framing while we waited for bytes up to \"|\": \
+             a datagram of 200 bytes arrived, larger than --max-frame (100 bytes): refused whole, not cut",
+        ));
+}
+
+#[test]
 fn a_udp_client_talks_to_a_socat_echo_server() {
     let port = free_udp_port();
     let mut command = Command::new("socat");
