@@ -218,6 +218,7 @@ impl Outbox {
         let mut copies = 1;
         if let Some(shaper) = &mut lane.shaper {
             if shaper.blackholed() {
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             match shaper.datagram_fate() {
@@ -236,15 +237,18 @@ impl Outbox {
         }
         let overtaken = lane.held.take();
         for _ in 0..copies {
-            self.push(due, dest, data.clone());
+            self.push(due, dest, data.clone(), counts);
         }
         if let Some((_, held)) = overtaken {
-            self.push(due, dest, held);
+            self.push(due, dest, held, counts);
         }
     }
 
-    fn push(&mut self, due: Instant, dest: Dest, data: Vec<u8>) {
+    /// Queues `data`, or drops it (counted) when the session holds
+    /// [`HELD_LIMIT`] already.
+    fn push(&mut self, due: Instant, dest: Dest, data: Vec<u8>, counts: &super::Counts) {
         if self.bytes + data.len() > HELD_LIMIT {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.bytes += data.len();
@@ -267,14 +271,14 @@ impl Outbox {
     }
 
     /// What is due now, in order.
-    fn take_due(&mut self, now: Instant) -> Vec<(Dest, Vec<u8>)> {
+    fn take_due(&mut self, now: Instant, counts: &super::Counts) -> Vec<(Dest, Vec<u8>)> {
         let mut out = Vec::new();
         for dest in [Dest::Upstream, Dest::Client] {
             let lane = self.lane(dest);
             if lane.held.as_ref().is_some_and(|(due, _)| *due <= now)
                 && let Some((due, data)) = lane.held.take()
             {
-                self.push(due, dest, data);
+                self.push(due, dest, data, counts);
             }
         }
         while let Some(Reverse((due, ..))) = self.queue.peek() {
@@ -349,7 +353,7 @@ impl Session {
             script.map_or((false, false), |script| script.hooks_each_way());
         let mut ending = "ended (--idle-timeout)";
         if let Some(hooks) = &mut hooks
-            && !apply(hooks.on_connect(), Dest::Upstream, &mut outbox, counts)
+            && !apply(hooks.on_connect(), Dest::Client, &mut outbox, counts)
         {
             ending = "ended by the script";
         }
@@ -369,7 +373,6 @@ impl Session {
                         self.waiting.fetch_sub(datagram.len(), Ordering::Relaxed);
                         last = Instant::now();
                         up_count += 1;
-                        counts.messages_up.fetch_add(1, Ordering::Relaxed);
                         if !forward(&mut hooks, client_hook, Dest::Upstream, datagram, &mut outbox, counts) {
                             ending = "ended by the script";
                             break;
@@ -397,7 +400,6 @@ impl Session {
                         };
                         last = Instant::now();
                         down_count += 1;
-                        counts.messages_down.fetch_add(1, Ordering::Relaxed);
                         let datagram = buf[..n.min(DATAGRAM)].to_vec();
                         if !forward(&mut hooks, server_hook, Dest::Client, datagram, &mut outbox, counts) {
                             ending = "ended by the script";
@@ -411,8 +413,8 @@ impl Session {
                         break;
                     }
                 }
-                for (dest, data) in outbox.take_due(Instant::now()) {
-                    deliver(dest, &data, &upstream, &self.client, peer, counts).await;
+                for (dest, data) in outbox.take_due(Instant::now(), counts) {
+                    deliver(dest, &data, &upstream, &self.client, (index, peer), counts).await;
                 }
             }
         }
@@ -514,14 +516,30 @@ fn apply(
     !(failed || reply.close || reply.reset)
 }
 
+/// Sends a datagram due, and counts it. A datagram is forwarded whole or
+/// not at all: one a script made too large for UDP is refused, said, and
+/// counted as an error.
 async fn deliver(
     dest: Dest,
     data: &[u8],
     upstream: &UdpSocket,
     client: &UdpSocket,
-    peer: SocketAddr,
+    (index, peer): (u64, SocketAddr),
     counts: &super::Counts,
 ) {
+    if data.len() > DATAGRAM {
+        counts.errors.fetch_add(1, Ordering::Relaxed);
+        let to = match dest {
+            Dest::Upstream => "the upstream",
+            Dest::Client => "the client",
+        };
+        console::err(&format!(
+            "#{index} {peer}: cannot send a datagram of {} bytes to {to}: \
+             larger than the most one UDP datagram carries ({DATAGRAM} bytes); not sent",
+            data.len()
+        ));
+        return;
+    }
     let sent = match dest {
         Dest::Upstream => upstream.send(data).await,
         Dest::Client => client.send_to(data, peer).await,
@@ -529,10 +547,11 @@ async fn deliver(
     // An error is the upstream's ICMP unreachable for an earlier
     // datagram, which the receive side reports.
     if let Ok(n) = sent {
-        let moved = match dest.way() {
-            Way::Up => &counts.bytes_up,
-            Way::Down => &counts.bytes_down,
+        let (datagrams, bytes) = match dest.way() {
+            Way::Up => (&counts.messages_up, &counts.bytes_up),
+            Way::Down => (&counts.messages_down, &counts.bytes_down),
         };
-        moved.fetch_add(n as u64, Ordering::Relaxed);
+        datagrams.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -56,7 +56,7 @@ fn each_client_gets_its_own_session_and_its_own_replies() {
 }
 
 #[test]
-fn loss_of_one_loses_every_datagram_and_the_summary_counts_them() {
+fn loss_of_one_loses_every_datagram_and_the_summary_counts_them_dropped() {
     let upstream = python_server(UPPER);
     let mut proxy = proxy(&upstream.addr(), &["--loss", "1", "--direction", "up"]);
     let socket = client(Duration::from_millis(300));
@@ -69,7 +69,7 @@ fn loss_of_one_loses_every_datagram_and_the_summary_counts_them() {
     assert!(
         proxy
             .stderr()
-            .contains("3 datagrams up (0 bytes), 0 down (0 bytes), 3 dropped"),
+            .contains("0 datagrams up (0 bytes), 0 down (0 bytes), 3 dropped"),
         "{}",
         proxy.stderr()
     );
@@ -159,4 +159,69 @@ fn stream_faults_and_datagram_faults_stay_where_they_mean_something() {
         .args(["proxy", "--upstream", "127.0.0.1:1", "--loss", "0.5"])
         .assert()
         .code(2);
+}
+
+#[test]
+fn what_on_connect_returns_or_sends_goes_to_the_client() {
+    let upstream = python_server(UPPER);
+    let s = script(r#"fn on_connect() { send("sent first"); "greeting" }"#);
+    let proxy = proxy(&upstream.addr(), &[s.path()]);
+    let socket = client(Duration::from_millis(500));
+    socket.send_to(b"hello", ("127.0.0.1", proxy.port)).unwrap();
+    assert_eq!(recv(&socket).as_deref(), Some("sent first"));
+    assert_eq!(recv(&socket).as_deref(), Some("greeting"));
+    assert_eq!(recv(&socket).as_deref(), Some("HELLO"));
+    assert_eq!(recv(&socket), None);
+}
+
+#[test]
+fn a_datagram_a_hook_makes_too_large_is_refused_said_and_counted() {
+    let upstream = python_server("d");
+    let s = script(
+        r#"fn on_client_message(msg) {
+            if msg == "big" { let s = "x"; s.pad(70000, "x"); return s; }
+            msg
+        }"#,
+    );
+    let mut proxy = proxy(&upstream.addr(), &[s.path()]);
+    let socket = client(Duration::from_millis(500));
+    socket.send_to(b"big", ("127.0.0.1", proxy.port)).unwrap();
+    socket.send_to(b"small", ("127.0.0.1", proxy.port)).unwrap();
+    assert_eq!(recv(&socket).as_deref(), Some("small"));
+    proxy.wait_stderr(
+        "cannot send a datagram of 70000 bytes to the upstream: \
+         larger than the most one UDP datagram carries (65507 bytes); not sent",
+    );
+    proxy.send_signal("TERM");
+    proxy.wait_exit();
+    assert!(
+        proxy.stderr().contains(
+            "1 datagrams up (5 bytes), 1 down (5 bytes), 0 dropped, 0 with faults, 1 errors"
+        ),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn datagrams_a_blackhole_swallows_are_counted_dropped() {
+    let upstream = python_server("d");
+    let mut proxy = proxy(
+        &upstream.addr(),
+        &["--blackhole-after", "0ms", "--direction", "up"],
+    );
+    let socket = client(Duration::from_millis(300));
+    for _ in 0..2 {
+        socket.send_to(b"x", ("127.0.0.1", proxy.port)).unwrap();
+        assert_eq!(recv(&socket), None);
+    }
+    proxy.send_signal("TERM");
+    proxy.wait_exit();
+    assert!(
+        proxy
+            .stderr()
+            .contains("0 datagrams up (0 bytes), 0 down (0 bytes), 2 dropped"),
+        "{}",
+        proxy.stderr()
+    );
 }
