@@ -498,26 +498,45 @@ impl Datagrams {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(refused(self.peer, e).into()),
             };
-            let datagram = &self.buf[..n];
-            self.records.clear();
-            framing::datagram_records(
-                framing,
-                max_frame,
-                datagram,
-                &mut self.scratch,
-                &mut self.records,
-            )?;
-            self.queue.extend(
-                self.records
-                    .iter()
-                    .map(|range| Bytes::copy_from_slice(&datagram[range.clone()])),
-            );
+            let datagram = std::mem::take(&mut self.buf);
+            let split = self.push(framing, max_frame, &datagram[..n]);
+            self.buf = datagram;
+            split?;
         }
+    }
+
+    /// Queues the messages `framing` cuts out of `datagram`.
+    fn push(
+        &mut self,
+        framing: &Framing,
+        max_frame: usize,
+        datagram: &[u8],
+    ) -> Result<(), FrameError> {
+        self.records.clear();
+        framing::datagram_records(
+            framing,
+            max_frame,
+            datagram,
+            &mut self.scratch,
+            &mut self.records,
+        )?;
+        self.queue.extend(
+            self.records
+                .iter()
+                .map(|range| Bytes::copy_from_slice(&datagram[range.clone()])),
+        );
+        Ok(())
     }
 
     /// The stream reads (`recv_until`, `expect_stream`...) see the
     /// datagrams' bytes one after another.
     fn read_stream(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // Messages a `recv()` cut from a datagram and left come first.
+        while let Some(message) = self.queue.pop_front() {
+            if let Some(n) = stream_datagram(&message, out)? {
+                return Ok(n);
+            }
+        }
         loop {
             let n = self
                 .socket
@@ -920,6 +939,14 @@ impl Connection {
     fn next(&mut self, timeout: Option<Duration>) -> Result<Received, RecvError> {
         match &mut self.transport {
             Transport::Udp(datagrams) => {
+                // What a stream read took of a datagram and left over
+                // comes first, as one datagram would: never after later
+                // datagrams, never stuck.
+                if !self.reader.buf.is_empty() {
+                    let leftover = self.reader.buf.split();
+                    self.reader.decoder.reset();
+                    datagrams.push(&self.framing, self.reader.max_frame, &leftover)?;
+                }
                 datagrams.next(&self.framing, self.reader.max_frame, timeout)
             }
             transport => self.reader.next(transport, timeout),

@@ -177,6 +177,62 @@ fn stream_reads_see_datagrams_back_to_back_and_an_empty_one_ends_nothing() {
         .stderr(contains("ok: "));
 }
 
+/// A Python UDP server that answers any datagram with four: `abc`,
+/// `def\nghi`, `\n` and `tail`.
+fn four_datagram_server() -> Running {
+    let program = "import socket, sys\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('127.0.0.1', 0))\n\
+         print('listening on 127.0.0.1:%d' % s.getsockname()[1], file=sys.stderr, flush=True)\n\
+         while True:\n\
+         \x20   d, a = s.recvfrom(65536)\n\
+         \x20   for r in [b'abc', b'def\\nghi', b'\\n', b'tail']: s.sendto(r, a)\n";
+    let mut command = Command::new("python3");
+    command.args(["-u", "-c", program]);
+    Running::listening(command, None)
+}
+
+#[test]
+fn recv_after_a_stream_read_gets_the_rest_of_its_datagram_first() {
+    let server = four_datagram_server();
+    let client = script(
+        r#"
+        send("go");
+        assert_eq(recv_line(), "abcdef");
+        assert_eq(recv(), "ghi");
+        assert_eq(recv(), "\n");
+        assert_eq(recv(), "tail");
+        send("go");
+        assert_eq(recv_exact(2), "ab");
+        assert_eq(recv(), "c");
+        assert_eq(recv(), "def\nghi");
+        assert_eq(recv_exact(1), "\n");
+        assert_eq(recv(), "tail");
+        "#,
+    );
+    udp_client(client.path(), &server.addr())
+        .assert()
+        .success()
+        .stderr(contains("ok: "));
+}
+
+#[test]
+fn a_stream_read_after_recv_gets_the_records_left_in_its_datagram() {
+    let server = python_server(r"b'\x00\x02ab\x00\x02cd'");
+    let client = script(
+        r#"
+        send("go");
+        assert_eq(recv(), "ab");
+        assert_eq(recv_exact(2), "cd");
+        "#,
+    );
+    udp_client(client.path(), &server.addr())
+        .args(["--framing", "len:u16"])
+        .assert()
+        .success()
+        .stderr(contains("ok: "));
+}
+
 #[test]
 fn a_stream_read_refuses_a_datagram_larger_than_max_frame_whole() {
     let server = python_server("d * 20");
