@@ -293,6 +293,7 @@ pub(super) async fn serve(
             (a, b) => a.or(b),
         });
     }
+    server.finish_pauses(super::shutdown::GRACE).await;
     server.shut_down().await;
     let counts = Counts::default();
     counts.connections.store(server.ended, Ordering::Relaxed);
@@ -717,6 +718,23 @@ impl Server {
             if self.outgoing.is_full() {
                 self.flush().await;
             }
+        }
+    }
+
+    /// The server stops: replies still waiting out a `sleep()` go out as
+    /// they fall due, within the grace a TCP connection gets to finish;
+    /// what falls due later is cut short.
+    async fn finish_pauses(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while let Some(due) = self.paused.peek().map(|first| first.due) {
+            if due > deadline {
+                break;
+            }
+            // Nothing else runs on this loop any more, and its runtime
+            // has no timer (see `udp_runtime`): a plain sleep it is.
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            self.resume().await;
+            self.flush().await;
         }
     }
 

@@ -572,6 +572,24 @@ fn shutdown_ends_every_session_through_on_disconnect() {
 }
 
 #[test]
+fn at_shutdown_a_reply_waiting_out_a_sleep_still_goes_before_the_farewell() {
+    let server_script = script(
+        r#"
+        fn on_message(m) { sleep(1000); "late" }
+        fn on_disconnect() { "bye" }
+        "#,
+    );
+    let mut server = Running::server(&["--udp", "-v", server_script.path()]);
+    let a = peer(server.port);
+    a.send_to(b"sleepy", ("127.0.0.1", server.port)).unwrap();
+    server.wait_stderr("< sleepy");
+    server.send_signal("TERM");
+    assert_eq!(text(recv(&a)), "late");
+    assert_eq!(text(recv(&a)), "bye");
+    server.wait_exit();
+}
+
+#[test]
 fn udp_with_tls_or_without_a_script_is_a_usage_error() {
     tcpscript()
         .args(["server", "--udp", "--tls", "--echo"])
