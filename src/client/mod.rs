@@ -1118,12 +1118,19 @@ fn register(engine: &mut Engine) {
             Some(options) => conversation.tls_for(&options)?,
             None => ConnectTls::default(),
         };
-        let state = conversation
-            .open(&addr, &tls)
-            .map_err(|e| match conversation.over_time() {
-                Some(deadline) => deadline.terminate(),
-                None => Failure::new(FailureKind::Network, e.to_string()).into(),
-            })?;
+        let state =
+            conversation
+                .open(&addr, &tls)
+                .map_err(|e| match (conversation.over_time(), e) {
+                    (Some(deadline), _) => deadline.terminate(),
+                    // An address that is no address never reached the network:
+                    // the script's mistake, as the same one by `--connect` is
+                    // the command line's.
+                    (None, e @ crate::error::Error::Usage(_)) => {
+                        Failure::script(e.to_string()).into()
+                    }
+                    (None, e) => Failure::new(FailureKind::Network, e.to_string()).into(),
+                })?;
         Ok(Peer {
             conversation,
             state: Arc::new(Mutex::new(state)),

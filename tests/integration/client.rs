@@ -180,6 +180,17 @@ fn a_script_error_is_exit_3_and_a_syntax_error_never_connects() {
 }
 
 #[test]
+fn connect_to_an_address_that_is_none_is_a_script_error() {
+    let (server, _s) = server();
+    let s = script("let c = connect(\"garbage\");\n");
+    client(&s, &server)
+        .assert()
+        .code(3)
+        .stderr(contains("bad address `garbage`"))
+        .stderr(contains(format!("{}:1:9", s.path())));
+}
+
+#[test]
 fn connect_refused_is_exit_4() {
     let port = crate::support::closed_port();
     let s = script("send(\"x\");\n");
