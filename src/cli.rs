@@ -204,7 +204,7 @@ pub struct ClientTlsArgs {
     #[arg(long)]
     pub(crate) insecure: bool,
     /// The name to verify and send as SNI [default: the host of --connect]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_server_name)]
     pub(crate) tls_servername: Option<String>,
     /// An ALPN protocol to offer; repeatable, in order of preference
     #[arg(long, value_name = "PROTO")]
@@ -618,7 +618,7 @@ pub struct UpstreamTlsArgs {
     #[arg(long, requires = "upstream_tls")]
     pub(crate) upstream_insecure: bool,
     /// The name to verify the upstream as and send as SNI [default: the host of --upstream]
-    #[arg(long, value_name = "NAME", requires = "upstream_tls")]
+    #[arg(long, value_name = "NAME", requires = "upstream_tls", value_parser = parse_server_name)]
     pub(crate) upstream_tls_servername: Option<String>,
     /// An ALPN protocol to offer the upstream; repeatable, in order of preference
     #[arg(long, value_name = "PROTO", requires = "upstream_tls")]
@@ -1350,6 +1350,14 @@ fn parse_max_frame(text: &str) -> Result<usize, String> {
 }
 
 /// `65536`, `64KiB`, `64K`, `1MiB`, `1M`.
+/// A TLS server name (a DNS name or an IP address), checked before
+/// anything connects.
+fn parse_server_name(text: &str) -> Result<String, String> {
+    rustls::pki_types::ServerName::try_from(text)
+        .map(|_| text.to_string())
+        .map_err(|_| format!("`{text}` is not a valid TLS server name"))
+}
+
 pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let digits = text

@@ -304,3 +304,21 @@ fn a_server_session_recorded_over_tls_replays_over_tls() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("reply recorded reply"));
 }
+
+#[test]
+fn a_server_name_that_is_none_is_a_usage_error_before_anything_connects() {
+    let port = crate::support::closed_port().to_string();
+    let s = script("send(\"x\");\n");
+    tcpscript()
+        .args(["client", s.path(), "--tls", "--tls-servername", "a b"])
+        .args(["--connect", &format!("127.0.0.1:{port}")])
+        .assert()
+        .code(2)
+        .stderr(contains("`a b` is not a valid TLS server name"));
+    tcpscript()
+        .args(["proxy", "--upstream", &port, "--upstream-tls"])
+        .args(["--upstream-tls-servername", ""])
+        .assert()
+        .code(2)
+        .stderr(contains("`` is not a valid TLS server name"));
+}
