@@ -838,7 +838,7 @@ fn run_server(args: ServerArgs) -> Result<(), Error> {
     let framing = match args.common.framing {
         Some(framing) => framing,
         None => script
-            .declared_framing()?
+            .declared_framing(args.common.max_frame)?
             .unwrap_or(default_framing(args.udp)),
     };
     if args.udp && script.calls_any(&["starttls"]) {

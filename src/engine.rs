@@ -92,9 +92,19 @@ pub(crate) struct Script {
 impl Script {
     /// The framing the script declares with `const FRAMING = "...";` at
     /// its top level. A constant is read without running the script, so a
-    /// client knows it before connecting.
-    pub(crate) fn declared_framing(&self) -> Result<Option<Framing>, Error> {
-        self.declared_framing_named("FRAMING")
+    /// client knows it before connecting, and one that could never deliver
+    /// a message within `max_frame` is refused before anything connects.
+    pub(crate) fn declared_framing(&self, max_frame: usize) -> Result<Option<Framing>, Error> {
+        let framing = self.declared_framing_named("FRAMING")?;
+        if let Some(framing) = &framing {
+            framing.check_max_frame(max_frame).map_err(|e| {
+                Error::Script(Box::new(Diagnostic::new(format!(
+                    "{}: FRAMING {e}",
+                    self.path
+                ))))
+            })?;
+        }
+        Ok(framing)
     }
 
     /// A framing declared by the constant `constant` (a proxy script's

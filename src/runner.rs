@@ -68,7 +68,7 @@ pub(crate) fn run(options: TestOptions) -> Result<(), Error> {
             let framing = match &client.framing {
                 Some(framing) => framing.clone(),
                 None => script
-                    .declared_framing()?
+                    .declared_framing(client.max_frame)?
                     .unwrap_or(crate::cli::default_framing(settings.udp.is_some())),
             };
             let background = server::spawn(

@@ -121,7 +121,7 @@ impl ClientScript {
         let framing = match &options.framing {
             Some(framing) => framing.clone(),
             None => script
-                .declared_framing()?
+                .declared_framing(options.max_frame)?
                 .unwrap_or(crate::cli::default_framing(options.udp)),
         };
         // Rhai keeps one progress callback: the native stack, a failure

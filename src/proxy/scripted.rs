@@ -251,7 +251,7 @@ impl ProxyScript {
             options.params,
             options.verbosity,
         )?;
-        let both = script.declared_framing()?;
+        let both = script.declared_framing(max_frame)?;
         let up = script.declared_framing_named("UP_FRAMING")?;
         let down = script.declared_framing_named("DOWN_FRAMING")?;
         let pick = |own: Option<Framing>| own.or_else(|| both.clone()).unwrap_or(Framing::Raw);

@@ -512,8 +512,11 @@ impl ServerScript {
     }
 
     /// The script's `const FRAMING`, if it declares one.
-    pub(crate) fn declared_framing(&self) -> Result<Option<crate::framing::Framing>, Error> {
-        self.script.declared_framing()
+    pub(crate) fn declared_framing(
+        &self,
+        max_frame: usize,
+    ) -> Result<Option<crate::framing::Framing>, Error> {
+        self.script.declared_framing(max_frame)
     }
 
     /// Compiles a proxy script and runs its top level once. The server's

@@ -492,3 +492,28 @@ fn expect_close_takes_a_reset_for_the_close_it_is() {
         .success();
     peer.join().unwrap();
 }
+
+#[test]
+fn a_script_framing_larger_than_max_frame_is_refused_before_anything_connects() {
+    let message = "FRAMING bytes:100: messages of 100 bytes are larger than --max-frame (10 bytes)";
+    let s = script("const FRAMING = \"bytes:100\";\nrecv();\n");
+    tcpscript()
+        .args(["client", s.path(), "--max-frame", "10"])
+        .args(["--connect", &crate::support::closed_port().to_string()])
+        .assert()
+        .code(3)
+        .stderr(contains(message));
+    let s = script("const FRAMING = \"bytes:100\";\nfn on_message(m) { m }\n");
+    tcpscript()
+        .args([
+            "server",
+            s.path(),
+            "--max-frame",
+            "10",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .assert()
+        .code(3)
+        .stderr(contains(message));
+}
