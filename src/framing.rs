@@ -420,17 +420,14 @@ impl Decoder {
     /// then drops them with [`Frame::consume`].
     pub(crate) fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         match &self.framing {
+            // What arrived, at most --max-frame of it: a client or server
+            // reads no more than that at once, and a proxy, which reads
+            // 64 KiB, cuts the same way (the rest is the next message).
             Framing::Raw => {
                 if buf.is_empty() {
                     return Ok(None);
                 }
-                if buf.len() > self.max_frame {
-                    return Err(FrameError::TooLarge {
-                        size: buf.len(),
-                        max: self.max_frame,
-                    });
-                }
-                Ok(Some(Frame::whole(buf.len())))
+                Ok(Some(Frame::whole(buf.len().min(self.max_frame))))
             }
             Framing::Line => {
                 // A `\r` before the `\n` is framing, not message: a line of

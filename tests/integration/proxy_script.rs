@@ -648,3 +648,18 @@ fn hooks_spinning_to_their_limit_leave_a_bystander_served() {
         "a round trip took {worst:?}"
     );
 }
+
+#[test]
+fn raw_messages_past_max_frame_are_cut_to_it_not_a_reset() {
+    let upstream = echo_server();
+    let s = script("fn on_client_message(m) { m }\nfn on_server_message(m) { m }\n");
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", s.path(), "--upstream", &upstream.addr()])
+        .args(["--max-frame", "10", "--listen", "127.0.0.1:0"]);
+    let proxy = Running::listening(command, None);
+    let mut c = LineClient::connect(proxy.port);
+    let long = "x".repeat(100);
+    assert_eq!(c.exchange(&long), long);
+    assert!(!proxy.stderr().contains("resetting"), "{}", proxy.stderr());
+}
