@@ -70,8 +70,13 @@ fn alert_received(alert: AlertDescription) -> String {
         AlertDescription::CertificateRequired => {
             "the peer requires a client certificate (--tls-cert and --tls-key)".into()
         }
-        AlertDescription::UnknownCA | AlertDescription::BadCertificate => {
+        AlertDescription::UnknownCA => {
             "the peer refused our certificate (not signed by a CA it trusts)".into()
+        }
+        // rustls sends it for a name mismatch, among other things: the
+        // peer's own message says which.
+        AlertDescription::BadCertificate => {
+            "the peer refused our certificate (a name it did not expect, or a certificate it could not use)".into()
         }
         AlertDescription::ProtocolVersion => "no protocol version in common with the peer".into(),
         AlertDescription::NoApplicationProtocol => {

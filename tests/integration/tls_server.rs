@@ -397,3 +397,31 @@ fn on_message(msg) {
         server.stderr()
     );
 }
+
+#[test]
+fn a_client_refusing_the_name_is_told_apart_from_one_refusing_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = tls_server(dir.path(), &["--echo"]);
+    let s = script("send(\"x\");\n");
+    tcpscript()
+        .args(["client", s.path(), "--connect", &server.addr(), "--tls"])
+        .args([
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "--tls-servername",
+            "example.com",
+        ])
+        .assert()
+        .code(4)
+        .stderr(contains("name mismatch"));
+    server.wait_stderr(
+        "TLS handshake failed: the peer refused our certificate (a name it did not expect",
+    );
+    tcpscript()
+        .args(["client", s.path(), "--connect", &server.addr(), "--tls"])
+        .assert()
+        .code(4);
+    server.wait_stderr(
+        "TLS handshake failed: the peer refused our certificate (not signed by a CA it trusts)",
+    );
+}
