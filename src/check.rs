@@ -1,5 +1,5 @@
-//! `tcpscript check SCRIPT...`: compile every script, report every error,
-//! run nothing.
+//! `tcpscript check SCRIPT...`: compile every script and read its framing
+//! constants, report every error, run nothing.
 
 use std::path::PathBuf;
 
@@ -12,8 +12,16 @@ pub(crate) fn run(scripts: &[PathBuf], quiet: bool) -> Result<(), Error> {
     let mut unreadable = 0;
     let mut broken = 0;
     for path in scripts {
-        match engine::compile(&engine, path) {
-            Ok(_) => {
+        // What a run reads before anything runs is checked too: the
+        // framing constants (a proxy script's `UP_` and `DOWN_` ones too).
+        let checked = engine::compile(&engine, path).and_then(|script| {
+            for constant in ["FRAMING", "UP_FRAMING", "DOWN_FRAMING"] {
+                script.declared_framing_named(constant)?;
+            }
+            Ok(())
+        });
+        match checked {
+            Ok(()) => {
                 if !quiet {
                     crate::console::err(&format!("ok: {}", path.display()));
                 }

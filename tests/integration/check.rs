@@ -137,3 +137,24 @@ fn an_invalid_pattern_literal_stops_a_script_before_it_runs() {
         .stderr(contains("invalid regular expression given to matches()"))
         .stderr(contains(format!("--> {}:1:30", server.path())));
 }
+
+#[test]
+fn a_framing_constant_a_run_would_refuse_fails_the_check() {
+    let good = script("const FRAMING = \"len:u16\";\nconst UP_FRAMING = \"line\";\n");
+    let unknown = script("const FRAMING = \"nope\";\nsend(\"x\");\n");
+    let not_text = script("const DOWN_FRAMING = 5;\n");
+    tcpscript()
+        .args(["check", good.path(), unknown.path(), not_text.path()])
+        .assert()
+        .code(3)
+        .stderr(contains(format!("ok: {}", good.path())))
+        .stderr(contains(format!(
+            "{}: FRAMING: unknown framing `nope`",
+            unknown.path()
+        )))
+        .stderr(contains(format!(
+            "{}: DOWN_FRAMING must be a string such as \"raw\" or \"len:u16\"",
+            not_text.path()
+        )))
+        .stderr(contains("2 of 3 scripts failed to check"));
+}
