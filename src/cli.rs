@@ -61,7 +61,7 @@ pub enum Command {
     Client(ClientArgs),
     /// Run client scripts as test cases, with reports for CI
     Test(TestArgs),
-    /// Compile scripts and report errors; run nothing
+    /// Compile scripts and read their framing constants, report errors; run nothing
     Check(CheckArgs),
     /// Forward connections to an upstream, with network faults on demand
     Proxy(ProxyArgs),
