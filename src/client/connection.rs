@@ -262,6 +262,15 @@ impl FrameReader {
         let max_frame = self.max_frame;
         self.read(stream, Some(timeout), |decoder, buf, _eof| {
             if let Some(Taken { value, consumed }) = find(buf) {
+                // The end may come in the read that also took the bytes
+                // past the limit: what it ends is too large all the same.
+                if consumed > limit {
+                    return Err(FrameError::TooLarge {
+                        size: consumed - slack,
+                        max: max_frame,
+                    }
+                    .into());
+                }
                 // The decoder had searched bytes that are now gone.
                 decoder.reset();
                 return Ok(Some((buf.split_to(consumed).freeze(), value)));

@@ -229,3 +229,20 @@ fn a_framing_larger_than_max_frame_is_refused() {
         .code(3)
         .stderr(contains("set_framing: unknown framing `nonsense`"));
 }
+
+#[test]
+fn a_stream_read_whose_end_comes_past_max_frame_fails_all_the_same() {
+    for (read, pieces) in [
+        ("recv_until(\"END\")", ["b'aaaaaaaaaaaaa'", "b'END'"]),
+        ("recv_line()", ["b'aaaaaaaaaaa'", "b'\\n'"]),
+    ] {
+        let peer = pieces_server(&pieces);
+        let s = script(&format!("{read};\n"));
+        tcpscript()
+            .args(["client", s.path(), "--connect", &peer.addr()])
+            .args(["--max-frame", "10"])
+            .assert()
+            .code(1)
+            .stderr(contains("larger than --max-frame (10 bytes)"));
+    }
+}
