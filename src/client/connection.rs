@@ -453,6 +453,9 @@ struct Datagrams {
     peer: SocketAddr,
     /// The messages of the last datagram not yet taken.
     queue: VecDeque<Bytes>,
+    /// What was wrong with that datagram past its whole messages: said
+    /// once they are taken, as a server hands them to its hook first.
+    spoiled: Option<FrameError>,
     buf: Vec<u8>,
     scratch: BytesMut,
     records: Vec<Range<usize>>,
@@ -478,6 +481,9 @@ impl Datagrams {
         loop {
             if let Some(message) = self.queue.pop_front() {
                 return Ok(Received::Message(message));
+            }
+            if let Some(spoiled) = self.spoiled.take() {
+                return Err(spoiled.into());
             }
             let wait = match deadline {
                 Some(deadline) => {
@@ -522,19 +528,25 @@ impl Datagrams {
         datagram: &[u8],
     ) -> Result<(), FrameError> {
         self.records.clear();
-        framing::datagram_records(
+        let split = framing::datagram_records(
             framing,
             max_frame,
             datagram,
             &mut self.scratch,
             &mut self.records,
-        )?;
+        );
         self.queue.extend(
             self.records
                 .iter()
                 .map(|range| Bytes::copy_from_slice(&datagram[range.clone()])),
         );
-        Ok(())
+        match split {
+            Err(e) if !self.queue.is_empty() => {
+                self.spoiled = Some(e);
+                Ok(())
+            }
+            split => split,
+        }
     }
 
     /// The stream reads (`recv_until`, `expect_stream`...) see the
@@ -736,6 +748,7 @@ impl Connection {
                         socket,
                         peer: target,
                         queue: VecDeque::new(),
+                        spoiled: None,
                         buf: vec![0; DATAGRAM_BUFFER],
                         scratch: BytesMut::new(),
                         records: Vec::new(),

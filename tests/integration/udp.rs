@@ -234,6 +234,20 @@ fn a_stream_read_after_recv_gets_the_records_left_in_its_datagram() {
 }
 
 #[test]
+fn the_whole_records_of_a_datagram_cut_short_come_before_the_error() {
+    let server = python_server(r"b'\x00\x02ab\x00\x05xy'");
+    let client = script("send(\"go\");\nassert_eq(recv(), \"ab\");\nrecv();\n");
+    udp_client(client.path(), &server.addr())
+        .args(["--framing", "len:u16"])
+        .assert()
+        .code(1)
+        .stderr(contains(":3:1"))
+        .stderr(contains(
+            "a datagram ended in the middle of a message (4 bytes left over)",
+        ));
+}
+
+#[test]
 fn a_stream_read_refuses_a_datagram_larger_than_max_frame_whole() {
     let server = python_server("d * 20");
     let client = script(r#"send("0123456789"); recv_until("|");"#);
