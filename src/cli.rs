@@ -686,9 +686,9 @@ pub struct ToxicArgs {
     /// Which way the toxics apply: up (client to upstream), down or both [default: both]
     #[arg(long, value_enum, value_name = "WAY")]
     pub(crate) direction: Option<Direction>,
-    /// The fraction of connections the toxics apply to, 0 to 1 (toxiproxy: toxicity)
-    #[arg(long, value_name = "P", value_parser = parse_toxicity, default_value = "1")]
-    pub(crate) toxicity: f64,
+    /// The fraction of connections the toxics apply to, 0 to 1 (toxiproxy: toxicity) [default: 1]
+    #[arg(long, value_name = "P", value_parser = parse_toxicity)]
+    pub(crate) toxicity: Option<f64>,
     /// Seed of the choice of connections and of the jitter and slice sizes [default: random]
     #[arg(long, value_name = "N")]
     pub(crate) seed: Option<u64>,
@@ -709,7 +709,7 @@ impl ToxicArgs {
             loss: self.loss,
             duplicate: self.duplicate,
             reorder: self.reorder,
-            toxicity: self.toxicity,
+            toxicity: self.toxicity.unwrap_or(1.0),
         }
     }
 }
@@ -947,12 +947,13 @@ fn run_proxy(args: ProxyArgs) -> Result<(), Error> {
         for (given, flag) in [
             (args.toxics.direction.is_some(), "--direction"),
             (args.toxics.seed.is_some(), "--seed"),
+            (args.toxics.toxicity.is_some(), "--toxicity"),
         ] {
             if given {
                 return Err(Error::Usage(format!(
                     "{flag} applies to toxics, and none were given \
                      (--latency, --bandwidth, --slice, --limit-data, --reset-after, \
-                     --blackhole-after, --slow-close)"
+                     --blackhole-after, --slow-close; with --udp, --loss, --duplicate, --reorder)"
                 )));
             }
         }

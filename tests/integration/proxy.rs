@@ -542,6 +542,7 @@ fn bad_flags_are_usage_errors() {
         (&["--slice", "10:10"], "must be less than the size"),
         (&["--bandwidth", "0"], "not a usable size"),
         (&["--direction", "up"], "--direction applies to toxics"),
+        (&["--toxicity", "0.5"], "--toxicity applies to toxics"),
         (&["--direction", "sideways", "--latency", "1ms"], "sideways"),
         (&["--reset-after", "soon"], "--reset-after"),
     ] {
