@@ -86,13 +86,12 @@ impl From<io::Error> for RecvError {
     /// so it comes as an `io::Error`; it is still the peer breaking the
     /// framing (a failed expectation), not the network failing.
     fn from(e: io::Error) -> Self {
-        if !e.get_ref().is_some_and(|inner| inner.is::<FrameError>()) {
-            return RecvError::Io(e);
-        }
-        match e.into_inner().map(|inner| inner.downcast::<FrameError>()) {
-            Some(Ok(frame)) => RecvError::Frame(*frame),
-            Some(Err(inner)) => RecvError::Io(io::Error::other(inner)),
-            None => RecvError::Io(io::Error::other("a datagram was refused")),
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<FrameError>())
+        {
+            Some(frame) => RecvError::Frame(frame.clone()),
+            None => RecvError::Io(e),
         }
     }
 }
